@@ -1,0 +1,13 @@
+"""App config for token verification and key sets."""
+
+from django.apps import AppConfig
+
+
+class AuthzConfig(AppConfig):
+    """Registers the system checks."""
+
+    name = "authz"
+    verbose_name = "Token authorization"
+
+    def ready(self) -> None:
+        from authz import checks  # noqa: F401 - registers the checks

@@ -1,0 +1,39 @@
+"""The platform's own settings, read from ``settings.AUTHZ`` at access time with defaults."""
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # http and loopback/private issuers: for development and tests only.
+    "ALLOW_INSECURE_ISSUERS": False,
+    "INSECURE_ISSUERS_ACKNOWLEDGED": False,
+    # Slug of the tenant serving requests that match no host and no /t/<slug>/ prefix.
+    "DEFAULT_TENANT": None,
+    # Seconds between on-demand key set fetches of one tenant (unknown kid, missing keys).
+    "UNKNOWN_KID_COOLDOWN": 30.0,
+    # Seconds a key set may be served after its last successful fetch.
+    "KEYSET_MAX_STALE": 24 * 3600.0,
+    # Seconds between checks of the shared version stamps (tenant config, key sets).
+    "CONFIG_RECHECK_INTERVAL": 2.0,
+    "JWKS_CONNECT_TIMEOUT": 2.0,
+    "JWKS_READ_TIMEOUT": 3.0,
+    "JWKS_MAX_BYTES": 256 * 1024,
+    "JWKS_MAX_KEYS": 32,
+    # Seconds a refresh holds its per-tenant single-flight lock at most.
+    "REFRESH_LOCK_TIMEOUT": 30.0,
+    "MAX_TOKEN_BYTES": 8 * 1024,
+    "PROVISIONED_USER_CACHE_SIZE": 10_000,
+}
+
+
+class AuthzSettings:
+    """Attribute access to ``settings.AUTHZ`` that follows ``override_settings``."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown AUTHZ setting: {name}")
+        return getattr(settings, "AUTHZ", {}).get(name, DEFAULTS[name])
+
+
+authz_settings = AuthzSettings()

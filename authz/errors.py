@@ -1,0 +1,39 @@
+"""The API's own failures, each with a status, a human sentence, a code and an RFC 6750 error."""
+
+from rest_framework import exceptions, status
+
+
+class InvalidRequest(exceptions.APIException):
+    """The Authorization header is not a well-formed bearer credential."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The Authorization header must be: Bearer <access token>."
+    default_code = "invalid_request"
+    bearer_error = "invalid_request"
+
+
+class InvalidToken(exceptions.AuthenticationFailed):
+    """The bearer token is refused; ``code`` says why."""
+
+    bearer_error = "invalid_token"
+
+
+class InsufficientScope(exceptions.PermissionDenied):
+    """The token is valid but lacks a scope the endpoint demands."""
+
+    default_detail = "You don't have access to this resource"
+    default_code = "insufficient_scope"
+    bearer_error = "insufficient_scope"
+
+    def __init__(self, required_scopes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.required_scopes = required_scopes
+
+
+class IssuerUnavailable(exceptions.APIException):
+    """The tenant's issuer cannot be reached and no usable key is cached: an outage."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The token issuer is unavailable; try again shortly."
+    default_code = "issuer_unavailable"
+    retry_after_seconds = 30

@@ -1,0 +1,201 @@
+"""Fetching a tenant's JSON Web Key Set from its issuer and storing it in the shared cache."""
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import jwt
+import requests
+from django.core.cache import cache
+
+from authz.conf import authz_settings
+from tenants.directory import TenantConfig
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_KEY_TYPES = ("RSA", "EC", "OKP")
+MAX_REDIRECTS = 3
+
+
+class JWKSError(Exception):
+    """A key set could not be fetched or used."""
+
+
+class IssuerUnreachable(JWKSError):
+    """The issuer did not answer, timed out, or failed on its side: worth retrying."""
+
+
+class InvalidKeySet(JWKSError):
+    """The issuer answered with something that is not a usable key set."""
+
+
+class RefreshInProgress(JWKSError):
+    """Another process is refreshing this tenant's key set right now."""
+
+
+@dataclass(frozen=True)
+class KeySetRecord:
+    """A tenant's key set as stored in the cache, with its provenance and health."""
+
+    keys: tuple[dict[str, Any], ...]
+    version: str
+    jwks_url: str
+    fetched_at: float | None
+    last_error: str | None = None
+    error_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The cacheable form."""
+        return {**self.__dict__, "keys": list(self.keys)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "KeySetRecord":
+        """Rebuild from the cached form."""
+        return cls(**{**data, "keys": tuple(data["keys"])})
+
+
+def record_key(slug: str) -> str:
+    """Cache key of a tenant's key set record."""
+    return f"jwks:{slug}"
+
+
+def read_record(slug: str) -> KeySetRecord | None:
+    """The stored key set record of a tenant, if any."""
+    data = cache.get(record_key(slug))
+    return KeySetRecord.from_dict(data) if data else None
+
+
+def _get_following_same_host(url: str, session: requests.Session) -> requests.Response:
+    """GET without following redirects to another host: the JWKS URL must not be re-pointed."""
+    origin = urlsplit(url)[:2]
+    timeout = (authz_settings.JWKS_CONNECT_TIMEOUT, authz_settings.JWKS_READ_TIMEOUT)
+    for _ in range(MAX_REDIRECTS + 1):
+        response = session.get(url, timeout=timeout, stream=True, allow_redirects=False)
+        if not response.is_redirect:
+            return response
+        url = urljoin(url, response.headers["Location"])
+        response.close()
+        if urlsplit(url)[:2] != origin:
+            raise InvalidKeySet(f"The issuer redirected the key set to another host ({url}).")
+    raise InvalidKeySet("The issuer redirected the key set too many times.")
+
+
+def _read_bounded(response: requests.Response) -> bytes:
+    """Read the body, refusing more than JWKS_MAX_BYTES."""
+    limit = authz_settings.JWKS_MAX_BYTES
+    body = bytearray()
+    for chunk in response.iter_content(chunk_size=16 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise InvalidKeySet(f"The key set is larger than {limit} bytes.")
+    return bytes(body)
+
+
+def fetch_jwks(url: str) -> tuple[dict[str, Any], ...]:
+    """Fetch and validate a key set; return its usable public signing keys."""
+    try:
+        with requests.Session() as session:
+            response = _get_following_same_host(url, session)
+            with response:
+                if response.status_code >= 500:
+                    raise IssuerUnreachable(f"The issuer answered HTTP {response.status_code}.")
+                if response.status_code != 200:
+                    raise InvalidKeySet(f"The issuer answered HTTP {response.status_code}.")
+                body = _read_bounded(response)
+    except requests.RequestException as exc:
+        raise IssuerUnreachable(f"The issuer could not be reached: {type(exc).__name__}.") from exc
+    return parse_jwks(body)
+
+
+def parse_jwks(body: bytes) -> tuple[dict[str, Any], ...]:
+    """Keep the public signing keys with a kid that PyJWT can load; refuse a set with none."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidKeySet("The key set is not JSON.") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise InvalidKeySet('The key set has no "keys" list.')
+    keys: dict[str, dict[str, Any]] = {}
+    for candidate in document["keys"][: authz_settings.JWKS_MAX_KEYS]:
+        public = _usable_public_key(candidate)
+        if public is not None:
+            keys.setdefault(public["kid"], public)
+    if not keys:
+        raise InvalidKeySet("The key set has no usable public signing key with a kid.")
+    return tuple(keys.values())
+
+
+PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
+
+
+def _usable_public_key(candidate: object) -> dict[str, Any] | None:
+    if not isinstance(candidate, dict) or candidate.get("kty") not in SUPPORTED_KEY_TYPES:
+        return None
+    if not isinstance(candidate.get("kid"), str) or not candidate["kid"]:
+        return None
+    if candidate.get("use", "sig") != "sig":
+        return None
+    public = {name: value for name, value in candidate.items() if name not in PRIVATE_MEMBERS}
+    try:
+        jwt.PyJWK(public)
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+        return None
+    return public
+
+
+def _version_of(keys: tuple[dict[str, Any], ...]) -> str:
+    """A stable version: unchanged keys keep their version, so processes skip re-parsing."""
+    canonical = json.dumps(keys, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _store(slug: str, record: KeySetRecord) -> KeySetRecord:
+    cache.set(record_key(slug), record.as_dict(), timeout=None)
+    return record
+
+
+def refresh_key_set(tenant: TenantConfig) -> KeySetRecord:
+    """Fetch and store a tenant's key set; single-flight per tenant across all processes."""
+    lock_key, token = f"jwks-lock:{tenant.slug}", uuid.uuid4().hex
+    if not cache.add(lock_key, token, timeout=authz_settings.REFRESH_LOCK_TIMEOUT):
+        raise RefreshInProgress(f"The key set of {tenant.slug} is being refreshed elsewhere.")
+    started = time.monotonic()
+    try:
+        return _fetch_and_store(tenant)
+    finally:
+        if cache.get(lock_key) == token:
+            cache.delete(lock_key)
+        logger.info(
+            "key set refresh tenant=%s duration_ms=%.0f",
+            tenant.slug,
+            (time.monotonic() - started) * 1000,
+        )
+
+
+def _fetch_and_store(tenant: TenantConfig) -> KeySetRecord:
+    previous = read_record(tenant.slug)
+    if previous is not None and previous.jwks_url != tenant.jwks_url:
+        previous = None  # keys of another issuer must never be kept
+    try:
+        keys = fetch_jwks(tenant.jwks_url)
+    except JWKSError as exc:
+        logger.warning("key set refresh failed tenant=%s error=%s", tenant.slug, exc)
+        _store(tenant.slug, _failed(previous, tenant.jwks_url, str(exc)))
+        raise
+    record = KeySetRecord(keys, _version_of(keys), tenant.jwks_url, fetched_at=time.time())
+    logger.info("key set refreshed tenant=%s keys=%d", tenant.slug, len(keys))
+    return _store(tenant.slug, record)
+
+
+def _failed(previous: KeySetRecord | None, jwks_url: str, error: str) -> KeySetRecord:
+    """Keep the last good keys and note the error beside them."""
+    if previous is None:
+        return KeySetRecord((), "", jwks_url, None, error, time.time())
+    return KeySetRecord(
+        previous.keys, previous.version, jwks_url, previous.fetched_at, error, time.time()
+    )

@@ -1,0 +1,130 @@
+"""Per-process cache of parsed public keys, kept in step with the shared key set records.
+
+The request path asks for a key by kid. Keys are parsed once per key set version and held in
+memory; the shared record is re-read at most every CONFIG_RECHECK_INTERVAL seconds. An unknown
+kid, or no usable key set, triggers at most one on-demand fetch per tenant per cooldown, so a
+rotated key works at once while a flood of made-up kids cannot hammer the issuer.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from django.core.cache import cache
+
+from authz.conf import authz_settings
+from authz.jwks import JWKSError, KeySetRecord, read_record, refresh_key_set
+from authz.tokens import SigningKey, UnknownKey
+from tenants.directory import TenantConfig
+
+logger = logging.getLogger(__name__)
+
+
+class KeySetUnavailable(Exception):
+    """No usable key set: the issuer is unreachable and nothing fresh enough is cached."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    version: str
+    jwks_url: str
+    fetched_at: float | None
+    keys: dict[str, SigningKey]
+    checked_at: float
+
+    def usable(self, jwks_url: str) -> bool:
+        if not self.keys or self.jwks_url != jwks_url or self.fetched_at is None:
+            return False
+        return time.time() - self.fetched_at <= authz_settings.KEYSET_MAX_STALE
+
+
+def _parse(record: KeySetRecord, checked_at: float) -> _Entry:
+    keys = {key["kid"]: SigningKey.from_jwk(key) for key in record.keys}
+    return _Entry(record.version, record.jwks_url, record.fetched_at, keys, checked_at)
+
+
+class KeyCache:
+    """Parsed signing keys per tenant, in this process."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._last_fetch: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def signing_key(self, tenant: TenantConfig, kid: str) -> SigningKey:
+        """The tenant's public key with this kid, fetching once per cooldown when missing."""
+        entry = self._entry(tenant)
+        if entry is not None and entry.usable(tenant.jwks_url) and kid in entry.keys:
+            return entry.keys[kid]
+        if self._may_fetch(tenant):
+            entry = self._fetch(tenant) or entry
+        if entry is None or not entry.usable(tenant.jwks_url):
+            raise KeySetUnavailable(f"No usable key set for tenant {tenant.slug}.")
+        if kid not in entry.keys:
+            raise UnknownKey()
+        return entry.keys[kid]
+
+    def clear(self) -> None:
+        """Forget every parsed key and cooldown in this process."""
+        with self._lock:
+            self._entries.clear()
+            self._last_fetch.clear()
+
+    def _entry(self, tenant: TenantConfig) -> _Entry | None:
+        """The local entry, re-validated against the shared record every recheck interval."""
+        now = time.monotonic()
+        entry = self._entries.get(tenant.slug)
+        if entry is not None and now - entry.checked_at < authz_settings.CONFIG_RECHECK_INTERVAL:
+            return entry
+        return self._reload(tenant.slug, entry, now)
+
+    def _reload(self, slug: str, entry: _Entry | None, now: float) -> _Entry | None:
+        try:
+            record = read_record(slug)
+        except Exception:
+            logger.warning("Cannot read the key set of %s from the cache; using memory.", slug)
+            record = None
+        if record is None or not record.keys:
+            # A flushed or unreachable cache must not drop keys this process already verified.
+            fresh = entry and _Entry(**{**entry.__dict__, "checked_at": now})
+        elif entry is not None and entry.version == record.version:
+            fresh = _Entry(**{**entry.__dict__, "checked_at": now, "fetched_at": record.fetched_at})
+        else:
+            fresh = _parse(record, now)
+        with self._lock:
+            if fresh is None:
+                self._entries.pop(slug, None)
+            else:
+                self._entries[slug] = fresh
+        return fresh
+
+    def _may_fetch(self, tenant: TenantConfig) -> bool:
+        """One on-demand fetch per tenant per cooldown: checked here, then across processes."""
+        cooldown = authz_settings.UNKNOWN_KID_COOLDOWN
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_fetch.get(tenant.slug, float("-inf")) < cooldown:
+                return False
+            self._last_fetch[tenant.slug] = now
+        try:
+            return bool(cache.add(f"jwks-cooldown:{tenant.slug}", 1, timeout=cooldown))
+        except Exception:
+            return True  # the cache is down; the local cooldown still bounds the fetches
+
+    def _fetch(self, tenant: TenantConfig) -> _Entry | None:
+        try:
+            record = refresh_key_set(tenant)
+        except JWKSError as exc:
+            logger.info("on-demand key set fetch for %s failed: %s", tenant.slug, exc)
+            return self._reload(tenant.slug, self._entries.get(tenant.slug), time.monotonic())
+        except Exception:
+            logger.exception("on-demand key set fetch for %s failed in the cache", tenant.slug)
+            return self._entries.get(tenant.slug)
+        entry = _parse(record, time.monotonic())
+        with self._lock:
+            self._entries[tenant.slug] = entry
+        return entry
+
+
+key_cache = KeyCache()

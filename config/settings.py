@@ -1,0 +1,141 @@
+"""Settings, all read from the environment (django-environ) with safe defaults.
+
+With no environment at all this runs the embedded default: SQLite, an in-process cache, Celery
+tasks run eagerly, and the development issuer allowed only when DEBUG is on.
+"""
+
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY and DEBUG:
+    SECRET_KEY = "insecure-development-only-key"  # noqa: S105 - never used with DEBUG off
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=["localhost", ".localhost", "127.0.0.1", "[::1]"] if DEBUG else []
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "tenants",
+    "authz",
+    "messages.apps.MessagesConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "authz",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["authz.authentication.TenantTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["authz.permissions.HasEndpointScopes"],
+    "EXCEPTION_HANDLER": "authz.handlers.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# Browser consumers: CORS is opened per tenant in a later step; nothing is allowed by default.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+
+# Celery: with no Redis the embedded default runs tasks eagerly in the calling process.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "refresh-all-key-sets": {
+        "task": "authz.tasks.refresh_all_key_sets",
+        "schedule": timedelta(seconds=env.int("AUTHZ_JWKS_REFRESH_INTERVAL", default=300)),
+    }
+}
+
+AUTHZ = {
+    "ALLOW_INSECURE_ISSUERS": env.bool("AUTHZ_ALLOW_INSECURE_ISSUERS", default=False),
+    "INSECURE_ISSUERS_ACKNOWLEDGED": env.bool("AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED", default=False),
+    "DEFAULT_TENANT": env.str("DEFAULT_TENANT", default="") or None,
+    "UNKNOWN_KID_COOLDOWN": env.float("AUTHZ_UNKNOWN_KID_COOLDOWN", default=30),
+    "KEYSET_MAX_STALE": env.float("AUTHZ_KEYSET_MAX_STALE", default=24 * 3600),
+    "CONFIG_RECHECK_INTERVAL": env.float("AUTHZ_CONFIG_RECHECK_INTERVAL", default=2),
+}
+
+DEVISSUER_KEY_DIR = Path(env.str("DEVISSUER_KEY_DIR", default=str(BASE_DIR / "var" / "devissuer")))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}

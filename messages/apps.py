@@ -1,0 +1,14 @@
+"""App config for the protected messages resource."""
+
+from django.apps import AppConfig
+
+
+class MessagesConfig(AppConfig):
+    """Labelled apart from django.contrib.messages, whose label is also ``messages``."""
+
+    name = "messages"
+    label = "api_messages"
+    verbose_name = "Messages API"
+
+    def ready(self) -> None:
+        from messages import endpoints  # noqa: F401 - registers the endpoint keys

@@ -1,0 +1,150 @@
+"""The per-process directory of active tenants, kept in step with a version stamp in the cache.
+
+Every request needs its tenant's configuration, so the whole set of active tenants is loaded into
+memory at once and re-validated against a shared version stamp at most every few seconds: a warm
+request costs no SQL query, and a change saved anywhere reaches every process within seconds.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from django.core.cache import cache
+from django.db import transaction
+
+from authz.conf import authz_settings
+from authz.endpoints import get_endpoint
+
+logger = logging.getLogger(__name__)
+
+VERSION_KEY = "tenants:config-version"
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """Everything the request path needs to know about one tenant, immutable."""
+
+    slug: str
+    name: str
+    issuer: str
+    jwks_url: str
+    audiences: tuple[str, ...]
+    hosts: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    leeway: int
+    scope_claims: str
+    provision_users: bool
+    scope_rules: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+
+    def required_scopes(self, endpoint_key: str) -> tuple[str, ...]:
+        """The tenant's rule for an endpoint, else the endpoint's default."""
+        if endpoint_key in self.scope_rules:
+            return self.scope_rules[endpoint_key]
+        return get_endpoint(endpoint_key).default_scopes
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    by_slug: dict[str, TenantConfig]
+    by_host: dict[str, TenantConfig]
+
+
+def _config_from_model(tenant: object) -> TenantConfig:
+    """Freeze a Tenant row, with its prefetched relations, into a TenantConfig."""
+    return TenantConfig(
+        slug=tenant.slug,
+        name=tenant.name,
+        issuer=tenant.issuer,
+        jwks_url=tenant.jwks_url,
+        audiences=tuple(a.audience for a in tenant.audiences.all()),
+        hosts=tuple(h.hostname for h in tenant.hosts.all()),
+        algorithms=tuple(tenant.algorithms),
+        leeway=tenant.leeway,
+        scope_claims=tenant.scope_claims,
+        provision_users=tenant.provision_users,
+        scope_rules=MappingProxyType(
+            {rule.endpoint: tuple(rule.scopes.split()) for rule in tenant.scope_rules.all()}
+        ),
+    )
+
+
+class TenantDirectory:
+    """Active tenants by slug and by hostname, loaded whole and refreshed on version change."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._version: object = None
+        self._checked_at = float("-inf")
+
+    def by_slug(self, slug: str) -> TenantConfig | None:
+        """The active tenant with this slug, or None."""
+        return self._current().by_slug.get(slug)
+
+    def by_host(self, hostname: str) -> TenantConfig | None:
+        """The active tenant served on this hostname, or None."""
+        return self._current().by_host.get(hostname.lower())
+
+    def active_slugs(self) -> list[str]:
+        """Slugs of all active tenants."""
+        return sorted(self._current().by_slug)
+
+    def clear(self) -> None:
+        """Forget the snapshot so the next lookup reloads from the database."""
+        with self._lock:
+            self._snapshot = None
+
+    def _current(self) -> _Snapshot:
+        now = time.monotonic()
+        snapshot = self._snapshot
+        if snapshot is not None and now - self._checked_at < authz_settings.CONFIG_RECHECK_INTERVAL:
+            return snapshot
+        with self._lock:
+            version = _read_version(default=self._version)
+            if self._snapshot is None or version != self._version:
+                self._snapshot = _load_snapshot()
+                self._version = version
+            self._checked_at = now
+            return self._snapshot
+
+
+def _load_snapshot() -> _Snapshot:
+    from tenants.models import Tenant
+
+    tenants = Tenant.objects.filter(active=True).prefetch_related(
+        "hosts", "audiences", "scope_rules"
+    )
+    configs = [_config_from_model(tenant) for tenant in tenants]
+    return _Snapshot(
+        by_slug={config.slug: config for config in configs},
+        by_host={host: config for config in configs for host in config.hosts},
+    )
+
+
+def _read_version(default: object) -> object:
+    """Read the shared stamp; when the cache is down, keep serving what we have."""
+    try:
+        return cache.get(VERSION_KEY)
+    except Exception:
+        logger.warning("Cannot read the tenant config version; keeping the loaded config.")
+        return default
+
+
+def _bump_version() -> None:
+    try:
+        cache.set(VERSION_KEY, uuid.uuid4().hex, timeout=None)
+    except Exception:
+        logger.exception("Cannot publish the tenant config version; other processes lag.")
+    directory.clear()
+
+
+def config_changed() -> None:
+    """Reload here at once, and everywhere once the change is committed."""
+    directory.clear()
+    transaction.on_commit(_bump_version)
+
+
+directory = TenantDirectory()

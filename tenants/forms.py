@@ -1,0 +1,92 @@
+"""Forms shared by the admin and the JSON import, so both validate tenants identically."""
+
+from django import forms
+from django.forms.models import BaseInlineFormSet
+
+from authz.endpoints import all_endpoints
+from tenants.models import ScopeRule, Tenant, TenantAudience, TenantHost
+from tenants.validation import ASYMMETRIC_ALGORITHMS
+
+
+def endpoint_choices() -> list[tuple[str, str]]:
+    """Registered endpoint keys, labelled with their default scopes."""
+    return [
+        (e.key, f"{e.key} (default: {' '.join(e.default_scopes) or 'any valid token'})")
+        for e in all_endpoints()
+    ]
+
+
+class TenantForm(forms.ModelForm):
+    """A tenant's own fields."""
+
+    algorithms = forms.MultipleChoiceField(
+        choices=[(name, name) for name in ASYMMETRIC_ALGORITHMS],
+        initial=["RS256"],
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    class Meta:
+        model = Tenant
+        fields = [
+            "slug",
+            "name",
+            "active",
+            "domain",
+            "issuer_override",
+            "jwks_url_override",
+            "algorithms",
+            "leeway",
+            "scope_claims",
+            "provision_users",
+        ]
+
+    def clean_domain(self) -> str:
+        """Domains are case-insensitive; store them lower-case."""
+        return self.cleaned_data["domain"].strip().lower()
+
+
+class HostForm(forms.ModelForm):
+    """One hostname of a tenant."""
+
+    class Meta:
+        model = TenantHost
+        fields = ["hostname"]
+
+    def clean_hostname(self) -> str:
+        """Hostnames are case-insensitive; store them lower-case."""
+        return self.cleaned_data["hostname"].strip().lower()
+
+
+class AudienceForm(forms.ModelForm):
+    """One audience of a tenant."""
+
+    class Meta:
+        model = TenantAudience
+        fields = ["audience"]
+
+
+class ScopeRuleForm(forms.ModelForm):
+    """One endpoint's scopes, the endpoint chosen among the registered ones."""
+
+    endpoint = forms.ChoiceField(choices=endpoint_choices)
+
+    class Meta:
+        model = ScopeRule
+        fields = ["endpoint", "scopes"]
+
+
+class RequiredInlineFormSet(BaseInlineFormSet):
+    """At least one row must remain after deletions."""
+
+    def clean(self) -> None:
+        """Refuse to leave the tenant with none of these rows."""
+        super().clean()
+        kept = [
+            form
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE", False)
+        ]
+        if not kept:
+            raise forms.ValidationError(
+                f"Add at least one {self.model._meta.verbose_name}.", code="required"
+            )

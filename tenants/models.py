@@ -1,0 +1,152 @@
+"""Tenants: an issuer, the audiences it mints tokens for, hosts, and endpoint scope rules."""
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
+from django.db import models
+
+from authz.endpoints import get_endpoint
+from tenants.validation import (
+    validate_algorithms,
+    validate_domain,
+    validate_hostname,
+    validate_issuer_url,
+    validate_scopes,
+)
+
+
+def default_algorithms() -> list[str]:
+    """Auth0 signs access tokens with RS256."""
+    return ["RS256"]
+
+
+class ScopeClaims(models.TextChoices):
+    """Which token claims carry the granted scopes."""
+
+    SCOPE = "scope", "scope (space-separated string)"
+    PERMISSIONS = "permissions", "permissions (Auth0 RBAC array)"
+    BOTH = "both", "both scope and permissions"
+
+
+class Tenant(models.Model):
+    """One customer of the platform, with the Auth0 (or other OIDC) issuer it trusts."""
+
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField(max_length=200)
+    active = models.BooleanField(default=True)
+    domain = models.CharField(
+        max_length=253,
+        blank=True,
+        validators=[validate_domain],
+        help_text="Auth0 domain, such as acme.eu.auth0.com: the issuer is https://<domain>/.",
+    )
+    issuer_override = models.CharField(
+        "issuer override",
+        max_length=500,
+        blank=True,
+        validators=[validate_issuer_url],
+        help_text="Exact iss claim for custom domains or other issuers; blank derives it.",
+    )
+    jwks_url_override = models.CharField(
+        "JWKS URL override",
+        max_length=500,
+        blank=True,
+        validators=[validate_issuer_url],
+        help_text="Blank means <issuer>/.well-known/jwks.json.",
+    )
+    algorithms = models.JSONField(default=default_algorithms, validators=[validate_algorithms])
+    leeway = models.PositiveIntegerField(
+        default=60,
+        validators=[MaxValueValidator(600)],
+        help_text="Seconds of clock skew tolerated on exp, nbf and iat.",
+    )
+    scope_claims = models.CharField(
+        max_length=12, choices=ScopeClaims.choices, default=ScopeClaims.SCOPE
+    )
+    provision_users = models.BooleanField(
+        default=False, help_text="Create a Django user for each token subject."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def clean(self) -> None:
+        """Require a domain or an issuer override to know which issuer to trust."""
+        if not self.domain and not self.issuer_override:
+            raise ValidationError(
+                {"domain": "Enter the Auth0 domain, or an issuer override."}, code="no_issuer"
+            )
+
+    @property
+    def issuer(self) -> str:
+        """The exact ``iss`` value tokens must carry."""
+        return self.issuer_override or f"https://{self.domain}/"
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the tenant's JSON Web Key Set is fetched from."""
+        return self.jwks_url_override or f"{self.issuer.rstrip('/')}/.well-known/jwks.json"
+
+
+class TenantHost(models.Model):
+    """A hostname that serves one tenant."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="hosts")
+    hostname = models.CharField(max_length=253, unique=True, validators=[validate_hostname])
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+class TenantAudience(models.Model):
+    """An API identifier (``aud``) the tenant's issuer mints tokens for."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="audiences")
+    audience = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["audience"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "audience"], name="unique_tenant_audience")
+        ]
+
+    def __str__(self) -> str:
+        return self.audience
+
+
+class ScopeRule(models.Model):
+    """The scopes a tenant demands on one endpoint, replacing the endpoint's default."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="scope_rules")
+    endpoint = models.CharField(max_length=100)
+    scopes = models.CharField(
+        max_length=1000,
+        blank=True,
+        validators=[validate_scopes],
+        help_text="Space-separated; all are required. Blank: any valid token.",
+    )
+
+    class Meta:
+        ordering = ["endpoint"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "endpoint"], name="unique_tenant_endpoint")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}: {self.scopes or '(any valid token)'}"
+
+    def clean(self) -> None:
+        """Refuse rules for endpoints the platform does not have."""
+        try:
+            get_endpoint(self.endpoint)
+        except KeyError:
+            raise ValidationError(
+                {"endpoint": f"Unknown endpoint {self.endpoint!r}."}, code="unknown_endpoint"
+            ) from None

@@ -1,0 +1,121 @@
+"""Validators for operator input: issuer domains and URLs, hostnames, scopes, algorithms."""
+
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+
+from authz.conf import authz_settings
+
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+
+
+def validate_hostname(value: str) -> None:
+    """Require a DNS hostname: dot-separated labels of letters, digits and hyphens."""
+    if len(value) > 253 or not all(HOST_LABEL.match(label) for label in value.lower().split(".")):
+        raise ValidationError(
+            "Enter a hostname such as api.example.com: letters, digits, hyphens and dots only.",
+            code="invalid_hostname",
+        )
+
+
+def _is_internal_address(host: str) -> bool:
+    """Tell whether a host is an IP literal or a loopback name, which only development allows."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _validate_issuer_host(host: str, port: int | None) -> None:
+    """Apply the insecure-issuer policy to the host and port of an issuer or JWKS URL."""
+    if authz_settings.ALLOW_INSECURE_ISSUERS:
+        if not _is_internal_address(host):
+            validate_hostname(host)
+        return
+    if _is_internal_address(host):
+        raise ValidationError(
+            "IP addresses and loopback names are not allowed as issuers; use the issuer's "
+            "public hostname.",
+            code="internal_issuer",
+        )
+    validate_hostname(host)
+    if port is not None:
+        raise ValidationError("A port is not allowed in an issuer address.", code="issuer_port")
+
+
+def validate_domain(value: str) -> None:
+    """Require a bare Auth0 domain such as acme.eu.auth0.com: no scheme, path or port."""
+    if "/" in value or "@" in value:
+        raise ValidationError(
+            "Enter the bare domain, such as acme.eu.auth0.com, without https:// or a path.",
+            code="invalid_domain",
+        )
+    parts = urlsplit(f"//{value}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationError("The port is not a number.", code="invalid_domain") from exc
+    _validate_issuer_host(parts.hostname or "", port)
+
+
+def validate_issuer_url(value: str) -> None:
+    """Require an https URL on a public hostname (http and loopback only in development)."""
+    parts = urlsplit(value)
+    allowed_schemes = ("https", "http") if authz_settings.ALLOW_INSECURE_ISSUERS else ("https",)
+    if parts.scheme not in allowed_schemes:
+        raise ValidationError(
+            "Issuer and JWKS addresses must start with https://.", code="insecure_url"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValidationError(
+            "Remove credentials, query string and fragment from the address.", code="invalid_url"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationError("The port is not a number.", code="invalid_url") from exc
+    _validate_issuer_host(parts.hostname or "", port)
+
+
+def validate_scopes(value: str) -> None:
+    """Require space-separated RFC 6749 scope tokens."""
+    for token in value.split():
+        if not SCOPE_TOKEN.match(token):
+            raise ValidationError(
+                "%(token)s is not a valid scope: use printable characters other than "
+                'space, " and \\.',
+                code="invalid_scope",
+                params={"token": token},
+            )
+
+
+def validate_algorithms(value: object) -> None:
+    """Require a non-empty list of asymmetric JWS algorithms."""
+    if not isinstance(value, list) or not value:
+        raise ValidationError("Choose at least one algorithm.", code="no_algorithms")
+    for name in value:
+        if name not in ASYMMETRIC_ALGORITHMS:
+            raise ValidationError(
+                "%(name)s is not allowed: choose asymmetric algorithms (%(allowed)s).",
+                code="invalid_algorithm",
+                params={"name": name, "allowed": ", ".join(ASYMMETRIC_ALGORITHMS)},
+            )

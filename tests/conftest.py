@@ -1,0 +1,80 @@
+"""Fixtures: the development issuer over real HTTP, real Redis and PostgreSQL, clean state."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+
+from authz.devissuer import DevIssuerServer, DevKeyStore, start_in_thread
+from authz.keys import key_cache
+from authz.users import provisioned_user
+from config.celery import app as celery_app
+from tenants.directory import directory
+from tests.fixtures import TokenFactory, create_tenant
+
+
+@pytest.fixture(scope="session")
+def issuer_keys(tmp_path_factory: pytest.TempPathFactory) -> DevKeyStore:
+    """One key store for the session: RSA key generation is the slow part."""
+    return DevKeyStore(tmp_path_factory.mktemp("devissuer-keys"))
+
+
+@pytest.fixture(scope="session")
+def issuer(issuer_keys: DevKeyStore) -> Iterator[DevIssuerServer]:
+    """The development issuer, a real HTTP server on loopback."""
+    server = start_in_thread(issuer_keys)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_state(settings: Any) -> Iterator[None]:
+    """Each test starts with an empty Redis and empty per-process caches."""
+    settings.ALLOWED_HOSTS = [".localhost", "testserver"]
+    celery_app.conf.task_always_eager = True
+    cache.clear()
+    for holder in (directory, key_cache):
+        holder.clear()
+    provisioned_user.cache_clear()
+    yield
+    celery_app.conf.task_always_eager = True
+
+
+@pytest.fixture
+def make_tenant(db: None, issuer: DevIssuerServer) -> Callable[..., Any]:
+    """Create a tenant bound to the development issuer (issuer name defaults to the slug)."""
+
+    def make(slug: str, issuer_name: str | None = None, **fields: Any) -> Any:
+        return create_tenant(issuer, slug, issuer_name, **fields)
+
+    return make
+
+
+@pytest.fixture
+def tokens(issuer: DevIssuerServer) -> Callable[..., TokenFactory]:
+    """Build a token factory for an issuer name and audience."""
+
+    def factory(name: str, audience: str | None = None, **defaults: Any) -> TokenFactory:
+        return TokenFactory(issuer, name, audience or f"https://api.{name}.test", defaults)
+
+    return factory
+
+
+@pytest.fixture
+def acme(make_tenant: Callable[..., Any]) -> Any:
+    """A tenant on its own issuer, reached at acme.localhost or /t/acme/."""
+    return make_tenant("acme")
+
+
+@pytest.fixture
+def acme_tokens(tokens: Callable[..., TokenFactory]) -> TokenFactory:
+    """Tokens of acme's issuer for acme's audience."""
+    return tokens("acme")
+
+
+@pytest.fixture
+def key_dir(tmp_path: Path) -> Path:
+    """A private key directory for tests that rotate or restart an issuer."""
+    return tmp_path / "keys"

@@ -1,0 +1,64 @@
+"""Keys, tenants and token factories shared by the test modules."""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from authz.devissuer import DevIssuerServer
+from tenants.config_io import import_tenants
+from tenants.models import Tenant
+
+
+@dataclass
+class TokenFactory:
+    """Mints tokens as one development issuer, with any claim or header overridden."""
+
+    server: DevIssuerServer
+    name: str
+    audience: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def issuer(self) -> str:
+        """The ``iss`` this issuer puts in its tokens."""
+        return self.server.url_for(self.name)
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        """Valid claims for this issuer and audience, then the overrides (None removes)."""
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": "auth0|user-1",
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + 300,
+            **self.defaults,
+            **overrides,
+        }
+        return {name: value for name, value in claims.items() if value is not None}
+
+    def token(self, headers: dict[str, Any] | None = None, **overrides: Any) -> str:
+        """A signed token with the issuer's current key."""
+        return self.server.store.sign(self.name, self.claims(**overrides), headers=headers)
+
+
+def create_tenant(
+    server: DevIssuerServer, slug: str, issuer_name: str | None = None, **fields: Any
+) -> Tenant:
+    """Create a tenant bound to the development issuer, through the JSON import path."""
+    name = issuer_name or slug
+    item = {
+        "slug": slug,
+        "name": slug.title(),
+        "issuer": server.url_for(name),
+        "audiences": [f"https://api.{slug}.test"],
+        "hosts": [f"{slug}.localhost"],
+        **fields,
+    }
+    import_tenants({"tenants": [item]})
+    return Tenant.objects.get(slug=slug)
+
+
+def bearer(token: str) -> dict[str, str]:
+    """Django test client headers for a bearer token."""
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}

@@ -1,0 +1,142 @@
+"""Fetching key sets from issuers that misbehave: junk, huge, slow, redirecting, failing."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from authz.jwks import InvalidKeySet, IssuerUnreachable, fetch_jwks, parse_jwks, read_record
+from tests.fixtures import bearer
+
+
+class CannedIssuer(ThreadingHTTPServer):
+    """Answers every GET with one canned status, headers and body."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), CannedHandler)
+        self.status, self.headers, self.body = 200, {}, b""
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    def answer(self, status: int, body: bytes, **headers: str) -> str:
+        """Set the canned answer; return a URL on this server."""
+        self.status, self.body, self.headers = status, body, headers
+        return f"http://127.0.0.1:{self.server_address[1]}/.well-known/jwks.json"
+
+
+class CannedHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(self.server.status)
+        for name, value in self.server.headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def canned():
+    server = CannedIssuer()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"<html>hello</html>", "not JSON"),
+        (b"[]", '"keys" list'),
+        (b'{"keys": {}}', '"keys" list'),
+        (b'{"keys": []}', "no usable"),
+        (b'{"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}', "no usable"),
+        (b'{"keys": [{"kty": "RSA", "kid": "x", "n": "AQAB"}]}', "no usable"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_junk_key_sets_are_refused(canned, body, reason):
+    with pytest.raises(InvalidKeySet, match=reason):
+        fetch_jwks(canned.answer(200, body))
+
+
+def test_oversized_key_set_is_refused(canned):
+    with pytest.raises(InvalidKeySet, match="larger than"):
+        fetch_jwks(canned.answer(200, b" " * (300 * 1024) + b"{}"))
+
+
+def test_server_error_is_transient_and_client_error_is_not(canned):
+    with pytest.raises(IssuerUnreachable):
+        fetch_jwks(canned.answer(502, b"bad gateway"))
+    with pytest.raises(InvalidKeySet, match="404"):
+        fetch_jwks(canned.answer(404, b"not found"))
+
+
+def test_redirect_to_another_host_is_refused(canned):
+    url = canned.answer(302, b"", Location="http://evil.localhost:9/jwks.json")
+
+    with pytest.raises(InvalidKeySet, match="another host"):
+        fetch_jwks(url)
+
+
+def test_same_host_redirects_are_followed_but_bounded(canned):
+    url = canned.answer(301, b"", Location="/.well-known/jwks.json")
+
+    with pytest.raises(InvalidKeySet, match="too many times"):
+        fetch_jwks(url)
+
+
+def test_private_members_are_stripped_and_keys_deduplicated(issuer):
+    published = issuer.store.jwks("acme")["keys"][0]
+    body = json.dumps({"keys": [{**published, "d": "secret"}, published]}).encode()
+
+    keys = parse_jwks(body)
+
+    assert len(keys) == 1 and "d" not in keys[0]
+
+
+@pytest.fixture
+def silent_port():
+    """A loopback port that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def test_slow_issuer_times_out_as_unreachable(silent_port, settings):
+    settings.AUTHZ = {**settings.AUTHZ, "JWKS_READ_TIMEOUT": 0.3}
+    started = time.monotonic()
+
+    with pytest.raises(IssuerUnreachable):
+        fetch_jwks(f"http://127.0.0.1:{silent_port}/.well-known/jwks.json")
+
+    assert time.monotonic() - started < 2
+
+
+def test_slow_issuer_gives_503_within_the_timeout(
+    client, make_tenant, tokens, silent_port, settings
+):
+    settings.AUTHZ = {**settings.AUTHZ, "JWKS_READ_TIMEOUT": 0.3}
+    make_tenant("slow", jwks_url=f"http://127.0.0.1:{silent_port}/jwks.json")
+
+    response = client.get("/t/slow/api/private", **bearer(tokens("slow").token()))
+
+    assert response.status_code == 503
+    assert read_record("slow").last_error == "The issuer could not be reached: ReadTimeout."
+
+
+def test_junk_issuer_gives_503_and_records_the_error(client, make_tenant, tokens, canned):
+    make_tenant("junk", jwks_url=canned.answer(200, b"<html>login</html>"))
+
+    response = client.get("/t/junk/api/private", **bearer(tokens("junk").token()))
+
+    assert response.status_code == 503
+    assert read_record("junk").last_error == "The key set is not JSON."

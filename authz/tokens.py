@@ -15,6 +15,7 @@ from authz.conf import authz_settings
 from tenants.directory import TenantConfig
 
 REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub"]
+TIME_CLAIMS = ("exp", "iat", "nbf")
 KEY_TYPE_OF_ALGORITHM = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
 
@@ -133,6 +134,8 @@ PYJWT_ERRORS: tuple[tuple[type[Exception], type[TokenError]], ...] = (
 
 
 def _translate(exc: Exception) -> TokenError:
+    if isinstance(exc, jwt.DecodeError) and " claim " in str(exc):
+        return InvalidClaims(f"{InvalidClaims.description} ({exc})")  # a signed, mistyped claim
     for pyjwt_error, token_error in PYJWT_ERRORS:
         if isinstance(exc, pyjwt_error):
             return token_error(_sentence(exc, token_error))
@@ -203,6 +206,10 @@ def verify_token(
 def _claims(payload: dict[str, Any], tenant: TenantConfig) -> Claims:
     if not isinstance(payload["sub"], str) or not payload["sub"]:
         raise InvalidClaims("The access token subject (sub) must be a non-empty string.")
+    for name in TIME_CLAIMS:
+        # PyJWT accepts numeric strings; RFC 7519 says NumericDate is a JSON number.
+        if name in payload and not _is_number(payload[name]):
+            raise InvalidClaims(f"The {name} claim must be a number of seconds.")
     return Claims(
         subject=payload["sub"],
         issuer=payload["iss"],
@@ -210,6 +217,10 @@ def _claims(payload: dict[str, Any], tenant: TenantConfig) -> Claims:
         expires_at=int(payload["exp"]),
         payload=MappingProxyType(payload),
     )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def granted_scopes(payload: Mapping[str, Any], scope_claims: str) -> frozenset[str]:

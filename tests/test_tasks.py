@@ -122,3 +122,24 @@ def test_refresh_is_single_flight_per_tenant(acme):
 
 def test_refresh_of_a_missing_tenant_is_a_no_op(db):
     assert refresh_key_set.delay("nobody").get() == "no-such-tenant"
+
+
+@pytest.mark.worker
+def test_beat_schedule_refreshes_every_tenant_on_its_own(worker, make_tenant, issuer, tmp_path):
+    make_tenant("scheduled")
+    wait_for(lambda: kids_of("scheduled"))
+    new_kid = issuer.store.rotate("scheduled")
+    env = {**worker_environment(), "AUTHZ_JWKS_REFRESH_INTERVAL": "1"}
+    command = [sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel=INFO"]
+    beat = subprocess.Popen(
+        [*command, "--schedule", str(tmp_path / "beat-schedule")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: new_kid in kids_of("scheduled"), timeout=30)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=20)

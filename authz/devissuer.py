@@ -165,12 +165,12 @@ class DevKeyStore:
 
     def _load(self, name: str) -> KeyList | None:
         marker = self._issuer_dir(name) / MARKER_FILE
+        if not marker.exists():
+            return None
         try:
             data = json.loads(marker.read_text())
             kids = [data["current"]] + ([data["previous"]] if data.get("previous") else [])
             keys = [(kid, self._read_pem(name, kid)) for kid in kids]
-        except FileNotFoundError:
-            return None
         except (ValueError, KeyError, TypeError, OSError) as exc:
             logger.warning("dev issuer %s: unreadable key state (%s); starting fresh", name, exc)
             return None

@@ -1,8 +1,10 @@
 """Fetching a tenant's JSON Web Key Set from its issuer and storing it in the shared cache."""
 
 import hashlib
+import ipaddress
 import json
 import logging
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -70,11 +72,26 @@ def read_record(slug: str) -> KeySetRecord | None:
     return KeySetRecord.from_dict(data) if data else None
 
 
+def _refuse_internal_destination(url: str) -> None:
+    """Outside development, refuse hosts that resolve to private, loopback or reserved addresses."""
+    if authz_settings.ALLOW_INSECURE_ISSUERS:
+        return
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (socket.gaierror, UnicodeError) as exc:
+        raise IssuerUnreachable(f"The issuer host {host} does not resolve.") from exc
+    for address in addresses:
+        if not ipaddress.ip_address(address.split("%")[0]).is_global:
+            raise InvalidKeySet(f"The issuer host {host} resolves to a non-public address.")
+
+
 def _get_following_same_host(url: str, session: requests.Session) -> requests.Response:
     """GET without following redirects to another host: the JWKS URL must not be re-pointed."""
     origin = urlsplit(url)[:2]
     timeout = (authz_settings.JWKS_CONNECT_TIMEOUT, authz_settings.JWKS_READ_TIMEOUT)
     for _ in range(MAX_REDIRECTS + 1):
+        _refuse_internal_destination(url)
         response = session.get(url, timeout=timeout, stream=True, allow_redirects=False)
         if not response.is_redirect:
             return response

@@ -71,6 +71,12 @@ def import_tenants(document: object) -> list[str]:
     items = _tenant_items(document)
     errors: list[str] = []
     with transaction.atomic():
+        # The file is the whole truth for its tenants: clearing their parts first lets a host
+        # move from one tenant to another, whatever the order of the file.
+        for name in INLINES:
+            INLINES[name].form._meta.model.objects.filter(
+                tenant__slug__in=[item.get("slug") for item in items]
+            ).delete()
         for index, item in enumerate(items):
             label = f"tenants[{index}]" + (f" ({item['slug']})" if "slug" in item else "")
             errors += [f"{label}: {message}" for message in _import_one(item)]
@@ -88,29 +94,41 @@ def _tenant_items(document: object) -> list[dict[str, Any]]:
     problems = [
         f"tenants[{i}]: must be an object" for i, t in enumerate(items) if not isinstance(t, dict)
     ]
+    slugs = [item.get("slug") for item in items if isinstance(item, dict)]
+    problems += [
+        f"slug {slug!r} appears more than once"
+        for slug in sorted(set(slugs), key=str)
+        if slug is not None and slugs.count(slug) > 1
+    ]
     if problems:
         raise TenantImportError(problems)
     return items
 
 
 def _import_one(item: dict[str, Any]) -> list[str]:
-    """Validate and save one tenant; return its problems (nothing is kept if there are any)."""
+    """Validate and save one tenant the way admin does; return every problem found."""
     problems = _shape_problems(item)
     if problems:
         return problems
-    existing = Tenant.objects.filter(slug=item["slug"]).first()
-    form = TenantForm(_tenant_form_data(item), instance=existing)
-    if not form.is_valid():
-        return _form_errors(form.errors)
-    tenant = form.save()
-    for name, spec in INLINES.items():
-        getattr(tenant, name).all().delete()  # the file is the whole truth for this tenant
-        formset = spec.build(tenant, _inline_rows(name, item.get(name, [])))
+    form = TenantForm(
+        _tenant_form_data(item), instance=Tenant.objects.filter(slug=item["slug"]).first()
+    )
+    tenant_valid = form.is_valid()
+    tenant = form.save(commit=False) if tenant_valid else form.instance
+    formsets = {
+        name: spec.build(tenant, _inline_rows(name, item.get(name, [])))
+        for name, spec in INLINES.items()
+    }
+    problems = _form_errors(form.errors)
+    for name, formset in formsets.items():
         if not formset.is_valid():
             problems += _formset_errors(name, formset)
-        else:
-            formset.save()
-    return problems
+    if problems or not tenant_valid:
+        return problems
+    tenant.save()
+    for formset in formsets.values():
+        formset.save()
+    return []
 
 
 def _shape_problems(item: dict[str, Any]) -> list[str]:
@@ -119,10 +137,18 @@ def _shape_problems(item: dict[str, Any]) -> list[str]:
     for name in INLINES:
         if not isinstance(item.get(name, []), list):
             problems.append(f"{name}: must be a list")
-    for rule in item.get("scope_rules", []) if isinstance(item.get("scope_rules"), list) else []:
-        if not isinstance(rule, dict) or not isinstance(rule.get("scopes", []), list):
-            problems.append('scope_rules: each rule is {"endpoint": ..., "scopes": [...]}')
+    rules = item.get("scope_rules", [])
+    for rule in rules if isinstance(rules, list) else []:
+        scopes = rule.get("scopes", []) if isinstance(rule, dict) else None
+        if not isinstance(scopes, list) or not all(_is_scope_word(s) for s in scopes):
+            problems.append(
+                'scope_rules: each rule is {"endpoint": ..., "scopes": [...]}, one scope per item'
+            )
     return problems
+
+
+def _is_scope_word(value: object) -> bool:
+    return isinstance(value, str) and bool(value) and " " not in value
 
 
 def _tenant_form_data(item: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +162,7 @@ def _inline_rows(name: str, values: list[Any]) -> list[dict[str, str]]:
     if name == "audiences":
         return [{"audience": value} for value in values]
     return [
-        {"endpoint": rule.get("endpoint", ""), "scopes": " ".join(map(str, rule.get("scopes", [])))}
+        {"endpoint": rule.get("endpoint", ""), "scopes": " ".join(rule.get("scopes", []))}
         for rule in values
     ]
 

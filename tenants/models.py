@@ -78,7 +78,11 @@ class Tenant(models.Model):
         """Require a domain or an issuer override to know which issuer to trust."""
         if not self.domain and not self.issuer_override:
             raise ValidationError(
-                {"domain": "Enter the Auth0 domain, or an issuer override."}, code="no_issuer"
+                {
+                    "domain": ValidationError(
+                        "Enter the Auth0 domain, or an issuer override.", code="no_issuer"
+                    )
+                }
             )
 
     @property
@@ -144,9 +148,12 @@ class ScopeRule(models.Model):
 
     def clean(self) -> None:
         """Refuse rules for endpoints the platform does not have."""
+        if not self.endpoint:
+            return  # the field's own validation already says it is required
         try:
             get_endpoint(self.endpoint)
         except KeyError:
+            message = f"Unknown endpoint {self.endpoint!r}."
             raise ValidationError(
-                {"endpoint": f"Unknown endpoint {self.endpoint!r}."}, code="unknown_endpoint"
+                {"endpoint": ValidationError(message, code="unknown_endpoint")}
             ) from None

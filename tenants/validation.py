@@ -2,6 +2,7 @@
 
 import ipaddress
 import re
+import socket
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
@@ -20,6 +21,8 @@ ASYMMETRIC_ALGORITHMS = (
     "ES512",
     "EdDSA",
 )
+# A host (name, IPv4 or bracketed IPv6) and an optional port: nothing that changes the URL.
+BARE_DOMAIN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^/?#@\\\s:\[\]]*)(:[0-9]+)?")
 HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
@@ -41,6 +44,12 @@ def _is_internal_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
+        pass
+    else:
+        return True
+    try:
+        socket.inet_aton(host)  # also the short and numeric forms: 127.1, 2130706433, 0x7f.1
+    except OSError:
         return False
     return True
 
@@ -64,7 +73,7 @@ def _validate_issuer_host(host: str, port: int | None) -> None:
 
 def validate_domain(value: str) -> None:
     """Require a bare Auth0 domain such as acme.eu.auth0.com: no scheme, path or port."""
-    if "/" in value or "@" in value:
+    if not BARE_DOMAIN.fullmatch(value):
         raise ValidationError(
             "Enter the bare domain, such as acme.eu.auth0.com, without https:// or a path.",
             code="invalid_domain",
@@ -98,7 +107,7 @@ def validate_issuer_url(value: str) -> None:
 
 def validate_scopes(value: str) -> None:
     """Require space-separated RFC 6749 scope tokens."""
-    for token in value.split():
+    for token in filter(None, value.split(" ")):
         if not SCOPE_TOKEN.match(token):
             raise ValidationError(
                 "%(token)s is not a valid scope: use printable characters other than "

@@ -140,3 +140,12 @@ def test_junk_issuer_gives_503_and_records_the_error(client, make_tenant, tokens
 
     assert response.status_code == 503
     assert read_record("junk").last_error == "The key set is not JSON."
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "10.0.0.8", "169.254.169.254"])
+def test_outside_development_internal_destinations_are_never_fetched(canned, settings, host):
+    settings.AUTHZ = {**settings.AUTHZ, "ALLOW_INSECURE_ISSUERS": False}
+    url = canned.answer(200, b"{}").replace("127.0.0.1", host)
+
+    with pytest.raises(InvalidKeySet, match="non-public address"):
+        fetch_jwks(url)

@@ -1,7 +1,6 @@
 """``manage.py tenants import FILE.json`` and ``manage.py tenants export``: config as code."""
 
 import json
-import sys
 from argparse import ArgumentParser, FileType
 from typing import Any
 
@@ -25,18 +24,18 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the chosen subcommand."""
         if options["action"] == "export":
-            json.dump(export_tenants(), self.stdout, indent=2)
-            self.stdout.write("")
+            self.stdout.write(json.dumps(export_tenants(), indent=2))
             return
         try:
-            document = json.load(options["file"])
+            with options["file"] as file:
+                document = json.load(file)
         except json.JSONDecodeError as exc:
             raise CommandError(f"{options['file'].name} is not valid JSON: {exc}") from exc
         try:
             slugs = import_tenants(document)
         except TenantImportError as exc:
             for error in exc.errors:
-                sys.stderr.write(f"  {error}\n")
+                self.stderr.write(f"  {error}")
             raise CommandError("Nothing was imported: fix the problems above.") from exc
         self.stdout.write(
             self.style.SUCCESS(f"Imported {len(slugs)} tenant(s): {', '.join(slugs)}")

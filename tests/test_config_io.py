@@ -1,0 +1,506 @@
+"""Tenants as JSON: ``manage.py tenants import FILE`` and ``export``, and tenants/config_io.py."""
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tenants.config_io import TenantImportError, export_tenants, import_tenants
+from tenants.models import Tenant
+
+pytestmark = pytest.mark.django_db
+
+README_DOCUMENT = {
+    "tenants": [
+        {
+            "slug": "acme",
+            "name": "Acme",
+            "domain": "acme.eu.auth0.com",
+            "audiences": ["https://api.acme.test"],
+            "hosts": ["acme.localhost"],
+            "scope_rules": [{"endpoint": "messages:private-scoped", "scopes": ["read:messages"]}],
+        }
+    ]
+}
+# Every optional field away from its default, in export's key order with rows sorted.
+FULL_DOCUMENT = {
+    "tenants": [
+        {
+            "slug": "globex",
+            "name": "Globex Corporation",
+            "active": False,
+            "domain": "globex.us.auth0.com",
+            "issuer": "https://login.globex.test/",
+            "jwks_url": "https://keys.globex.test/jwks.json",
+            "audiences": ["https://api.globex.test", "https://billing.globex.test"],
+            "hosts": ["api.globex.localhost", "globex.localhost"],
+            "scope_rules": [
+                {"endpoint": "messages:private", "scopes": []},
+                {"endpoint": "messages:private-scoped", "scopes": ["read:messages", "read:mail"]},
+            ],
+            "algorithms": ["ES256", "RS256"],
+            "leeway": 5,
+            "scope_claims": "both",
+            "provision_users": True,
+        },
+        {
+            "slug": "initech",
+            "name": "Initech",
+            "active": True,
+            "domain": "initech.auth0.com",
+            "audiences": ["https://api.initech.test"],
+            "hosts": [],
+            "scope_rules": [],
+            "algorithms": ["PS256"],
+            "leeway": 600,
+            "scope_claims": "permissions",
+            "provision_users": False,
+        },
+    ]
+}
+
+
+def item(**fields: Any) -> dict[str, Any]:
+    """A valid tenant entry for acme, with fields overridden (None removes the field)."""
+    entry = {**README_DOCUMENT["tenants"][0], **fields}
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+def problems(document: Any) -> list[str]:
+    """The problems ``import_tenants`` refuses a document with."""
+    with pytest.raises(TenantImportError) as refused:
+        import_tenants(document)
+    return refused.value.errors
+
+
+def export_text() -> str:
+    """What ``manage.py tenants export`` prints."""
+    out = io.StringIO()
+    call_command("tenants", "export", stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def insecure_off(settings: Any) -> None:
+    """Production policy: https only, public hostnames only."""
+    settings.AUTHZ = {**settings.AUTHZ, "ALLOW_INSECURE_ISSUERS": False}
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Any:
+    """Write a document (or raw text) to a file and return its path."""
+
+    def write(content: Any, name: str = "tenants.json") -> str:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def run_import(write_file: Any) -> Any:
+    """Run ``manage.py tenants import`` on a document; return its stdout."""
+
+    def run(content: Any) -> str:
+        out = io.StringIO()
+        call_command("tenants", "import", write_file(content), stdout=out, stderr=io.StringIO())
+        return out.getvalue()
+
+    return run
+
+
+@pytest.mark.parametrize("insecure", [True, False], ids=["insecure-on", "insecure-off"])
+def test_readme_example_imports(settings, run_import, insecure):
+    settings.AUTHZ = {**settings.AUTHZ, "ALLOW_INSECURE_ISSUERS": insecure}
+
+    output = run_import(README_DOCUMENT)
+
+    tenant = Tenant.objects.get(slug="acme")
+    assert "Imported 1 tenant(s): acme" in output
+    assert (tenant.name, tenant.domain, tenant.active) == ("Acme", "acme.eu.auth0.com", True)
+    assert [h.hostname for h in tenant.hosts.all()] == ["acme.localhost"]
+    assert [a.audience for a in tenant.audiences.all()] == ["https://api.acme.test"]
+    assert [(r.endpoint, r.scopes) for r in tenant.scope_rules.all()] == [
+        ("messages:private-scoped", "read:messages")
+    ]
+
+
+def test_issuer_and_jwks_url_derive_from_the_domain():
+    import_tenants(README_DOCUMENT)
+
+    tenant = Tenant.objects.get(slug="acme")
+    assert tenant.issuer == "https://acme.eu.auth0.com/"
+    assert tenant.jwks_url == "https://acme.eu.auth0.com/.well-known/jwks.json"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "issuer", "jwks_url"),
+    [
+        (
+            {"issuer": "https://login.acme.test/"},
+            "https://login.acme.test/",
+            "https://login.acme.test/.well-known/jwks.json",
+        ),
+        (
+            {"jwks_url": "https://keys.acme.test/jwks.json"},
+            "https://acme.eu.auth0.com/",
+            "https://keys.acme.test/jwks.json",
+        ),
+        (
+            {"domain": None, "issuer": "https://id.acme.test/realm/"},
+            "https://id.acme.test/realm/",
+            "https://id.acme.test/realm/.well-known/jwks.json",
+        ),
+    ],
+    ids=["issuer", "jwks-url", "issuer-without-domain"],
+)
+def test_overrides_replace_the_derived_addresses(insecure_off, overrides, issuer, jwks_url):
+    import_tenants({"tenants": [item(**overrides)]})
+
+    tenant = Tenant.objects.get(slug="acme")
+    assert (tenant.issuer, tenant.jwks_url) == (issuer, jwks_url)
+
+
+def test_omitted_optional_fields_take_their_defaults():
+    import_tenants({"tenants": [item(hosts=None, scope_rules=None)]})
+
+    tenant = Tenant.objects.get(slug="acme")
+    assert tenant.active is True
+    assert (tenant.algorithms, tenant.leeway, tenant.scope_claims) == (["RS256"], 60, "scope")
+    assert tenant.provision_users is False
+    assert (tenant.hosts.count(), tenant.scope_rules.count()) == (0, 0)
+
+
+def test_export_writes_every_field_in_the_import_format():
+    import_tenants(FULL_DOCUMENT)
+
+    assert export_tenants() == FULL_DOCUMENT
+    assert json.loads(export_text()) == FULL_DOCUMENT
+
+
+def test_export_import_export_round_trip_is_identical(run_import):
+    import_tenants(FULL_DOCUMENT)
+    first = export_text()
+    Tenant.objects.all().delete()
+
+    run_import(first)
+
+    assert export_text() == first
+
+
+def test_export_prints_indented_json():
+    import_tenants(README_DOCUMENT)
+
+    assert export_text() == json.dumps(export_tenants(), indent=2) + "\n"
+
+
+def test_import_reads_stdin_when_the_file_is_a_dash(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(README_DOCUMENT)))
+
+    call_command("tenants", "import", "-", stdout=io.StringIO())
+
+    assert Tenant.objects.filter(slug="acme").exists()
+
+
+def test_import_returns_the_slugs_in_file_order():
+    assert import_tenants(FULL_DOCUMENT) == ["globex", "initech"]
+
+
+def test_upsert_by_slug_updates_the_tenant_and_replaces_its_rows():
+    import_tenants(README_DOCUMENT)
+    before = Tenant.objects.get(slug="acme")
+    changed = item(
+        name="Acme Corporation",
+        hosts=["api.acme.localhost"],
+        audiences=["https://v2.api.acme.test"],
+        scope_rules=[{"endpoint": "messages:private", "scopes": ["read:private"]}],
+    )
+
+    import_tenants({"tenants": [changed]})
+
+    tenant = Tenant.objects.get(slug="acme")
+    assert (tenant.pk, tenant.name) == (before.pk, "Acme Corporation")
+    assert [h.hostname for h in tenant.hosts.all()] == ["api.acme.localhost"]
+    assert [a.audience for a in tenant.audiences.all()] == ["https://v2.api.acme.test"]
+    assert [(r.endpoint, r.scopes) for r in tenant.scope_rules.all()] == [
+        ("messages:private", "read:private")
+    ]
+
+
+def test_lists_left_out_of_the_file_remove_the_rows():
+    import_tenants(README_DOCUMENT)
+
+    import_tenants({"tenants": [item(hosts=None, scope_rules=None)]})
+
+    tenant = Tenant.objects.get(slug="acme")
+    assert (tenant.hosts.count(), tenant.scope_rules.count()) == (0, 0)
+
+
+def test_tenants_absent_from_the_file_are_kept():
+    import_tenants(FULL_DOCUMENT)
+
+    import_tenants(README_DOCUMENT)
+
+    assert list(Tenant.objects.values_list("slug", flat=True)) == ["acme", "globex", "initech"]
+
+
+def test_a_host_can_move_between_tenants_in_one_file():
+    import_tenants({"tenants": [item(slug="zeta", hosts=["shared.localhost"])]})
+
+    import_tenants({"tenants": [item(hosts=["shared.localhost"]), item(slug="zeta", hosts=[])]})
+
+    assert Tenant.objects.get(hosts__hostname="shared.localhost").slug == "acme"
+
+
+@pytest.mark.parametrize("invalid_at", [0, 2], ids=["invalid-first", "invalid-last"])
+def test_an_invalid_file_changes_nothing(invalid_at):
+    import_tenants(README_DOCUMENT)
+    before = export_tenants()
+    entries = [
+        item(name="Renamed", hosts=["new.acme.localhost"], scope_rules=[]),
+        item(slug="globex", name="Globex", hosts=["globex.localhost"]),
+    ]
+    entries.insert(invalid_at, item(slug="initech", hosts=["initech.localhost"], leeway=601))
+
+    with pytest.raises(TenantImportError):
+        import_tenants({"tenants": entries})
+
+    assert export_tenants() == before
+    assert list(Tenant.objects.values_list("slug", flat=True)) == ["acme"]
+
+
+def test_command_refuses_an_invalid_file_and_changes_nothing(run_import):
+    import_tenants(README_DOCUMENT)
+    before = export_tenants()
+    document = {"tenants": [item(name="Renamed"), item(slug="globex", scope_claims="roles")]}
+
+    with pytest.raises(CommandError, match="Nothing was imported"):
+        run_import(document)
+
+    assert export_tenants() == before
+
+
+def test_command_error_lists_every_problem(write_file):
+    document = {"tenants": [item(leeway=601), item(slug="globex", scope_claims="roles")]}
+    err = io.StringIO()
+
+    with pytest.raises(CommandError) as refused:
+        call_command("tenants", "import", write_file(document), stdout=io.StringIO(), stderr=err)
+
+    reported = f"{refused.value}\n{err.getvalue()}"
+    assert "tenants[0] (acme): leeway: Ensure this value is less than or equal to 600." in reported
+    assert "tenants[1] (globex): scope_claims: Select a valid choice." in reported
+
+
+def test_every_problem_of_one_tenant_is_reported_at_once():
+    reported = "\n".join(problems({"tenants": [item(leeway=601, hosts=["bad_host"])]}))
+
+    assert "leeway:" in reported
+    assert "hosts[0]: hostname:" in reported
+
+
+def test_problems_of_every_tenant_are_reported():
+    document = {"tenants": [item(leeway=601), item(slug="globex", algorithms=["HS256"])]}
+
+    reported = problems(document)
+
+    assert [p.split(":")[0] for p in reported] == ["tenants[0] (acme)", "tenants[1] (globex)"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"colour": "red"}, "tenants[0] (acme): unknown field 'colour'"),
+        ({"slug": None}, "tenants[0]: slug: this field is required"),
+        ({"name": None}, "tenants[0] (acme): name: this field is required"),
+        ({"audiences": None}, "tenants[0] (acme): audiences: this field is required"),
+        ({"audiences": []}, "tenants[0] (acme): audiences: Please submit at least 1 form."),
+        (
+            {"audiences": ["https://api.acme.test", "https://api.acme.test"]},
+            "tenants[0] (acme): audiences: Please correct the duplicate data for audience.",
+        ),
+        (
+            {"hosts": ["acme.localhost", "ACME.localhost"]},
+            "tenants[0] (acme): hosts: Please correct the duplicate data for hostname.",
+        ),
+        (
+            {"hosts": ["acme_x.localhost"]},
+            "tenants[0] (acme): hosts[0]: hostname: Enter a hostname",
+        ),
+        ({"hosts": "acme.localhost"}, "tenants[0] (acme): hosts: must be a list"),
+        (
+            {"scope_rules": [{"endpoint": "messages:private", "scopes": ['read:"messages"']}]},
+            'tenants[0] (acme): scope_rules[0]: scopes: read:"messages" is not a valid scope',
+        ),
+        (
+            {"scope_rules": ["messages:private"]},
+            'tenants[0] (acme): scope_rules: each rule is {"endpoint": ..., "scopes": [...]}',
+        ),
+        (
+            {"domain": "https://acme.auth0.com"},
+            "tenants[0] (acme): domain: Enter the bare domain, such as acme.eu.auth0.com",
+        ),
+        (
+            {"domain": "acme.auth0.com/path"},
+            "tenants[0] (acme): domain: Enter the bare domain, such as acme.eu.auth0.com",
+        ),
+        (
+            {"domain": None},
+            "tenants[0] (acme): domain: Enter the Auth0 domain, or an issuer override.",
+        ),
+        (
+            {"algorithms": ["RS256", "HS256"]},
+            "tenants[0] (acme): algorithms: Select a valid choice. HS256 is not one of the",
+        ),
+        ({"algorithms": []}, "tenants[0] (acme): algorithms: This field is required."),
+        (
+            {"leeway": 601},
+            "tenants[0] (acme): leeway: Ensure this value is less than or equal to 600.",
+        ),
+        (
+            {"scope_claims": "roles"},
+            "tenants[0] (acme): scope_claims: Select a valid choice. roles is not one of the",
+        ),
+        (
+            {"issuer": "https://login.acme.test/?tenant=1"},
+            "tenants[0] (acme): issuer: Remove credentials, query string and fragment",
+        ),
+    ],
+    ids=[
+        "unknown-field",
+        "missing-slug",
+        "missing-name",
+        "missing-audiences",
+        "empty-audiences",
+        "duplicate-audiences",
+        "duplicate-hosts",
+        "bad-host",
+        "hosts-not-a-list",
+        "bad-scope-token",
+        "rule-not-an-object",
+        "domain-with-scheme",
+        "domain-with-path",
+        "no-domain-or-issuer",
+        "hs256",
+        "no-algorithms",
+        "leeway-601",
+        "scope-claims-roles",
+        "issuer-with-query",
+    ],
+)
+def test_each_invalid_field_has_a_clear_error(fields, expected):
+    reported = problems({"tenants": [item(**fields)]})
+
+    assert any(problem.startswith(expected) for problem in reported), reported
+    assert not Tenant.objects.exists()
+
+
+def test_unknown_endpoint_in_a_scope_rule_is_named_in_every_error():
+    rules = [{"endpoint": "messages:nope", "scopes": ["read:messages"]}]
+
+    reported = problems({"tenants": [item(scope_rules=rules)]})
+
+    assert reported
+    assert all("scope_rules[0]: endpoint:" in p and "messages:nope" in p for p in reported)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"domain": "acme.auth0.com:8443"}, "domain: A port is not allowed"),
+        ({"domain": "127.0.0.1"}, "domain: IP addresses and loopback names are not allowed"),
+        ({"domain": "localhost"}, "domain: IP addresses and loopback names are not allowed"),
+        ({"issuer": "http://login.acme.test/"}, "issuer: Issuer and JWKS addresses must start"),
+        ({"jwks_url": "http://login.acme.test/jwks"}, "jwks_url: Issuer and JWKS addresses"),
+        ({"issuer": "https://127.0.0.1/"}, "issuer: IP addresses and loopback names"),
+    ],
+    ids=["domain-port", "domain-ip", "domain-localhost", "http-issuer", "http-jwks", "ip-issuer"],
+)
+def test_insecure_issuers_are_refused_when_not_allowed(insecure_off, fields, expected):
+    reported = problems({"tenants": [item(**fields)]})
+
+    assert any(p.startswith(f"tenants[0] (acme): {expected}") for p in reported), reported
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"domain": "localhost:8443"},
+        {"domain": "127.0.0.1"},
+        {"domain": None, "issuer": "http://127.0.0.1:8000/acme/"},
+    ],
+    ids=["loopback-with-port", "ip-literal", "http-issuer"],
+)
+def test_insecure_issuers_are_accepted_when_allowed(settings, fields):
+    settings.AUTHZ = {**settings.AUTHZ, "ALLOW_INSECURE_ISSUERS": True}
+
+    import_tenants({"tenants": [item(**fields)]})
+
+    assert Tenant.objects.filter(slug="acme").exists()
+
+
+def test_a_host_of_another_tenant_is_refused():
+    import_tenants(README_DOCUMENT)
+
+    reported = problems({"tenants": [item(slug="globex", hosts=["acme.localhost"])]})
+
+    assert reported == [
+        "tenants[0] (globex): hosts[0]: hostname: Tenant host with this Hostname already exists."
+    ]
+
+
+def test_a_host_used_twice_in_the_file_is_refused():
+    document = {
+        "tenants": [
+            item(slug="globex", hosts=["shared.localhost"]),
+            item(slug="initech", hosts=["shared.localhost"]),
+        ]
+    }
+
+    reported = problems(document)
+
+    assert reported == [
+        "tenants[1] (initech): hosts[0]: hostname: Tenant host with this Hostname already exists."
+    ]
+    assert not Tenant.objects.exists()
+
+
+def test_a_slug_used_twice_in_the_file_is_refused():
+    document = {"tenants": [item(name="First"), item(name="Second")]}
+
+    reported = problems(document)
+
+    assert any("slug" in problem for problem in reported), reported
+    assert not Tenant.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [[], "tenants", None, {}, {"tenants": {}}, {"tenants": "acme"}],
+    ids=["list", "string", "null", "no-tenants", "tenants-object", "tenants-string"],
+)
+def test_a_document_that_is_not_an_object_with_a_tenants_list_is_refused(document):
+    assert problems(document) == ['The file must be a JSON object with a "tenants" list.']
+
+
+def test_a_tenant_entry_that_is_not_an_object_is_refused():
+    assert problems({"tenants": [item(), "globex"]}) == ["tenants[1]: must be an object"]
+    assert not Tenant.objects.exists()
+
+
+@pytest.mark.parametrize("content", ["[]", '{"tenants": {}}'], ids=["list", "tenants-object"])
+def test_command_refuses_a_badly_shaped_document(run_import, content):
+    with pytest.raises(CommandError, match="Nothing was imported"):
+        run_import(content)
+
+
+def test_command_refuses_a_file_that_is_not_json(run_import):
+    with pytest.raises(CommandError, match="is not valid JSON"):
+        run_import('{"tenants": [')
+
+    assert not Tenant.objects.exists()

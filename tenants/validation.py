@@ -3,7 +3,7 @@
 import ipaddress
 import re
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from django.core.exceptions import ValidationError
 
@@ -54,8 +54,16 @@ def _is_internal_address(host: str) -> bool:
     return True
 
 
+def _validate_issuer_address(parts: SplitResult, code: str) -> None:
+    """Apply the insecure-issuer policy to the host and port of a parsed address."""
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationError("The port is not a number.", code=code) from exc
+    _validate_issuer_host(parts.hostname or "", port)
+
+
 def _validate_issuer_host(host: str, port: int | None) -> None:
-    """Apply the insecure-issuer policy to the host and port of an issuer or JWKS URL."""
     if authz_settings.ALLOW_INSECURE_ISSUERS:
         if not _is_internal_address(host):
             validate_hostname(host)
@@ -78,12 +86,7 @@ def validate_domain(value: str) -> None:
             "Enter the bare domain, such as acme.eu.auth0.com, without https:// or a path.",
             code="invalid_domain",
         )
-    parts = urlsplit(f"//{value}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValidationError("The port is not a number.", code="invalid_domain") from exc
-    _validate_issuer_host(parts.hostname or "", port)
+    _validate_issuer_address(urlsplit(f"//{value}"), "invalid_domain")
 
 
 def validate_issuer_url(value: str) -> None:
@@ -98,11 +101,7 @@ def validate_issuer_url(value: str) -> None:
         raise ValidationError(
             "Remove credentials, query string and fragment from the address.", code="invalid_url"
         )
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValidationError("The port is not a number.", code="invalid_url") from exc
-    _validate_issuer_host(parts.hostname or "", port)
+    _validate_issuer_address(parts, "invalid_url")
 
 
 def validate_scopes(value: str) -> None:

@@ -13,13 +13,14 @@ if TYPE_CHECKING:  # rest_framework.views imports this module through its settin
 
 
 class HasEndpointScopes(BasePermission):
-    """The tenant's scope rule for ``view.endpoint_key``, else the endpoint's default."""
+    """The tenant's scope rule for the view's endpoint key, else the endpoint's default."""
 
     def has_permission(self, request: Request, view: "APIView") -> bool:
         """False without a principal (DRF answers 401); 403 with the scopes when short."""
-        if not isinstance(request.auth, Principal):
+        if not isinstance(request.auth, Principal) or not hasattr(view, "endpoint_key_for"):
             return False
-        required = request.tenant.required_scopes(view.endpoint_key)
+        endpoint_key = view.endpoint_key_for(request.method)
+        required = request.tenant.required_scopes(endpoint_key) if endpoint_key else ()
         if not set(required) <= request.auth.scopes:
             raise InsufficientScope(required)
         return True

@@ -31,6 +31,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "tenants",
     "authz",
     "messages.apps.MessagesConfig",
@@ -38,6 +40,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -94,7 +97,9 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+# Where collectstatic gathers files (the image sets it); unset, files are served from the apps.
+STATIC_ROOT = env.str("STATIC_ROOT", default="") or None
+WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -102,11 +107,31 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["authz.authentication.TenantTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["authz.permissions.HasEndpointScopes"],
     "EXCEPTION_HANDLER": "authz.handlers.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "authz.schema.ScopedAutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
-# Browser consumers: CORS is opened per tenant in a later step; nothing is allowed by default.
-CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tenant authz API",
+    "DESCRIPTION": (
+        "The API of every tenant. Call it on the tenant's hostname (`/api/...`) or under "
+        "`/t/<tenant slug>/api/...`, with `Authorization: Bearer <access token>` from the "
+        "tenant's issuer. Each operation lists the scopes it requires by default; a tenant may "
+        "require others (its scope rules)."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["authz.schema.host_paths_only"],
+}
+
+# Browser consumers: each tenant lists its origins (tenants/cors.py); none are allowed globally.
+CORS_URLS_REGEX = r"^(/t/[^/]+)?/api/"
+CORS_ALLOWED_ORIGINS: list[str] = []
 
 # Celery: with no Redis the embedded default runs tasks eagerly in the calling process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://localhost/")

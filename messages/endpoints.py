@@ -8,3 +8,7 @@ PRIVATE = register_endpoint(
 PRIVATE_SCOPED = register_endpoint(
     "messages:private-scoped", ("read:messages",), "GET /api/private-scoped"
 )
+LIST = register_endpoint("messages:list", ("read:messages",), "GET /api/messages")
+CREATE = register_endpoint("messages:create", ("write:messages",), "POST /api/messages")
+READ = register_endpoint("messages:read", ("read:messages",), "GET /api/messages/<id>")
+DELETE = register_endpoint("messages:delete", ("delete:messages",), "DELETE /api/messages/<id>")

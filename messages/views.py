@@ -1,11 +1,22 @@
-"""The quickstart's three endpoints, served per tenant."""
+"""The quickstart's three endpoints and the messages resource, served per tenant."""
 
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, generics, serializers
+from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from messages import endpoints
 from messages.endpoints import PRIVATE, PRIVATE_SCOPED
-from tenants.views import TenantAPIView
+from messages.models import Message, TenantScopedQuerySet
+from messages.serializers import MessageSerializer
+from tenants.views import TenantAPIView, TenantResolutionMixin
+
+MAX_ID = 2**63 - 1
+GREETING = inline_serializer("Greeting", {"message": serializers.CharField()})
 
 
 class PublicMessage(TenantAPIView):
@@ -14,6 +25,7 @@ class PublicMessage(TenantAPIView):
     authentication_classes = ()
     permission_classes = (AllowAny,)
 
+    @extend_schema(responses=GREETING)
     def get(self, request: Request) -> Response:
         """The quickstart's public message."""
         return Response(
@@ -29,6 +41,7 @@ class PrivateMessage(TenantAPIView):
 
     endpoint_key = PRIVATE.key
 
+    @extend_schema(responses=GREETING)
     def get(self, request: Request) -> Response:
         """The quickstart's private message."""
         return Response(
@@ -41,6 +54,7 @@ class PrivateScopedMessage(TenantAPIView):
 
     endpoint_key = PRIVATE_SCOPED.key
 
+    @extend_schema(responses=GREETING)
     def get(self, request: Request) -> Response:
         """The quickstart's scoped message, naming the scopes this tenant demands."""
         scopes = " ".join(request.tenant.required_scopes(self.endpoint_key))
@@ -50,3 +64,88 @@ class PrivateScopedMessage(TenantAPIView):
                 f"and have a scope of {scopes} to see this."
             }
         )
+
+
+class NewestFirst(CursorPagination):
+    """Stable pages however many messages arrive meanwhile."""
+
+    ordering = ("-created_at", "-id")
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+class NotAuthor(exceptions.PermissionDenied):
+    """Only the author, or a token with the tenant's admin scope, may delete a message."""
+
+    default_detail = "Only the author of this message may delete it."
+    default_code = "not_author"
+
+
+class TenantMessages(TenantResolutionMixin):
+    """Messages of the request's tenant, and nothing else."""
+
+    serializer_class = MessageSerializer
+    endpoint_keys: dict[str, str] = {}
+
+    def endpoint_key_for(self, method: str) -> str | None:
+        """The key of this method."""
+        return self.endpoint_keys.get(method)
+
+    def get_queryset(self) -> TenantScopedQuerySet:
+        """The tenant-scoped queryset: the only way this view reaches rows."""
+        return Message.objects.for_tenant(self.request.tenant)
+
+
+class MessageList(TenantMessages, generics.ListCreateAPIView):
+    """GET /api/messages (newest first, cursor pages); POST /api/messages."""
+
+    pagination_class = NewestFirst
+    endpoint_keys = {
+        "GET": endpoints.LIST.key,
+        "HEAD": endpoints.LIST.key,
+        "OPTIONS": endpoints.LIST.key,
+        "POST": endpoints.CREATE.key,
+    }
+
+    def perform_create(self, serializer: MessageSerializer) -> None:
+        """The author is the token's subject, never the client's say."""
+        serializer.instance = self.get_queryset().create(
+            author=self.request.auth.subject, **serializer.validated_data
+        )
+
+    def get_success_headers(self, data: dict[str, Any]) -> dict[str, str]:
+        """``Location`` of the new message, under the same host or /t/<slug>/ prefix."""
+        return {"Location": self.request.build_absolute_uri(f"{self.request.path}/{data['id']}")}
+
+
+class MessageDetail(TenantMessages, generics.RetrieveDestroyAPIView):
+    """GET and DELETE /api/messages/<id>."""
+
+    endpoint_keys = {
+        "GET": endpoints.READ.key,
+        "HEAD": endpoints.READ.key,
+        "OPTIONS": endpoints.READ.key,
+        "DELETE": endpoints.DELETE.key,
+    }
+
+    def get_object(self) -> Message:
+        """The tenant's message with this id; another tenant's id is simply not found."""
+        message_id = self.kwargs["message_id"]
+        if (
+            not message_id.isascii()
+            or not message_id.isdigit()
+            or not 0 < int(message_id) <= MAX_ID
+        ):
+            raise serializers.ValidationError({"id": ["A message id is a positive integer."]})
+        message = self.get_queryset().filter(pk=int(message_id)).first()
+        if message is None:
+            raise exceptions.NotFound("No such message.")
+        return message
+
+    def perform_destroy(self, instance: Message) -> None:
+        """Authors delete their own; the tenant's admin scope deletes any."""
+        principal, admin_scope = self.request.auth, self.request.tenant.admin_scope
+        if instance.author != principal.subject and admin_scope not in principal.scopes:
+            raise NotAuthor()
+        instance.delete()

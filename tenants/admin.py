@@ -4,12 +4,13 @@ from django.contrib import admin
 
 from tenants.forms import (
     AudienceForm,
+    CorsOriginForm,
     HostForm,
     RequiredInlineFormSet,
     ScopeRuleForm,
     TenantForm,
 )
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantHost
+from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
 
 
 class HostInline(admin.TabularInline):
@@ -30,6 +31,14 @@ class AudienceInline(admin.TabularInline):
     extra = 0
 
 
+class CorsOriginInline(admin.TabularInline):
+    """Browser origins allowed to call the tenant's API."""
+
+    model = TenantCorsOrigin
+    form = CorsOriginForm
+    extra = 0
+
+
 class ScopeRuleInline(admin.TabularInline):
     """Per-endpoint scope overrides."""
 
@@ -46,4 +55,4 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ("slug", "name", "active", "issuer")
     list_filter = ("active",)
     search_fields = ("slug", "name", "domain", "hosts__hostname")
-    inlines = (HostInline, AudienceInline, ScopeRuleInline)
+    inlines = (HostInline, AudienceInline, ScopeRuleInline, CorsOriginInline)

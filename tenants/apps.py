@@ -9,4 +9,9 @@ class TenantsConfig(AppConfig):
     name = "tenants"
 
     def ready(self) -> None:
+        from corsheaders.signals import check_request_enabled
+
         from tenants import signals  # noqa: F401 - connects the receivers
+        from tenants.cors import origin_allowed_for_tenant
+
+        check_request_enabled.connect(origin_allowed_for_tenant)

@@ -6,7 +6,14 @@ from typing import Any
 from django.db import transaction
 from django.forms import BaseInlineFormSet, ModelForm, inlineformset_factory
 
-from tenants.forms import AudienceForm, HostForm, RequiredInlineFormSet, ScopeRuleForm, TenantForm
+from tenants.forms import (
+    AudienceForm,
+    CorsOriginForm,
+    HostForm,
+    RequiredInlineFormSet,
+    ScopeRuleForm,
+    TenantForm,
+)
 from tenants.models import Tenant
 
 # JSON name -> model field, for the fields whose names differ.
@@ -20,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "leeway": 60,
     "scope_claims": "scope",
     "provision_users": False,
+    "admin_scope": "",
 }
 REQUIRED = ("slug", "name", "audiences")
 
@@ -54,6 +62,7 @@ INLINES = {
     "hosts": InlineSpec(HostForm, BaseInlineFormSet, 0),
     "audiences": InlineSpec(AudienceForm, RequiredInlineFormSet, 1),
     "scope_rules": InlineSpec(ScopeRuleForm, BaseInlineFormSet, 0),
+    "cors_origins": InlineSpec(CorsOriginForm, BaseInlineFormSet, 0),
 }
 KNOWN_KEYS = {*DEFAULTS, *REQUIRED, *INLINES}
 
@@ -161,6 +170,8 @@ def _inline_rows(name: str, values: list[Any]) -> list[dict[str, str]]:
         return [{"hostname": value} for value in values]
     if name == "audiences":
         return [{"audience": value} for value in values]
+    if name == "cors_origins":
+        return [{"origin": value} for value in values]
     return [
         {"endpoint": rule.get("endpoint", ""), "scopes": " ".join(rule.get("scopes", []))}
         for rule in values
@@ -185,7 +196,7 @@ def _formset_errors(name: str, formset: BaseInlineFormSet) -> list[str]:
 
 def export_tenants() -> dict[str, Any]:
     """Every tenant, in the format ``import_tenants`` reads."""
-    tenants = Tenant.objects.prefetch_related("hosts", "audiences", "scope_rules")
+    tenants = Tenant.objects.prefetch_related("hosts", "audiences", "scope_rules", "cors_origins")
     return {"tenants": [_export_one(tenant) for tenant in tenants]}
 
 
@@ -209,4 +220,6 @@ def _export_one(tenant: Tenant) -> dict[str, Any]:
         "leeway": tenant.leeway,
         "scope_claims": tenant.scope_claims,
         "provision_users": tenant.provision_users,
+        "admin_scope": tenant.admin_scope,
+        "cors_origins": [o.origin for o in tenant.cors_origins.all()],
     }

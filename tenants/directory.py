@@ -37,6 +37,9 @@ class TenantConfig:
     leeway: int
     scope_claims: str
     provision_users: bool
+    admin_scope: str = ""
+    cors_origins: frozenset[str] = frozenset()
+    id: int | None = None
     scope_rules: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def required_scopes(self, endpoint_key: str) -> tuple[str, ...]:
@@ -55,6 +58,7 @@ class _Snapshot:
 def _config_from_model(tenant: object) -> TenantConfig:
     """Freeze a Tenant row, with its prefetched relations, into a TenantConfig."""
     return TenantConfig(
+        id=tenant.pk,
         slug=tenant.slug,
         name=tenant.name,
         issuer=tenant.issuer,
@@ -65,6 +69,8 @@ def _config_from_model(tenant: object) -> TenantConfig:
         leeway=tenant.leeway,
         scope_claims=tenant.scope_claims,
         provision_users=tenant.provision_users,
+        admin_scope=tenant.admin_scope,
+        cors_origins=frozenset(o.origin for o in tenant.cors_origins.all()),
         scope_rules=MappingProxyType(
             {rule.endpoint: tuple(rule.scopes.split()) for rule in tenant.scope_rules.all()}
         ),
@@ -115,7 +121,7 @@ def _load_snapshot() -> _Snapshot:
     from tenants.models import Tenant
 
     tenants = Tenant.objects.filter(active=True).prefetch_related(
-        "hosts", "audiences", "scope_rules"
+        "hosts", "audiences", "scope_rules", "cors_origins"
     )
     configs = [_config_from_model(tenant) for tenant in tenants]
     return _Snapshot(

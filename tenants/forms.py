@@ -4,7 +4,7 @@ from django import forms
 from django.forms.models import BaseInlineFormSet
 
 from authz.endpoints import all_endpoints
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantHost
+from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
 from tenants.validation import ASYMMETRIC_ALGORITHMS
 
 
@@ -38,6 +38,7 @@ class TenantForm(forms.ModelForm):
             "leeway",
             "scope_claims",
             "provision_users",
+            "admin_scope",
         ]
 
     def clean_domain(self) -> str:
@@ -63,6 +64,14 @@ class AudienceForm(forms.ModelForm):
     class Meta:
         model = TenantAudience
         fields = ["audience"]
+
+
+class CorsOriginForm(forms.ModelForm):
+    """One browser origin allowed to call the tenant's API."""
+
+    class Meta:
+        model = TenantCorsOrigin
+        fields = ["origin"]
 
 
 class ScopeRuleForm(forms.ModelForm):

@@ -10,6 +10,7 @@ from tenants.validation import (
     validate_domain,
     validate_hostname,
     validate_issuer_url,
+    validate_origin,
     validate_scopes,
 )
 
@@ -64,6 +65,12 @@ class Tenant(models.Model):
     )
     provision_users = models.BooleanField(
         default=False, help_text="Create a Django user for each token subject."
+    )
+    admin_scope = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_scopes],
+        help_text="A token with this scope may delete any message of the tenant; blank: none.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -123,6 +130,23 @@ class TenantAudience(models.Model):
 
     def __str__(self) -> str:
         return self.audience
+
+
+class TenantCorsOrigin(models.Model):
+    """A browser origin allowed to call the tenant's API (CORS)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="cors_origins")
+    origin = models.CharField(max_length=300, validators=[validate_origin])
+
+    class Meta:
+        ordering = ["origin"]
+        verbose_name = "CORS origin"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "origin"], name="unique_tenant_origin")
+        ]
+
+    def __str__(self) -> str:
+        return self.origin
 
 
 class ScopeRule(models.Model):

@@ -7,13 +7,14 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from tenants.directory import config_changed
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantHost
+from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
 
 
 @receiver([post_save, post_delete], sender=Tenant)
 @receiver([post_save, post_delete], sender=TenantHost)
 @receiver([post_save, post_delete], sender=TenantAudience)
 @receiver([post_save, post_delete], sender=ScopeRule)
+@receiver([post_save, post_delete], sender=TenantCorsOrigin)
 def publish_config_change(sender: type, **kwargs: object) -> None:
     """Any change to a tenant or its parts changes the directory."""
     config_changed()

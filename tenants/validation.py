@@ -127,3 +127,26 @@ def validate_algorithms(value: object) -> None:
                 code="invalid_algorithm",
                 params={"name": name, "allowed": ", ".join(ASYMMETRIC_ALGORITHMS)},
             )
+
+
+def validate_origin(value: str) -> None:
+    """Require a browser origin: scheme, host and optional port, nothing more."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises for a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or value != value.strip()
+    ):
+        raise ValidationError(
+            "Enter an origin such as https://app.example.com (no path or trailing slash).",
+            code="invalid_origin",
+        )

@@ -1,19 +1,31 @@
-"""The base class of every tenant-served API view."""
+"""The base of every tenant-served API view."""
 
 from typing import Any
 
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from tenants.resolution import resolve_tenant
 
 
-class TenantAPIView(APIView):
+class TenantResolutionMixin:
     """Resolves the tenant before authentication, so unknown tenants never reach token work."""
 
     endpoint_key: str | None = None
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        """Tenant first, then an unsupported method is 405 whatever the token, then DRF's steps."""
         # The slug comes from the /t/<slug>/ URL prefix; handlers never see it.
         request.tenant = resolve_tenant(request, self.kwargs.pop("tenant_slug", None))
+        if not hasattr(self, request.method.lower()):
+            raise MethodNotAllowed(request.method)
         super().initial(request, *args, **kwargs)
+
+    def endpoint_key_for(self, method: str) -> str | None:
+        """The endpoint key whose scope rule guards requests of this method."""
+        return self.endpoint_key
+
+
+class TenantAPIView(TenantResolutionMixin, APIView):
+    """An APIView served per tenant."""

@@ -34,6 +34,7 @@ def tenant_post(**overrides: str) -> dict[str, str]:
         **inline_management("scope_rules", 1),
         "scope_rules-0-endpoint": "messages:private-scoped",
         "scope_rules-0-scopes": "read:reports",
+        **inline_management("cors_origins", 0),
     }
     data.update(overrides)
     return data

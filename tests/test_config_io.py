@@ -46,6 +46,8 @@ FULL_DOCUMENT = {
             "leeway": 5,
             "scope_claims": "both",
             "provision_users": True,
+            "admin_scope": "admin:messages",
+            "cors_origins": ["http://localhost:3000", "https://app.globex.test"],
         },
         {
             "slug": "initech",
@@ -59,6 +61,8 @@ FULL_DOCUMENT = {
             "leeway": 600,
             "scope_claims": "permissions",
             "provision_users": False,
+            "admin_scope": "",
+            "cors_origins": [],
         },
     ]
 }

@@ -1,0 +1,87 @@
+"""OpenAPI: the bearer scheme, and each operation's default scopes, from the endpoint registry."""
+
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import ResolvedComponent
+
+from authz.endpoints import get_endpoint
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "message": {"type": "string", "description": "A sentence for humans."},
+        "code": {"type": "string", "description": "A stable machine code."},
+        "errors": {"type": "object", "description": "Field errors, for invalid input."},
+    },
+    "required": ["message", "code"],
+}
+ERRORS_EVERYWHERE = {"404": "No tenant at this address (`tenant_not_found`), or no such row."}
+ERRORS_WHEN_PROTECTED = {
+    "400": "Malformed Authorization header or invalid input.",
+    "401": "No token, or an invalid, expired or foreign token (RFC 6750 `WWW-Authenticate`).",
+    "403": "The token lacks a required scope (`insufficient_scope`).",
+    "503": "The tenant's issuer is unreachable and no key is cached.",
+}
+
+
+class TenantTokenScheme(OpenApiAuthenticationExtension):
+    """Documents TenantTokenAuthentication as an HTTP bearer JWT."""
+
+    target_class = "authz.authentication.TenantTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
+        """RS256 access tokens from the tenant's issuer."""
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An RS256 access token minted by the tenant's issuer for its audience.",
+        }
+
+
+class ScopedAutoSchema(AutoSchema):
+    """Adds the scopes an operation requires by default to its description."""
+
+    def _required_scopes(self) -> tuple[str, ...] | None:
+        key_for = getattr(self.view, "endpoint_key_for", None)
+        key = key_for(self.method) if key_for else None
+        return get_endpoint(key).default_scopes if key else None
+
+    def get_description(self) -> str:
+        """The view's docstring, then its scope requirement."""
+        scopes = self._required_scopes()
+        if scopes is None:
+            return super().get_description()
+        needed = ", ".join(f"`{scope}`" for scope in scopes) or "none (any valid token)"
+        return f"{super().get_description()}\n\nRequired scopes by default: {needed}."
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        """The operation, with ``x-required-scopes`` for client generators."""
+        operation = super().get_operation(*args, **kwargs)
+        if operation is None:
+            return None
+        scopes = self._required_scopes()
+        errors = dict(ERRORS_EVERYWHERE)
+        if scopes is not None:
+            operation["x-required-scopes"] = list(scopes)
+            errors.update(ERRORS_WHEN_PROTECTED)
+        for status, description in errors.items():
+            operation["responses"].setdefault(status, self._error_response(description))
+        return operation
+
+    def _error_response(self, description: str) -> dict[str, Any]:
+        component = ResolvedComponent("Error", ResolvedComponent.SCHEMA, object="Error")
+        component.schema = ERROR_SCHEMA
+        self.registry.register_on_missing(component)
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": component.ref}},
+        }
+
+
+def host_paths_only(endpoints: list[tuple[Any, ...]], **kwargs: Any) -> list[tuple[Any, ...]]:
+    """Document each operation once, at its /api/ path; /t/<slug>/ mirrors it."""
+    return [endpoint for endpoint in endpoints if not endpoint[0].startswith("/t/")]

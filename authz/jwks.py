@@ -182,16 +182,26 @@ def refresh_key_set(tenant: TenantConfig) -> KeySetRecord:
     if not cache.add(lock_key, token, timeout=authz_settings.REFRESH_LOCK_TIMEOUT):
         raise RefreshInProgress(f"The key set of {tenant.slug} is being refreshed elsewhere.")
     started = time.monotonic()
+    outcome, key_count = "error", 0
     try:
-        return _fetch_and_store(tenant)
+        record = _fetch_and_store(tenant)
+        outcome, key_count = "ok", len(record.keys)
+        return record
+    except JWKSError as exc:
+        outcome = f"error: {exc}"
+        raise
     finally:
         if cache.get(lock_key) == token:
             cache.delete(lock_key)
-        logger.info(
-            "key set refresh tenant=%s duration_ms=%.0f",
-            tenant.slug,
-            (time.monotonic() - started) * 1000,
-        )
+        _log_refresh(tenant.slug, outcome, key_count, time.monotonic() - started)
+
+
+def _log_refresh(slug: str, outcome: str, key_count: int, seconds: float) -> None:
+    """One structured line per refresh; the fields travel in ``extra`` for JSON formatters."""
+    fields = {"tenant": slug, "outcome": outcome, "keys": key_count}
+    fields["duration_ms"] = round(seconds * 1000, 1)
+    level = logging.INFO if outcome == "ok" else logging.WARNING
+    logger.log(level, "key set refresh %s", fields, extra={"event": "jwks_refresh", **fields})
 
 
 def _fetch_and_store(tenant: TenantConfig) -> KeySetRecord:
@@ -201,11 +211,9 @@ def _fetch_and_store(tenant: TenantConfig) -> KeySetRecord:
     try:
         keys = fetch_jwks(tenant.jwks_url)
     except JWKSError as exc:
-        logger.warning("key set refresh failed tenant=%s error=%s", tenant.slug, exc)
         _store(tenant.slug, _failed(previous, tenant.jwks_url, str(exc)))
         raise
     record = KeySetRecord(keys, _version_of(keys), tenant.jwks_url, fetched_at=time.time())
-    logger.info("key set refreshed tenant=%s keys=%d", tenant.slug, len(keys))
     return _store(tenant.slug, record)
 
 

@@ -61,6 +61,42 @@ class KeySetRecord:
         return cls(**{**data, "keys": tuple(data["keys"])})
 
 
+@dataclass(frozen=True)
+class KeySetHealth:
+    """How a tenant's key set looks to an operator."""
+
+    status: str  # ok, degraded (last fetch failed, keys kept), stale, missing
+    record: KeySetRecord | None
+
+    @property
+    def label(self) -> str:
+        """A word for lists and filters."""
+        return HEALTH_LABELS[self.status]
+
+
+HEALTH_LABELS = {
+    "ok": "OK",
+    "degraded": "Last fetch failed; keys kept",
+    "stale": "Stale: keys older than the max-stale limit",
+    "missing": "No keys",
+}
+
+
+def key_set_health(record: KeySetRecord | None, jwks_url: str) -> KeySetHealth:
+    """Classify a stored record for the tenant's current JWKS URL."""
+    if record is None or record.jwks_url != jwks_url or not record.keys:
+        return KeySetHealth("missing", record)
+    if time.time() - (record.fetched_at or 0) > authz_settings.KEYSET_MAX_STALE:
+        return KeySetHealth("stale", record)
+    return KeySetHealth("degraded" if record.last_error else "ok", record)
+
+
+def read_records(slugs: list[str]) -> dict[str, KeySetRecord]:
+    """The stored records of many tenants in one cache round trip."""
+    found = cache.get_many([record_key(slug) for slug in slugs])
+    return {key.removeprefix("jwks:"): KeySetRecord.from_dict(data) for key, data in found.items()}
+
+
 def record_key(slug: str) -> str:
     """Cache key of a tenant's key set record."""
     return f"jwks:{slug}"
@@ -113,8 +149,8 @@ def _read_bounded(response: requests.Response) -> bytes:
     return bytes(body)
 
 
-def fetch_jwks(url: str) -> tuple[dict[str, Any], ...]:
-    """Fetch and validate a key set; return its usable public signing keys."""
+def fetch_document(url: str) -> bytes:
+    """GET an issuer document safely: short timeouts, bounded size, no cross-host redirects."""
     try:
         with requests.Session() as session:
             response = _get_following_same_host(url, session)
@@ -123,10 +159,14 @@ def fetch_jwks(url: str) -> tuple[dict[str, Any], ...]:
                     raise IssuerUnreachable(f"The issuer answered HTTP {response.status_code}.")
                 if response.status_code != 200:
                     raise InvalidKeySet(f"The issuer answered HTTP {response.status_code}.")
-                body = _read_bounded(response)
+                return _read_bounded(response)
     except requests.RequestException as exc:
         raise IssuerUnreachable(f"The issuer could not be reached: {type(exc).__name__}.") from exc
-    return parse_jwks(body)
+
+
+def fetch_jwks(url: str) -> tuple[dict[str, Any], ...]:
+    """Fetch and validate a key set; return its usable public signing keys."""
+    return parse_jwks(fetch_document(url))
 
 
 def parse_jwks(body: bytes) -> tuple[dict[str, Any], ...]:

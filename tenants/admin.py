@@ -1,7 +1,25 @@
-"""Basic admin for tenants, with their hosts, audiences and scope rules inline."""
+"""The operator's admin: tenants with their parts inline, key set health, issuer checks, roles.
 
-from django.contrib import admin
+Superusers manage every tenant. Tenant operators (staff users listed on a tenant) see and edit
+only their tenants, cannot change a tenant's slug or hosts, and cannot create or delete tenants.
+"""
 
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+
+from authz.conf import authz_settings
+from authz.diagnostics import check_issuer
+from authz.endpoints import all_endpoints
+from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
+from authz.tasks import refresh_key_set
+from tenants.directory import config_from_model
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
@@ -12,47 +30,280 @@ from tenants.forms import (
 )
 from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
 
+REFRESH_WAIT_SECONDS = 3.0
 
-class HostInline(admin.TabularInline):
-    """Hostnames that serve the tenant."""
+
+def operates(request: HttpRequest, tenant: Tenant | None) -> bool:
+    """Whether the user may configure this tenant (any of theirs, when none is given)."""
+    user = request.user
+    if user.is_superuser:
+        return True
+    if not (user.is_active and user.is_staff):
+        return False
+    tenants = user.operated_tenants.all()
+    return tenants.filter(pk=tenant.pk).exists() if tenant else tenants.exists()
+
+
+def health_of(tenant: Tenant) -> KeySetHealth:
+    """The key set health of a saved tenant."""
+    return key_set_health(read_record(tenant.slug), tenant.jwks_url)
+
+
+class OperatedInline(admin.TabularInline):
+    """Rows of a tenant: editable by whoever operates the tenant."""
+
+    extra = 0
+
+    def has_view_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return operates(request, obj)
+
+    def has_add_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return operates(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return operates(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return operates(request, obj)
+
+
+class HostInline(OperatedInline):
+    """Hostnames that serve the tenant: only superusers change them (they route traffic)."""
 
     model = TenantHost
     form = HostForm
-    extra = 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return request.user.is_superuser
 
 
-class AudienceInline(admin.TabularInline):
-    """API identifiers; at least one."""
+class AudienceInline(OperatedInline):
+    """API identifiers accepted in ``aud``; at least one."""
 
     model = TenantAudience
     form = AudienceForm
     formset = RequiredInlineFormSet
     min_num = 1
-    extra = 0
 
 
-class CorsOriginInline(admin.TabularInline):
+class ScopeRuleInline(OperatedInline):
+    """Per-endpoint scopes, replacing the endpoint's default."""
+
+    model = ScopeRule
+    form = ScopeRuleForm
+    verbose_name_plural = "scope rules (an endpoint without a rule demands its default)"
+
+
+class CorsOriginInline(OperatedInline):
     """Browser origins allowed to call the tenant's API."""
 
     model = TenantCorsOrigin
     form = CorsOriginForm
-    extra = 0
 
 
-class ScopeRuleInline(admin.TabularInline):
-    """Per-endpoint scope overrides."""
+class HealthFilter(admin.SimpleListFilter):
+    """Filter tenants by the health of their stored key set."""
 
-    model = ScopeRule
-    form = ScopeRuleForm
-    extra = 0
+    title = "key set health"
+    parameter_name = "health"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        return [
+            ("ok", "OK"),
+            ("degraded", "Last fetch failed"),
+            ("stale", "Stale"),
+            ("missing", "No keys"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if not self.value():
+            return queryset
+        tenants = list(queryset.only("slug", "domain", "issuer_override", "jwks_url_override"))
+        records = read_records([tenant.slug for tenant in tenants])
+        matching = [
+            t.pk
+            for t in tenants
+            if key_set_health(records.get(t.slug), t.jwks_url).status == self.value()
+        ]
+        return queryset.filter(pk__in=matching)
 
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    """Tenants and their parts on one page."""
+    """Tenants and their parts on one page, with the key set panel and issuer actions."""
 
     form = TenantForm
-    list_display = ("slug", "name", "active", "issuer")
-    list_filter = ("active",)
-    search_fields = ("slug", "name", "domain", "hosts__hostname")
-    inlines = (HostInline, AudienceInline, ScopeRuleInline, CorsOriginInline)
+    change_form_template = "admin/tenants/tenant/change_form.html"
+    list_display = ("slug", "name", "active", "issuer", "audience_list", "host_list", "key_set")
+    list_filter = ("active", HealthFilter)
+    search_fields = ("slug", "name", "domain", "issuer_override", "hosts__hostname")
+    actions = ("refresh_keys_action",)
+    inlines = (AudienceInline, HostInline, ScopeRuleInline, CorsOriginInline)
+    filter_horizontal = ("operators",)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple]:
+        """In the order an operator thinks: who, which issuer, then the fine print."""
+        advanced = ["algorithms", "leeway", "scope_claims", "provision_users", "admin_scope"]
+        if request.user.is_superuser:
+            advanced.append("operators")
+        return [
+            ("Identity", {"fields": ["slug", "name", "active"]}),
+            (
+                "Issuer",
+                {
+                    "fields": ["domain", "issuer_override", "jwks_url_override"],
+                    "description": "The Auth0 domain is enough for Auth0 tenants; the overrides "
+                    "serve custom domains and other OIDC issuers.",
+                },
+            ),
+            ("Advanced", {"fields": advanced, "classes": ["collapse"]}),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> list[str]:
+        return [] if request.user.is_superuser else ["slug"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request).prefetch_related("audiences", "hosts")
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(operators=request.user)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return operates(request, None)
+
+    def has_view_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return operates(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return operates(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return request.user.is_superuser
+
+    @admin.display(description="audiences")
+    def audience_list(self, tenant: Tenant) -> str:
+        return ", ".join(a.audience for a in tenant.audiences.all())
+
+    @admin.display(description="hosts")
+    def host_list(self, tenant: Tenant) -> str:
+        return ", ".join(h.hostname for h in tenant.hosts.all())
+
+    @admin.display(description="key set")
+    def key_set(self, tenant: Tenant) -> str:
+        health = health_of(tenant)
+        if health.record is None or not health.record.keys:
+            return health.label
+        return f"{health.label} · {len(health.record.keys)} key(s)"
+
+    @admin.action(description="Refresh keys now")
+    def refresh_keys_action(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for tenant in queryset:
+            self.message_user(request, _refresh_and_report(tenant), messages.INFO)
+
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "<path:object_id>/refresh-keys/",
+                wrap(self.refresh_keys_view),
+                name="tenants_tenant_refresh_keys",
+            ),
+            path(
+                "<path:object_id>/check-issuer/",
+                wrap(self.check_issuer_view),
+                name="tenants_tenant_check_issuer",
+            ),
+            *super().get_urls(),
+        ]
+
+    def refresh_keys_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: queue a refresh of this tenant's key set and report how it went."""
+        tenant = self._operated_tenant_or_404(request, object_id)
+        if request.method == "POST":
+            self.message_user(request, _refresh_and_report(tenant), messages.INFO)
+        return HttpResponseRedirect(_change_url(tenant))
+
+    def check_issuer_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: fetch discovery and the key set now; say what was found or what is wrong."""
+        tenant = self._operated_tenant_or_404(request, object_id)
+        if request.method == "POST":
+            report = check_issuer(config_from_model(tenant))
+            for fact in report.facts:
+                self.message_user(request, fact, messages.SUCCESS)
+            for problem in report.problems:
+                self.message_user(request, problem, messages.ERROR)
+        return HttpResponseRedirect(_change_url(tenant))
+
+    def _operated_tenant_or_404(self, request: HttpRequest, object_id: str) -> Tenant:
+        return get_object_or_404(self.get_queryset(request), pk=object_id)
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        """Add the key set panel, the endpoint defaults and the propagation delay to the page."""
+        extra = {
+            **(extra_context or {}),
+            "endpoints": all_endpoints(),
+            "recheck_seconds": authz_settings.CONFIG_RECHECK_INTERVAL,
+        }
+        tenant = self.get_object(request, object_id) if object_id else None
+        if tenant is not None:
+            extra["key_set"] = key_set_panel(health_of(tenant))
+        return super().changeform_view(request, object_id, form_url, extra)
+
+
+def _when(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
+
+
+def key_set_panel(health: KeySetHealth) -> dict[str, Any]:
+    """What the key set panel shows: status, each key, fetch time, version, last error."""
+    record = health.record
+    return {
+        "status": health.status,
+        "label": health.label,
+        "keys": [
+            {"kid": key["kid"], "alg": key.get("alg", "(any for its type)"), "kty": key["kty"]}
+            for key in (record.keys if record else ())
+        ],
+        "fetched_at": _when(record.fetched_at) if record else None,
+        "version": record.version if record else "",
+        "last_error": record.last_error if record else None,
+        "error_at": _when(record.error_at) if record else None,
+    }
+
+
+def _change_url(tenant: Tenant) -> str:
+    return reverse("admin:tenants_tenant_change", args=[tenant.pk])
+
+
+def _refresh_and_report(tenant: Tenant) -> str:
+    """Queue the refresh task; wait briefly for the stored record to change, then report."""
+    before = read_record(tenant.slug)
+    refresh_key_set.delay(tenant.slug)
+    deadline = time.monotonic() + REFRESH_WAIT_SECONDS
+    record = read_record(tenant.slug)
+    while record == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+        record = read_record(tenant.slug)
+    if record == before:
+        return (
+            f"{tenant.slug}: refresh queued; the worker has not reported yet (reload in a moment)."
+        )
+    if record.last_error and (record.error_at or 0) >= (record.fetched_at or 0):
+        return f"{tenant.slug}: refresh failed: {record.last_error}"
+    kids = ", ".join(key["kid"] for key in record.keys)
+    return f"{tenant.slug}: refreshed, {len(record.keys)} key(s): {kids}."

@@ -55,7 +55,7 @@ class _Snapshot:
     by_host: dict[str, TenantConfig]
 
 
-def _config_from_model(tenant: object) -> TenantConfig:
+def config_from_model(tenant: object) -> TenantConfig:
     """Freeze a Tenant row, with its prefetched relations, into a TenantConfig."""
     return TenantConfig(
         id=tenant.pk,
@@ -123,7 +123,7 @@ def _load_snapshot() -> _Snapshot:
     tenants = Tenant.objects.filter(active=True).prefetch_related(
         "hosts", "audiences", "scope_rules", "cors_origins"
     )
-    configs = [_config_from_model(tenant) for tenant in tenants]
+    configs = [config_from_model(tenant) for tenant in tenants]
     return _Snapshot(
         by_slug={config.slug: config for config in configs},
         by_host={host: config for config in configs for host in config.hosts},

@@ -1,5 +1,6 @@
 """Tenants: an issuer, the audiences it mints tokens for, hosts, and endpoint scope rules."""
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
@@ -38,7 +39,7 @@ class Tenant(models.Model):
         max_length=253,
         blank=True,
         validators=[validate_domain],
-        help_text="Auth0 domain, such as acme.eu.auth0.com: the issuer is https://<domain>/.",
+        help_text="Auth0 domain, such as acme.eu.auth0.com; the issuer is then https://acme.eu.auth0.com/.",
     )
     issuer_override = models.CharField(
         "issuer override",
@@ -52,7 +53,7 @@ class Tenant(models.Model):
         max_length=500,
         blank=True,
         validators=[validate_issuer_url],
-        help_text="Blank means <issuer>/.well-known/jwks.json.",
+        help_text="Blank: the issuer URL followed by .well-known/jwks.json.",
     )
     algorithms = models.JSONField(default=default_algorithms, validators=[validate_algorithms])
     leeway = models.PositiveIntegerField(
@@ -71,6 +72,12 @@ class Tenant(models.Model):
         blank=True,
         validators=[validate_scopes],
         help_text="A token with this scope may delete any message of the tenant; blank: none.",
+    )
+    operators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="operated_tenants",
+        help_text="Staff users who may configure this tenant (but not its slug or hosts).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -78,3 +78,131 @@ def test_bad_input_shows_the_error_and_saves_nothing(operator, overrides, error)
     assert response.status_code == 200
     assert error in response.content.decode()
     assert not Tenant.objects.exists()
+
+
+@pytest.fixture
+def operated(make_tenant, django_user_model, client):
+    """A staff operator of acme only (globex exists too), logged in."""
+    acme, globex = make_tenant("acme"), make_tenant("globex")
+    operator = django_user_model.objects.create_user("op", password="pw-op-123", is_staff=True)
+    acme.operators.add(operator)
+    client.force_login(operator)
+    return client, acme, globex
+
+
+def change_post(tenant, **overrides: str) -> dict[str, str]:
+    """The change form of an imported tenant as an operator submits it."""
+    audience = tenant.audiences.get()
+    data = {
+        "name": tenant.name,
+        "active": "on",
+        "issuer_override": tenant.issuer_override,
+        "algorithms": "RS256",
+        "leeway": "60",
+        "scope_claims": "scope",
+        "audiences-TOTAL_FORMS": "1",
+        "audiences-INITIAL_FORMS": "1",
+        "audiences-0-id": str(audience.pk),
+        "audiences-0-tenant": str(tenant.pk),
+        "audiences-0-audience": audience.audience,
+        **inline_management("hosts", 0),
+        **inline_management("scope_rules", 0),
+        **inline_management("cors_origins", 0),
+    }
+    data.update(overrides)
+    return data
+
+
+def change_url(tenant) -> str:
+    return f"/admin/tenants/tenant/{tenant.pk}/change/"
+
+
+def test_operator_lists_only_their_tenants(operated):
+    client, _acme, _globex = operated
+
+    page = client.get("/admin/tenants/tenant/").content.decode()
+
+    assert ">acme<" in page and ">globex<" not in page
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("get", "/admin/tenants/tenant/add/"),
+        ("get", "/admin/tenants/tenant/{acme}/delete/"),
+        ("post", "/admin/tenants/tenant/{globex}/refresh-keys/"),
+        ("post", "/admin/tenants/tenant/{globex}/check-issuer/"),
+    ],
+)
+def test_operator_cannot_create_delete_or_act_on_other_tenants(operated, method, url):
+    client, acme, globex = operated
+
+    response = getattr(client, method)(url.format(acme=acme.pk, globex=globex.pk))
+
+    assert response.status_code in (403, 404)
+
+
+def test_operator_cannot_open_another_tenants_page(operated):
+    client, _acme, globex = operated
+
+    response = client.get(change_url(globex))
+
+    assert response.status_code == 302  # the admin's "does not exist" redirect
+    assert client.get(response.url).status_code == 200
+
+
+def test_operator_edits_name_and_audiences_but_not_slug_or_hosts(operated):
+    client, acme, _globex = operated
+    data = change_post(
+        acme,
+        slug="stolen",
+        name="Acme Renamed",
+        **{"audiences-0-audience": "https://new.acme.test"},
+        **inline_management("hosts", 1),
+        **{"hosts-0-hostname": "evil.localhost"},
+    )
+
+    response = client.post(change_url(acme), data)
+
+    assert response.status_code == 302
+    acme.refresh_from_db()
+    assert (acme.slug, acme.name) == ("acme", "Acme Renamed")
+    assert [a.audience for a in acme.audiences.all()] == ["https://new.acme.test"]
+    assert [h.hostname for h in acme.hosts.all()] == ["acme.localhost"]
+
+
+def test_every_change_is_recorded_in_the_admin_history(operated):
+    from django.contrib.admin.models import LogEntry
+
+    client, acme, _globex = operated
+    client.post(change_url(acme), change_post(acme, name="Acme Logged"))
+
+    entry = LogEntry.objects.get(object_id=str(acme.pk))
+    assert entry.user.username == "op" and "Name" in entry.get_change_message()
+
+
+def test_staff_without_tenants_sees_no_tenant_admin(make_tenant, django_user_model, client):
+    make_tenant("acme")
+    staff = django_user_model.objects.create_user("nobody", password="pw-x-123", is_staff=True)
+    client.force_login(staff)
+
+    assert client.get("/admin/tenants/tenant/").status_code == 403
+    assert "Tenants" not in client.get("/admin/").content.decode()
+
+
+def test_superuser_sees_health_and_can_filter_by_it(admin_client, make_tenant, issuer):
+    make_tenant("healthy")
+    make_tenant("unfetched")
+    admin_client.post(
+        "/admin/tenants/tenant/",
+        {
+            "action": "refresh_keys_action",
+            "_selected_action": [Tenant.objects.get(slug="healthy").pk],
+        },
+    )
+
+    listing = admin_client.get("/admin/tenants/tenant/?health=ok").content.decode()
+    missing = admin_client.get("/admin/tenants/tenant/?health=missing").content.decode()
+
+    assert ">healthy<" in listing and ">unfetched<" not in listing
+    assert ">unfetched<" in missing and "OK · 1 key(s)" in listing

@@ -1,0 +1,61 @@
+"""Checking a tenant's issuer on demand, for operators: discovery, then the key set."""
+
+import json
+from dataclasses import dataclass, field
+
+from authz.jwks import JWKSError, fetch_document, fetch_jwks
+from tenants.directory import TenantConfig
+
+
+@dataclass
+class IssuerReport:
+    """What a live check of an issuer found: facts, and problems in plain sentences."""
+
+    facts: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+
+def check_issuer(tenant: TenantConfig) -> IssuerReport:
+    """Fetch the issuer's discovery document and key set now, and compare with the tenant."""
+    report = IssuerReport()
+    _check_discovery(tenant, report)
+    try:
+        keys = fetch_jwks(tenant.jwks_url)
+    except JWKSError as exc:
+        report.problems.append(f"Key set at {tenant.jwks_url}: {exc}")
+    else:
+        kids = ", ".join(f"{key['kid']} ({key.get('alg', key['kty'])})" for key in keys)
+        report.facts.append(f"Key set at {tenant.jwks_url}: {len(keys)} key(s): {kids}.")
+    return report
+
+
+def _check_discovery(tenant: TenantConfig, report: IssuerReport) -> None:
+    url = f"{tenant.issuer.rstrip('/')}/.well-known/openid-configuration"
+    try:
+        document = json.loads(fetch_document(url))
+    except JWKSError as exc:
+        report.problems.append(f"Discovery at {url}: {exc}")
+        return
+    except ValueError:
+        report.problems.append(f"Discovery at {url} is not JSON.")
+        return
+    if not isinstance(document, dict):
+        report.problems.append(f"Discovery at {url} is not a JSON object.")
+        return
+    if document.get("issuer") == tenant.issuer:
+        report.facts.append(f"Discovery issuer matches: {tenant.issuer}")
+    else:
+        report.problems.append(
+            f"Discovery says the issuer is {document.get('issuer')!r}, but this tenant expects "
+            f"{tenant.issuer!r}: tokens would be refused. Fix the domain or the issuer override."
+        )
+    if document.get("jwks_uri") not in (None, tenant.jwks_url):
+        report.problems.append(
+            f"Discovery publishes keys at {document['jwks_uri']}, but this tenant fetches "
+            f"{tenant.jwks_url}. Set the JWKS URL override to match."
+        )

@@ -236,4 +236,5 @@ def granted_scopes(payload: Mapping[str, Any], scope_claims: str) -> frozenset[s
         if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
             raise InvalidClaims("The permissions claim must be a list of strings.")
         scopes.update(permissions)
+    scopes.discard("")
     return frozenset(scopes)

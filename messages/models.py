@@ -19,6 +19,19 @@ class TenantScopedQuerySet(models.QuerySet):
         """Create a row of this queryset's tenant, whatever the caller passed."""
         return super().create(**{**kwargs, "tenant_id": self.tenant_id})
 
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        """Create rows of this queryset's tenant, whatever the objects said."""
+        objs = list(objs)
+        for obj in objs:
+            obj.tenant_id = self.tenant_id
+        return super().bulk_create(objs, *args, **kwargs)
+
+    def update(self, **kwargs: Any) -> int:
+        """Update rows in place; moving them to another tenant is refused."""
+        if "tenant" in kwargs or "tenant_id" in kwargs:
+            raise TypeError("Rows cannot move between tenants.")
+        return super().update(**kwargs)
+
     def _clone(self) -> "TenantScopedQuerySet":
         clone = super()._clone()
         clone.tenant_id = self.tenant_id

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, generics, serializers
 from rest_framework.pagination import CursorPagination
@@ -73,6 +74,20 @@ class NewestFirst(CursorPagination):
     page_size = 20
     page_size_query_param = "page_size"
     max_page_size = 100
+
+    def decode_cursor(self, request: Request) -> Any:
+        """DRF's cursor, refused as invalid (not a 500) when its position is not a time."""
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None and not _is_time(cursor.position):
+            raise exceptions.NotFound(self.invalid_cursor_message)
+        return cursor
+
+
+def _is_time(value: str) -> bool:
+    try:
+        return parse_datetime(value) is not None
+    except ValueError:
+        return False
 
 
 class NotAuthor(exceptions.PermissionDenied):
@@ -146,6 +161,7 @@ class MessageDetail(TenantMessages, generics.RetrieveDestroyAPIView):
     def perform_destroy(self, instance: Message) -> None:
         """Authors delete their own; the tenant's admin scope deletes any."""
         principal, admin_scope = self.request.auth, self.request.tenant.admin_scope
-        if instance.author != principal.subject and admin_scope not in principal.scopes:
+        is_admin = bool(admin_scope) and admin_scope in principal.scopes
+        if instance.author != principal.subject and not is_admin:
             raise NotAuthor()
         instance.delete()

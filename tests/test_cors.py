@@ -1,0 +1,137 @@
+"""CORS per tenant: only a tenant's own origins may call its API from a browser."""
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+ACME_ORIGIN = "https://app.acme.test"
+GLOBEX_ORIGIN = "https://app.globex.test"
+VIAS = {
+    "host": ("/api/messages", "acme.localhost"),
+    "prefix": ("/t/acme/api/messages", "testserver"),
+}
+PREFLIGHT = {
+    "HTTP_ACCESS_CONTROL_REQUEST_METHOD": "POST",
+    "HTTP_ACCESS_CONTROL_REQUEST_HEADERS": "authorization, content-type",
+}
+
+
+@pytest.fixture
+def tenants(make_tenant: Callable[..., Any]) -> None:
+    """acme and globex, each listing only its own browser origin."""
+    make_tenant("acme", cors_origins=[ACME_ORIGIN])
+    make_tenant("globex", cors_origins=[GLOBEX_ORIGIN])
+
+
+def preflight(client: Any, path: str, host: str, origin: str) -> Any:
+    """A browser's preflight for a POST with Authorization and a JSON body."""
+    return client.options(path, HTTP_HOST=host, HTTP_ORIGIN=origin, **PREFLIGHT)
+
+
+def allowed_headers(response: Any) -> set[str]:
+    """The request headers a preflight response allows, lower-cased."""
+    value = response.get("Access-Control-Allow-Headers", "")
+    return {name.strip().lower() for name in value.split(",")}
+
+
+@pytest.mark.parametrize("via", list(VIAS))
+def test_preflight_from_the_tenants_origin_is_allowed(client, tenants, via):
+    response = preflight(client, *VIAS[via], ACME_ORIGIN)
+
+    assert response.status_code == 200
+    assert response["Access-Control-Allow-Origin"] == ACME_ORIGIN
+    assert {"authorization", "content-type"} <= allowed_headers(response)
+    assert "POST" in response["Access-Control-Allow-Methods"]
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        GLOBEX_ORIGIN,
+        "http://app.acme.test",
+        "https://app.acme.test:8443",
+        "https://evil.app.acme.test",
+        "https://app.acme.test.evil.test",
+        "null",
+    ],
+    ids=["other-tenants", "http", "other-port", "subdomain", "suffix", "null"],
+)
+@pytest.mark.parametrize("via", list(VIAS))
+def test_preflight_from_any_other_origin_gets_no_cors_headers(client, tenants, via, origin):
+    response = preflight(client, *VIAS[via], origin)
+
+    assert "Access-Control-Allow-Origin" not in response
+    assert "Access-Control-Allow-Headers" not in response
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "origin"),
+    [
+        ("/api/public", "acme.localhost", ACME_ORIGIN),
+        ("/t/acme/api/public", "testserver", ACME_ORIGIN),
+        ("/api/public", "globex.localhost", GLOBEX_ORIGIN),
+        ("/t/globex/api/public", "testserver", GLOBEX_ORIGIN),
+        ("/t/acme/api/private", "testserver", ACME_ORIGIN),
+    ],
+    ids=["acme-host", "acme-prefix", "globex-host", "globex-prefix", "error-response"],
+)
+def test_actual_request_from_the_tenants_origin_gets_the_header(
+    client, tenants, path, host, origin
+):
+    response = client.get(path, HTTP_HOST=host, HTTP_ORIGIN=origin)
+
+    assert response["Access-Control-Allow-Origin"] == origin
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "origin"),
+    [
+        ("/api/public", "acme.localhost", GLOBEX_ORIGIN),
+        ("/t/acme/api/public", "testserver", GLOBEX_ORIGIN),
+        ("/api/public", "globex.localhost", ACME_ORIGIN),
+        ("/t/globex/api/public", "acme.localhost", ACME_ORIGIN),
+    ],
+    ids=["acme-host", "acme-prefix", "globex-host", "prefix-beats-host"],
+)
+def test_actual_request_from_another_tenants_origin_gets_no_header(
+    client, tenants, path, host, origin
+):
+    response = client.get(path, HTTP_HOST=host, HTTP_ORIGIN=origin)
+
+    assert response.status_code == 200
+    assert "Access-Control-Allow-Origin" not in response
+
+
+@pytest.mark.parametrize(
+    ("path", "host"),
+    [("/api/messages", "nobody.localhost"), ("/t/nobody/api/messages", "testserver")],
+    ids=["host", "prefix"],
+)
+def test_unknown_tenant_gets_no_cors_headers(client, tenants, path, host):
+    response = preflight(client, path, host, ACME_ORIGIN)
+
+    assert "Access-Control-Allow-Origin" not in response
+
+
+def test_disallowed_host_gets_no_cors_headers(client, tenants):
+    response = preflight(client, "/api/messages", "evil.example", ACME_ORIGIN)
+
+    assert "Access-Control-Allow-Origin" not in response
+
+
+@pytest.mark.parametrize(
+    ("path", "host"),
+    [
+        ("/admin/", "acme.localhost"),
+        ("/admin/login/", "acme.localhost"),
+        ("/t/acme/admin/", "testserver"),
+        ("/t/acme/elsewhere", "testserver"),
+    ],
+)
+def test_non_api_paths_get_no_cors_headers(client, tenants, path, host):
+    response = client.get(path, HTTP_HOST=host, HTTP_ORIGIN=ACME_ORIGIN)
+    options = preflight(client, path, host, ACME_ORIGIN)
+
+    assert "Access-Control-Allow-Origin" not in response
+    assert "Access-Control-Allow-Origin" not in options

@@ -1,0 +1,116 @@
+"""The OpenAPI document and the Swagger UI page, served from local assets only."""
+
+import json
+import re
+from typing import Any
+
+import pytest
+from django.contrib.staticfiles import finders
+from openapi_spec_validator import validate
+
+from authz.endpoints import get_endpoint
+
+OPERATIONS = {
+    ("/api/public", "get"): None,
+    ("/api/private", "get"): "messages:private",
+    ("/api/private-scoped", "get"): "messages:private-scoped",
+    ("/api/messages", "get"): "messages:list",
+    ("/api/messages", "post"): "messages:create",
+    ("/api/messages/{message_id}", "get"): "messages:read",
+    ("/api/messages/{message_id}", "delete"): "messages:delete",
+}
+PROTECTED = {operation: key for operation, key in OPERATIONS.items() if key}
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+ASSET = re.compile(r"""(?:src|href)=["']([^"']+)["']""")
+
+
+@pytest.fixture
+def schema(client, db) -> dict[str, Any]:
+    """The OpenAPI document as JSON."""
+    response = client.get("/api/schema", {"format": "json"})
+    assert response.status_code == 200
+    return json.loads(response.content)
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [({"format": "json"}, {}), ({}, {"HTTP_ACCEPT": "application/vnd.oai.openapi+json"})],
+    ids=["format-param", "accept-header"],
+)
+def test_schema_is_valid_openapi_3(client, db, query, headers):
+    response = client.get("/api/schema", query, **headers)
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    document = json.loads(response.content)
+    assert document["openapi"].startswith("3.")
+    validate(document)
+
+
+def test_schema_lists_every_operation_once_at_its_api_path(schema):
+    operations = {
+        (path, method)
+        for path, item in schema["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+
+    assert operations == set(OPERATIONS)
+    assert not [path for path in schema["paths"] if path.startswith("/t/")]
+
+
+def test_bearer_scheme_is_declared(schema):
+    scheme = schema["components"]["securitySchemes"]["bearerAuth"]
+
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+
+
+@pytest.mark.parametrize(("path", "method"), list(PROTECTED))
+def test_protected_operations_use_bearer_and_state_their_default_scopes(schema, path, method):
+    operation = schema["paths"][path][method]
+    scopes = list(get_endpoint(PROTECTED[path, method]).default_scopes)
+
+    assert {"bearerAuth": []} in operation["security"]
+    assert operation["x-required-scopes"] == scopes
+    stated = ", ".join(f"`{scope}`" for scope in scopes) or "none (any valid token)"
+    assert f"Required scopes by default: {stated}." in operation["description"]
+    assert {"401", "403"} <= set(operation["responses"])
+
+
+def test_public_operation_needs_no_token(schema):
+    operation = schema["paths"]["/api/public"]["get"]
+
+    assert "x-required-scopes" not in operation
+    assert "bearerAuth" not in json.dumps(operation.get("security", []))
+
+
+@pytest.fixture
+def docs_assets(client, db) -> list[str]:
+    """URLs of every script, stylesheet and icon the docs page loads."""
+    response = client.get("/api/docs")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    return ASSET.findall(response.content.decode())
+
+
+def test_docs_load_no_asset_from_another_origin(docs_assets):
+    assert docs_assets
+    assert [url for url in docs_assets if re.match(r"(?i)(https?:)?//", url)] == []
+
+
+@pytest.mark.parametrize("asset", ["swagger-ui-bundle.js", "swagger-ui.css"])
+def test_docs_load_swagger_ui_from_local_static(docs_assets, asset):
+    urls = [url for url in docs_assets if url.endswith(f"/{asset}")]
+
+    assert len(urls) == 1
+    assert urls[0].startswith("/static/")
+
+
+def test_every_docs_asset_is_served(client, docs_assets):
+    for url in docs_assets:
+        response = client.get(url)
+
+        assert response.status_code == 200, url
+        assert b"".join(response.streaming_content), url
+        response.close()
+        assert finders.find(url.removeprefix("/static/")), url

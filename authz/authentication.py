@@ -8,8 +8,10 @@ from rest_framework.request import Request
 
 from authz.errors import InvalidRequest, InvalidToken, IssuerUnavailable
 from authz.keys import KeySetUnavailable, key_cache
-from authz.tokens import Claims, TokenError, verify_token
+from authz.token_cache import verified_tokens
+from authz.tokens import Claims, SigningKey, TokenError, verify_token
 from authz.users import provisioned_user
+from tenants.directory import TenantConfig
 
 BEARER_SCHEME = b"bearer"
 
@@ -45,15 +47,27 @@ class TenantTokenAuthentication(BaseAuthentication):
         if token is None:
             return None
         tenant = request.tenant
+        claims = verified_tokens.get(token, tenant) or self.verify(token, tenant)
+        user = provisioned_user(tenant.slug, claims.subject) if tenant.provision_users else None
+        principal = Principal(tenant.slug, claims, user)
+        return (user or principal), principal
+
+    def verify(self, token: str, tenant: TenantConfig) -> Claims:
+        """Full verification; remembered so the same token skips it next time."""
+        used: list[SigningKey] = []
+
+        def key_for_kid(kid: str) -> SigningKey:
+            used.append(key_cache.signing_key(tenant, kid))
+            return used[-1]
+
         try:
-            claims = verify_token(token, tenant, lambda kid: key_cache.signing_key(tenant, kid))
+            claims = verify_token(token, tenant, key_for_kid)
         except TokenError as exc:
             raise InvalidToken(exc.description, code=exc.code) from exc
         except KeySetUnavailable as exc:
             raise IssuerUnavailable() from exc
-        user = provisioned_user(tenant.slug, claims.subject) if tenant.provision_users else None
-        principal = Principal(tenant.slug, claims, user)
-        return (user or principal), principal
+        verified_tokens.put(token, tenant, used[-1], claims)
+        return claims
 
     def bearer_token(self, request: Request) -> str | None:
         """The token of a bearer header; None for another scheme; 400 when malformed."""

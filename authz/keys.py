@@ -52,11 +52,19 @@ class KeyCache:
         self._last_fetch: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    def held_key(self, tenant: TenantConfig, kid: str) -> SigningKey | None:
+        """The usable key with this kid that this process holds now; never fetches."""
+        entry = self._entry(tenant)
+        if entry is None or not entry.usable(tenant.jwks_url):
+            return None
+        return entry.keys.get(kid)
+
     def signing_key(self, tenant: TenantConfig, kid: str) -> SigningKey:
         """The tenant's public key with this kid, fetching once per cooldown when missing."""
-        entry = self._entry(tenant)
-        if entry is not None and entry.usable(tenant.jwks_url) and kid in entry.keys:
-            return entry.keys[kid]
+        key = self.held_key(tenant, kid)
+        if key is not None:
+            return key
+        entry = self._entries.get(tenant.slug)
         if self._may_fetch(tenant):
             entry = self._fetch(tenant) or entry
         if entry is None or not entry.usable(tenant.jwks_url):

@@ -9,6 +9,7 @@ from django.core.cache import cache
 
 from authz.devissuer import DevIssuerServer, DevKeyStore, start_in_thread
 from authz.keys import key_cache
+from authz.token_cache import verified_tokens
 from authz.users import provisioned_user
 from config.celery import app as celery_app
 from tenants.directory import directory
@@ -35,7 +36,7 @@ def clean_state(settings: Any) -> Iterator[None]:
     settings.ALLOWED_HOSTS = [".localhost", "testserver"]
     celery_app.conf.task_always_eager = True
     cache.clear()
-    for holder in (directory, key_cache):
+    for holder in (directory, key_cache, verified_tokens):
         holder.clear()
     provisioned_user.cache_clear()
     yield

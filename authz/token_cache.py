@@ -1,0 +1,69 @@
+"""A bounded per-process cache of verified tokens, so a repeated token skips the signature check.
+
+An entry is served only while the token has not expired (``exp``, without leeway), the tenant's
+configuration is the very one it was verified against, and this process still holds the very key
+that verified it: a rotated-out key, a stale key set or an edited tenant all force a full check.
+"""
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from authz.conf import authz_settings
+from authz.keys import key_cache
+from authz.tokens import Claims, SigningKey
+from tenants.directory import TenantConfig
+
+
+@dataclass(frozen=True)
+class _Verified:
+    claims: Claims
+    tenant: TenantConfig
+    kid: str
+    key: SigningKey
+
+
+class VerifiedTokenCache:
+    """Least-recently-used verified tokens, keyed by tenant and the token's SHA-256."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[str, bytes], _Verified] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str, tenant: TenantConfig) -> Claims | None:
+        """The claims of a token verified earlier for this tenant, if still trustworthy."""
+        cache_key = (tenant.slug, hashlib.sha256(token.encode()).digest())
+        with self._lock:
+            entry = self._entries.get(cache_key)
+            if entry is not None:
+                self._entries.move_to_end(cache_key)
+        if entry is None:
+            return None
+        if (
+            entry.tenant is not tenant
+            or time.time() >= entry.claims.expires_at
+            or key_cache.held_key(tenant, entry.kid) is not entry.key
+        ):
+            with self._lock:
+                self._entries.pop(cache_key, None)
+            return None
+        return entry.claims
+
+    def put(self, token: str, tenant: TenantConfig, key: SigningKey, claims: Claims) -> None:
+        """Remember a token that just passed full verification with ``key``."""
+        cache_key = (tenant.slug, hashlib.sha256(token.encode()).digest())
+        with self._lock:
+            self._entries[cache_key] = _Verified(claims, tenant, key.kid, key)
+            self._entries.move_to_end(cache_key)
+            while len(self._entries) > authz_settings.VERIFIED_TOKEN_CACHE_SIZE:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every verified token."""
+        with self._lock:
+            self._entries.clear()
+
+
+verified_tokens = VerifiedTokenCache()

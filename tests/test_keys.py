@@ -140,3 +140,33 @@ def test_key_removed_from_the_set_stops_verifying(client, make_tenant, tokens, i
     response = get_private(client, "retire", old_token)
 
     assert (response.status_code, response.json()["code"]) == (401, "unknown_key")
+
+
+def test_warm_request_among_10000_tenants_makes_no_query_and_no_fetch(
+    client, acme, acme_tokens, issuer, django_assert_num_queries
+):
+    from tenants.directory import directory
+    from tenants.models import Tenant, TenantAudience, TenantHost
+
+    others = Tenant.objects.bulk_create(
+        Tenant(slug=f"t{index:05d}", name=f"T{index}", issuer_override=acme_tokens.issuer)
+        for index in range(9_999)
+    )
+    TenantAudience.objects.bulk_create(
+        TenantAudience(tenant=tenant, audience="https://api.other.test") for tenant in others
+    )
+    TenantHost.objects.bulk_create(
+        TenantHost(tenant=tenant, hostname=f"{tenant.slug}.localhost") for tenant in others
+    )
+    directory.clear()  # bulk_create sends no signals
+    assert len(directory.active_slugs()) == 10_000
+    assert get_private(client, "acme", acme_tokens.token()).status_code == 200
+    fetches = issuer.hits("/acme/.well-known/jwks.json")
+
+    with django_assert_num_queries(0):
+        by_host = client.get(
+            "/api/private", HTTP_HOST="acme.localhost", **bearer(acme_tokens.token(sub="x"))
+        )
+
+    assert by_host.status_code == 200
+    assert issuer.hits("/acme/.well-known/jwks.json") == fetches

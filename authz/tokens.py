@@ -4,12 +4,14 @@ Every PyJWT failure is translated into one TokenError subclass with a stable cod
 sentence; nothing from ``jwt`` escapes this module.
 """
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import jwt
+from jwt.utils import base64url_decode
 
 from authz.conf import authz_settings
 from tenants.directory import TenantConfig
@@ -153,10 +155,16 @@ def read_header(token: str) -> dict[str, Any]:
     """The unverified JOSE header, size- and shape-checked."""
     if len(token) > authz_settings.MAX_TOKEN_BYTES:
         raise MalformedToken("The access token is too large.")
+    # Only the header segment: PyJWT's get_unverified_header would decode the whole token, and
+    # jwt.decode below decodes (and checks) all of it anyway.
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
+        header = json.loads(base64url_decode(token.split(".", 1)[0]))
+    except (ValueError, TypeError) as exc:
         raise MalformedToken() from exc
+    if not isinstance(header, dict) or token.count(".") != 2:
+        raise MalformedToken()
+    if not isinstance(header.get("kid", ""), str):
+        raise MalformedToken("The access token key id (kid) must be a string.")
     if "crit" in header:
         raise MalformedToken("The access token uses critical header extensions.")
     return header

@@ -1,22 +1,34 @@
 """Settings, all read from the environment (django-environ) with safe defaults.
 
 With no environment at all this runs the embedded default: SQLite, an in-process cache, Celery
-tasks run eagerly, and the development issuer allowed only when DEBUG is on.
+tasks run eagerly, and the development issuer allowed only when DEBUG is on. With DEBUG off
+(the default) it is production: SECRET_KEY is required, cookies are secure, and behind a TLS proxy
+(BEHIND_TLS_PROXY) plain HTTP is redirected and HSTS sent. `.env.example` lists every variable.
 """
 
 from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from ops.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").exists():  # containers get their environment from compose instead
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY and DEBUG:
+if not SECRET_KEY and not DEBUG:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set and DEBUG is off. Set SECRET_KEY to a long random value, e.g. "
+        "the output of: python -c 'import secrets; print(secrets.token_urlsafe(50))' "
+        "(or set DEBUG=true, for local development only)."
+    )
+if not SECRET_KEY:
     SECRET_KEY = "insecure-development-only-key"  # noqa: S105 - never used with DEBUG off
 ALLOWED_HOSTS = env.list(
     "ALLOWED_HOSTS", default=["localhost", ".localhost", "127.0.0.1", "[::1]"] if DEBUG else []
@@ -36,9 +48,13 @@ INSTALLED_APPS = [
     "tenants",
     "authz",
     "messages.apps.MessagesConfig",
+    "ops",
 ]
 
 MIDDLEWARE = [
+    # Probes first: no host check, HTTPS redirect or session for /healthz and /readyz.
+    "ops.middleware.HealthProbeMiddleware",
+    "ops.middleware.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -70,6 +86,10 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+# A persistent connection is checked before reuse, so a database restart costs no failed request.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -97,9 +117,30 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-# Where collectstatic gathers files (the image sets it); unset, files are served from the apps.
+# Where collectstatic gathers files (the image sets it and collects at build time), served by
+# whitenoise with hashed names; unset, whitenoise serves the apps' files as they are.
 STATIC_ROOT = env.str("STATIC_ROOT", default="") or None
-WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
+WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=STATIC_ROOT is None)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if STATIC_ROOT
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# Production transport security. Cookies are secure unless DEBUG. Behind a TLS-terminating proxy
+# that sets X-Forwarded-Proto (and strips it from clients), plain HTTP is redirected and HSTS sent.
+BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=BEHIND_TLS_PROXY)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 86400 if BEHIND_TLS_PROXY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -140,6 +181,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=0) or None  # None: one per CPU
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # the worker logs through LOGGING, as JSON lines
+# Beat answers `celery inspect ping -d celerybeat@<host>` while it ticks: its health check.
+CELERY_BEAT_ENABLE_REMOTE_CONTROL = True
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("BEAT_SCHEDULE_FILE", default="celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "refresh-all-key-sets": {
         "task": "authz.tasks.refresh_all_key_sets",
@@ -158,9 +204,7 @@ AUTHZ = {
 
 DEVISSUER_KEY_DIR = Path(env.str("DEVISSUER_KEY_DIR", default=str(BASE_DIR / "var" / "devissuer")))
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-}
+# One JSON object per line on stderr (LOG_FORMAT=text for plain lines).
+LOGGING = logging_config(
+    env.str("LOG_LEVEL", default="INFO"), json_lines=env.str("LOG_FORMAT", default="json") == "json"
+)

@@ -1,0 +1,1 @@
+"""Operations: health probes, structured request logs, and the commands the start scripts run."""

@@ -1,0 +1,88 @@
+"""Health probes answered first, and one structured log line per API request."""
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from ops.health import readiness
+
+logger = logging.getLogger(__name__)
+
+API_PATH = re.compile(r"^(/t/[^/]+)?/api/")
+
+
+class HealthProbeMiddleware:
+    """``/healthz`` and ``/readyz``, answered before host checks, HTTPS redirects and sessions.
+
+    Probes reach a container by its address over plain HTTP, from inside or beside it: they
+    carry no tenant hostname and no ``X-Forwarded-Proto``, and must not be redirected.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Answer a probe here; pass anything else on."""
+        if request.path_info == "/healthz":
+            return JsonResponse({"status": "ok"})
+        if request.path_info == "/readyz":
+            return readiness_response()
+        return self.get_response(request)
+
+
+def readiness_response() -> JsonResponse:
+    """200 when every configured dependency answers, else 503 naming the ones that did not."""
+    checks = readiness()
+    failed = [name for name, state in checks.items() if state == "unreachable"]
+    body: dict[str, Any] = {"status": "unavailable" if failed else "ready", "checks": checks}
+    if failed:
+        body["failed"] = failed
+    response = JsonResponse(body, status=503 if failed else 200)
+    # An expected answer, logged by the check that failed: Django need not log it as an error.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
+
+
+class RequestLogMiddleware:
+    """One line per API request: tenant, method, path, status, latency, error code, subject.
+
+    Never the query string or a header: either may carry an access token.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Time the request and log it, if it is an API request."""
+        if not API_PATH.match(request.path_info):
+            return self.get_response(request)
+        started = time.perf_counter()
+        response = self.get_response(request)
+        fields = request_fields(request, response, time.perf_counter() - started)
+        level = logging.WARNING if response.status_code >= 500 else logging.INFO
+        message = "%(method)s %(path)s %(status)s"
+        logger.log(level, message, fields, extra={"event": "api_request", **fields})
+        return response
+
+
+def request_fields(request: HttpRequest, response: HttpResponse, seconds: float) -> dict[str, Any]:
+    """The logged fields; tenant and error code come from DRF's request and response data."""
+    drf_request = getattr(response, "renderer_context", {}).get("request")
+    tenant = getattr(drf_request, "tenant", None)
+    # DRF copies the authenticated principal onto the Django request; reading it is free.
+    principal = getattr(request, "auth", None)
+    data = getattr(response, "data", None)
+    error = data.get("code") if isinstance(data, dict) and response.status_code >= 400 else None
+    return {
+        "tenant": getattr(tenant, "slug", None),
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "latency_ms": round(seconds * 1000, 1),
+        "error_code": error,
+        "subject": getattr(principal, "subject", None),
+    }

@@ -475,8 +475,9 @@ def test_the_stack_runs_as_compose_runs_it(stack):
     wait_for(lambda: health_passes("worker", env["worker"]), 60)
     wait_for(lambda: health_passes("beat", env["beat"]), 60)
     pg = re.match(r"postgres://(\w+)@([\d.]+):(\d+)/(\w+)", stack["database_url"])
-    pg_env = {**os.environ, "PGHOST": pg[2], "PGPORT": pg[3], "POSTGRES_USER": pg[1]}
-    assert health_passes("postgres", {**pg_env, "POSTGRES_DB": pg[4]})
+    pg_env = dict(PGHOST=pg[2], PGPORT=pg[3], POSTGRES_USER=pg[1], POSTGRES_DB=pg[4])
+    pg_path = f"/usr/lib/postgresql/15/bin:{os.environ['PATH']}"  # as platform/start-postgres
+    assert health_passes("postgres", {**os.environ, **pg_env, "PATH": pg_path})
 
     # Import two tenants as an operator would (docker compose exec web ...). Saving them
     # queues a refresh of each key set, which the worker runs.

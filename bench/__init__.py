@@ -1,0 +1,1 @@
+"""The request-path benchmark: ``bench/run`` (see bench/bench.py)."""

@@ -1,0 +1,71 @@
+"""Driving one scenario from a separate process: Debian's wrk when installed, else pyload.py."""
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.stack import PYTHON
+
+HERE = Path(__file__).resolve().parent
+WRK_THREADS = 1  # one event loop keeps a 2-core server busy; the rest of the CPU is the server's
+CONNECTIONS = 4  # two sync workers, each with one request queued behind the one it serves
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a load generator measured over one timed run."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    socket_errors: int
+    unexpected_status: int
+    reused: int
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second."""
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def errors(self) -> int:
+        """Socket errors plus responses whose status was not the expected one."""
+        return self.socket_errors + self.unexpected_status
+
+
+def generator() -> str:
+    """The load generator this machine has."""
+    return "wrk" if shutil.which("wrk") else "python"
+
+
+def drive(
+    base_url: str, lines: list[tuple[str, str]], expect: int, seconds: int, workdir: Path
+) -> Load:
+    """Send ``lines`` (path, Authorization) in a loop for ``seconds``; expect ``expect``."""
+    requests_file = workdir / "requests.tsv"
+    requests_file.write_text("".join(f"{path}\t{auth}\n" for path, auth in lines))
+    env = {
+        **os.environ,
+        "BENCH_REQUESTS": str(requests_file),
+        "BENCH_EXPECT": str(expect),
+        "BENCH_THREADS": str(WRK_THREADS),
+    }
+    if generator() == "wrk":
+        argv = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
+        argv += ["-s", str(HERE / "scenario.lua"), base_url]
+    else:
+        argv = [PYTHON, str(HERE / "pyload.py"), base_url, "--requests-file", str(requests_file)]
+        argv += ["--expect", str(expect), "--seconds", str(seconds), "--connections"]
+        argv += [str(CONNECTIONS)]
+    # Our own argv: wrk or this interpreter, with paths and numbers we made.
+    done = subprocess.run(  # noqa: S603
+        argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return Load(**json.loads(line.removeprefix("RESULT ")))
+    raise RuntimeError(f"{argv[0]} printed no result:\n{done.stdout}\n{done.stderr}")

@@ -214,12 +214,12 @@ def worker_pids(master: int) -> list[int]:
     return sorted(int(pid) for pid in children)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, in MiB."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process in MiB: now (VmRSS) or at its peak (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -402,12 +402,13 @@ def scale(plat: Platform, tokens: Tokens, seconds: int) -> dict[str, Any]:
     pids = worker_pids(web.pid)
     everyone = range(plat.tenants)
     say(f"warming both web workers with all {plat.tenants} tenants")
-    rss = {"idle": [round(rss_mib(pid), 1) for pid in pids]}
+    rss = {"idle": [rss_mib(pid) for pid in pids]}
     warm_every_worker(base, [(f"/t/{slug(0)}/api/public", "")], set(pids))  # loads the directory
-    rss["configs"] = [round(rss_mib(pid), 1) for pid in pids]
+    rss["configs"] = [rss_mib(pid) for pid in pids]
     lines = [(scoped_path(i), tokens.bearer(i)) for i in everyone]
     warm_requests = warm_every_worker(base, lines, set(pids))
-    rss["warm"] = [round(rss_mib(pid), 1) for pid in pids]
+    rss["warm"] = [rss_mib(pid) for pid in pids]
+    rss["peak"] = [rss_mib(pid, "VmHWM") for pid in pids]
     fresh = [(scoped_path(i), tokens.bearer(i)) for i in everyone]  # never seen: verified anew
     counters = Counters(plat, pids)
     counters.log_statements("all")
@@ -493,8 +494,9 @@ def report_scale(figures: dict[str, Any]) -> str:
             f"key set refresh: {refresh['tenants']} tenants in {refresh['seconds']:.2f} s "
             "(refresh_all_key_sets fan-out, one Celery worker of 2 processes; target <= 20 s)",
             f"web worker RSS with {memory['tenants']} tenants: {rss['warm']} MiB warm "
-            f"(target <= 200 MiB); {rss['idle']} MiB before any request, {rss['configs']} MiB "
-            f"with the tenant configs loaded; warmed with {memory['warm_requests']} requests",
+            f"(target <= 200 MiB; peak {rss['peak']} MiB); {rss['idle']} MiB before any request, "
+            f"{rss['configs']} MiB with the tenant configs loaded; "
+            f"warmed with {memory['warm_requests']} requests",
             f"warm requests at {memory['tenants']} tenants (a fresh token per tenant): "
             f"{check['rps']:.1f} req/s, p50 {check['p50_ms']:.2f} ms, "
             f"p99 {check['p99_ms']:.2f} ms, errors {check['errors']}, "
@@ -538,12 +540,14 @@ def main() -> None:
         say("starting gunicorn, 2 sync workers")
         base, web = start_web(plat)
         rows = timed_scenarios(plat, base, worker_pids(web.pid), tokens, args.duration)
-        summary["worker_rss_mib"] = [round(rss_mib(pid), 1) for pid in worker_pids(web.pid)]
+        summary["worker_rss_mib"] = [rss_mib(pid) for pid in worker_pids(web.pid)]
         stack.stop(web)
         summary.update(scenarios={row.pop("scenario"): row for row in map(dict, rows)})
         summary.update(ratios(rows))
         print(table(rows))
-        print(", ".join(f"{key} = {value:.3f}" for key, value in ratios(rows).items()), flush=True)
+        print(", ".join(f"{key} = {value:.3f}" for key, value in ratios(rows).items()))
+        rss = " and ".join(map(str, summary["worker_rss_mib"]))
+        print(f"web worker RSS with {args.tenants} tenants warm: {rss} MiB", flush=True)
         if not args.skip_scale:
             say("scale: 1,000 tenants' key set refresh, then 10,000 tenants in the web workers")
             summary["scale"] = scale(plat, tokens, args.duration)

@@ -319,6 +319,11 @@ def run_scenario(
     }
 
 
+def tokens_needed(repeat_rps: float, seconds: int) -> int:
+    """Enough never-seen tokens for a run: it cannot outrun the repeated token's rate."""
+    return min(math.ceil(repeat_rps * seconds * 1.3) + 1000, MAX_DISTINCT_TOKENS)
+
+
 def distinct_lines(tokens: Tokens, tenants: int, count: int) -> list[tuple[str, str]]:
     """``count`` requests, each with its own token, spread evenly over the tenants."""
     return [(scoped_path(i % tenants), tokens.bearer(i % tenants)) for i in range(count)]
@@ -344,8 +349,7 @@ def timed_scenarios(
     results = []
     for name in ("public", "scoped_repeat", "scoped_distinct", "invalid", "insufficient_scope"):
         if name == "scoped_distinct":
-            # Enough never-seen tokens for the whole run: it cannot outrun the repeated token.
-            count = min(math.ceil(results[-1]["rps"] * seconds * 1.3) + 1000, MAX_DISTINCT_TOKENS)
+            count = tokens_needed(results[-1]["rps"], seconds)
             fixed[name] = (200, distinct_lines(tokens, n, count))
         expect, lines = fixed[name]
         say(f"{name}: {seconds} s")
@@ -392,7 +396,7 @@ def warm_every_worker(base: str, lines: list[tuple[str, str]], pids: set[int]) -
         return sum(pool.map(warm, lines))
 
 
-def scale(plat: Platform, tokens: Tokens, seconds: int) -> dict[str, Any]:
+def scale(plat: Platform, tokens: Tokens, seconds: int, repeat_rps: float) -> dict[str, Any]:
     """Key set refresh of 1,000 tenants; memory and warm-path counts with 10,000 tenants."""
     add_tenants(plat, max(plat.tenants, REFRESH_TENANTS))
     say(f"timing the refresh of {plat.tenants} key sets")
@@ -409,11 +413,13 @@ def scale(plat: Platform, tokens: Tokens, seconds: int) -> dict[str, Any]:
     warm_requests = warm_every_worker(base, lines, set(pids))
     rss["warm"] = [rss_mib(pid) for pid in pids]
     rss["peak"] = [rss_mib(pid, "VmHWM") for pid in pids]
-    fresh = [(scoped_path(i), tokens.bearer(i)) for i in everyone]  # never seen: verified anew
+    check_seconds = min(seconds, 5)
+    count = max(plat.tenants, tokens_needed(repeat_rps, check_seconds))
+    fresh = distinct_lines(tokens, plat.tenants, count)  # never seen: each verified anew
     counters = Counters(plat, pids)
     counters.log_statements("all")
     name, workdir = f"scoped_distinct@{plat.tenants}", plat.stack.workdir
-    check = run_scenario(name, 200, fresh, base, min(seconds, 5), counters, workdir)
+    check = run_scenario(name, 200, fresh, base, check_seconds, counters, workdir)
     counters.log_statements("none")
     plat.stack.stop(web)
     return {
@@ -550,7 +556,8 @@ def main() -> None:
         print(f"web worker RSS with {args.tenants} tenants warm: {rss} MiB", flush=True)
         if not args.skip_scale:
             say("scale: 1,000 tenants' key set refresh, then 10,000 tenants in the web workers")
-            summary["scale"] = scale(plat, tokens, args.duration)
+            repeat_rps = summary["scenarios"]["scoped_repeat"]["rps"]
+            summary["scale"] = scale(plat, tokens, args.duration, repeat_rps)
             print(report_scale(summary["scale"]))
     summary["run_seconds"] = round(time.monotonic() - STARTED, 1)
     say("done; everything started was stopped")

@@ -38,8 +38,9 @@ class Load:
 
 
 def generator() -> str:
-    """The load generator this machine has."""
-    return "wrk" if shutil.which("wrk") else "python"
+    """wrk when installed, unless BENCH_LOAD_GENERATOR=python asks for the fallback."""
+    wanted = os.environ.get("BENCH_LOAD_GENERATOR", "wrk")
+    return "wrk" if wanted == "wrk" and shutil.which("wrk") else "python"
 
 
 def drive(

@@ -62,7 +62,7 @@ class Stack:
         return self
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
-        if exc_type is not None and exc_type is not KeyboardInterrupt:
+        if exc_type is not None and issubclass(exc_type, Exception):  # a failure, not a stop
             for log in sorted(self.workdir.glob("*.log")):
                 print(f"--- last lines of {log.name}:\n{self.log_tail(log.stem)}", file=sys.stderr)
         while self._stops:

@@ -5,7 +5,7 @@ import logging
 from celery import Task, shared_task
 
 from authz import jwks
-from tenants.directory import directory
+from tenants.directory import directory, load_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,9 @@ class KeySetTask(Task):
 @shared_task(base=KeySetTask, bind=True, name="authz.tasks.refresh_key_set")
 def refresh_key_set(self: Task, slug: str) -> str:
     """Fetch one tenant's key set; returns the outcome (``ok``, ``busy``, ``invalid``...)."""
-    tenant = directory.by_slug(slug)
+    # From the database, not this worker's snapshot: a tenant saved a moment ago, or its new
+    # JWKS URL, may not have reached the snapshot yet.
+    tenant = load_tenant(slug)
     if tenant is None:
         return "no-such-tenant"
     try:

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 VERSION_KEY = "tenants:config-version"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     """Everything the request path needs to know about one tenant, immutable."""
 
@@ -117,17 +118,88 @@ class TenantDirectory:
             return self._snapshot
 
 
-def _load_snapshot() -> _Snapshot:
-    from tenants.models import Tenant
+TENANT_FIELDS = (
+    "id",
+    "slug",
+    "name",
+    "domain",
+    "issuer_override",
+    "jwks_url_override",
+    "algorithms",
+    "leeway",
+    "scope_claims",
+    "provision_users",
+    "admin_scope",
+)
+EMPTY_RULES = MappingProxyType({})
 
-    tenants = Tenant.objects.filter(active=True).prefetch_related(
-        "hosts", "audiences", "scope_rules", "cors_origins"
-    )
-    configs = [config_from_model(tenant) for tenant in tenants]
+
+def _load_snapshot() -> _Snapshot:
+    """Every active tenant, read as plain rows: no model instances, so a large load stays small."""
+    from tenants import models
+
+    hosts = _rows_by_tenant(models.TenantHost, "hostname")
+    audiences = _rows_by_tenant(models.TenantAudience, "audience")
+    origins = _rows_by_tenant(models.TenantCorsOrigin, "origin")
+    rules = _rows_by_tenant(models.ScopeRule, "endpoint", "scopes")
+    shared: dict = {}  # one object for the many equal values (issuers, algorithm lists, ...)
+
+    def share(value: object) -> object:
+        return shared.setdefault(value, value)
+
+    configs = []
+    rows = models.Tenant.objects.filter(active=True).values_list(*TENANT_FIELDS)
+    for row in rows.iterator(chunk_size=2000):
+        tenant = dict(zip(TENANT_FIELDS, row, strict=True))
+        issuer = share(models.derive_issuer(tenant["domain"], tenant["issuer_override"]))
+        tenant_rules = rules.get(tenant["id"])
+        configs.append(
+            TenantConfig(
+                id=tenant["id"],
+                slug=tenant["slug"],
+                name=tenant["name"],
+                issuer=issuer,
+                jwks_url=share(models.derive_jwks_url(issuer, tenant["jwks_url_override"])),
+                audiences=share(tuple(audiences.get(tenant["id"], ()))),
+                hosts=tuple(hosts.get(tenant["id"], ())),
+                algorithms=share(tuple(tenant["algorithms"])),
+                leeway=tenant["leeway"],
+                scope_claims=tenant["scope_claims"],
+                provision_users=tenant["provision_users"],
+                admin_scope=share(tenant["admin_scope"]),
+                cors_origins=share(frozenset(origins.get(tenant["id"], ()))),
+                scope_rules=_rules(tenant_rules) if tenant_rules else EMPTY_RULES,
+            )
+        )
     return _Snapshot(
         by_slug={config.slug: config for config in configs},
         by_host={host: config for config in configs for host in config.hosts},
     )
+
+
+def _rows_by_tenant(model: type, *fields: str) -> dict[int, list]:
+    """Values of one child table of active tenants, grouped by tenant id."""
+    grouped: dict[int, list] = defaultdict(list)
+    rows = model.objects.filter(tenant__active=True).values_list("tenant_id", *fields)
+    for tenant_id, *values in rows.iterator(chunk_size=5000):
+        grouped[tenant_id].append(values[0] if len(values) == 1 else tuple(values))
+    return grouped
+
+
+def _rules(rows: list[tuple[str, str]]) -> MappingProxyType:
+    return MappingProxyType({endpoint: tuple(scopes.split()) for endpoint, scopes in rows})
+
+
+def load_tenant(slug: str) -> TenantConfig | None:
+    """One active tenant straight from the database, bypassing this process's snapshot."""
+    from tenants.models import Tenant
+
+    tenant = (
+        Tenant.objects.filter(slug=slug, active=True)
+        .prefetch_related("hosts", "audiences", "scope_rules", "cors_origins")
+        .first()
+    )
+    return config_from_model(tenant) if tenant else None
 
 
 def _read_version(default: object) -> object:

@@ -16,6 +16,16 @@ from tenants.validation import (
 )
 
 
+def derive_issuer(domain: str, issuer_override: str) -> str:
+    """The exact ``iss`` of a tenant: the override, else Auth0's ``https://<domain>/``."""
+    return issuer_override or f"https://{domain}/"
+
+
+def derive_jwks_url(issuer: str, jwks_url_override: str) -> str:
+    """Where a tenant's key set lives: the override, else under the issuer's well-known path."""
+    return jwks_url_override or f"{issuer.rstrip('/')}/.well-known/jwks.json"
+
+
 def default_algorithms() -> list[str]:
     """Auth0 signs access tokens with RS256."""
     return ["RS256"]
@@ -102,12 +112,12 @@ class Tenant(models.Model):
     @property
     def issuer(self) -> str:
         """The exact ``iss`` value tokens must carry."""
-        return self.issuer_override or f"https://{self.domain}/"
+        return derive_issuer(self.domain, self.issuer_override)
 
     @property
     def jwks_url(self) -> str:
         """Where the tenant's JSON Web Key Set is fetched from."""
-        return self.jwks_url_override or f"{self.issuer.rstrip('/')}/.well-known/jwks.json"
+        return derive_jwks_url(self.issuer, self.jwks_url_override)
 
 
 class TenantHost(models.Model):

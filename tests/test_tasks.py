@@ -143,3 +143,15 @@ def test_beat_schedule_refreshes_every_tenant_on_its_own(worker, make_tenant, is
     finally:
         beat.terminate()
         beat.wait(timeout=20)
+
+
+def test_refresh_finds_a_tenant_newer_than_the_workers_snapshot(db, issuer):
+    from tenants.models import Tenant
+
+    assert directory.active_slugs() == []  # this process's snapshot, taken before the save
+    # bulk_create sends no signal, as a save in another process reaches this one only later
+    Tenant.objects.bulk_create(
+        [Tenant(slug="fresh", name="Fresh", issuer_override=issuer.url_for("fresh"))]
+    )
+
+    assert refresh_key_set.delay("fresh").get() == "ok: 1 keys"

@@ -16,7 +16,7 @@ import requests
 from django.core.cache import cache
 
 from authz.conf import authz_settings
-from tenants.directory import TenantConfig
+from tenants.directory import KeySetSource, TenantConfig
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _store(slug: str, record: KeySetRecord) -> KeySetRecord:
     return record
 
 
-def refresh_key_set(tenant: TenantConfig) -> KeySetRecord:
+def refresh_key_set(tenant: TenantConfig | KeySetSource) -> KeySetRecord:
     """Fetch and store a tenant's key set; single-flight per tenant across all processes."""
     lock_key, token = f"jwks-lock:{tenant.slug}", uuid.uuid4().hex
     if not cache.add(lock_key, token, timeout=authz_settings.REFRESH_LOCK_TIMEOUT):
@@ -244,7 +244,7 @@ def _log_refresh(slug: str, outcome: str, key_count: int, seconds: float) -> Non
     logger.log(level, "key set refresh %s", fields, extra={"event": "jwks_refresh", **fields})
 
 
-def _fetch_and_store(tenant: TenantConfig) -> KeySetRecord:
+def _fetch_and_store(tenant: TenantConfig | KeySetSource) -> KeySetRecord:
     previous = read_record(tenant.slug)
     if previous is not None and previous.jwks_url != tenant.jwks_url:
         previous = None  # keys of another issuer must never be kept

@@ -5,7 +5,7 @@ import logging
 from celery import Task, shared_task
 
 from authz import jwks
-from tenants.directory import directory, load_tenant
+from tenants.directory import directory, load_key_set_source
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def refresh_key_set(self: Task, slug: str) -> str:
     """Fetch one tenant's key set; returns the outcome (``ok``, ``busy``, ``invalid``...)."""
     # From the database, not this worker's snapshot: a tenant saved a moment ago, or its new
     # JWKS URL, may not have reached the snapshot yet.
-    tenant = load_tenant(slug)
+    tenant = load_key_set_source(slug)
     if tenant is None:
         return "no-such-tenant"
     try:

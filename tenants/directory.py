@@ -190,16 +190,28 @@ def _rules(rows: list[tuple[str, str]]) -> MappingProxyType:
     return MappingProxyType({endpoint: tuple(scopes.split()) for endpoint, scopes in rows})
 
 
-def load_tenant(slug: str) -> TenantConfig | None:
-    """One active tenant straight from the database, bypassing this process's snapshot."""
-    from tenants.models import Tenant
+@dataclass(frozen=True)
+class KeySetSource:
+    """Where one tenant's key set comes from: all a refresh needs to know."""
 
-    tenant = (
-        Tenant.objects.filter(slug=slug, active=True)
-        .prefetch_related("hosts", "audiences", "scope_rules", "cors_origins")
+    slug: str
+    jwks_url: str
+
+
+def load_key_set_source(slug: str) -> KeySetSource | None:
+    """One active tenant's JWKS URL straight from the database (one query), not the snapshot."""
+    from tenants import models
+
+    row = (
+        models.Tenant.objects.filter(slug=slug, active=True)
+        .values_list("domain", "issuer_override", "jwks_url_override")
         .first()
     )
-    return config_from_model(tenant) if tenant else None
+    if row is None:
+        return None
+    domain, issuer_override, jwks_url_override = row
+    issuer = models.derive_issuer(domain, issuer_override)
+    return KeySetSource(slug, models.derive_jwks_url(issuer, jwks_url_override))
 
 
 def _read_version(default: object) -> object:

@@ -18,7 +18,8 @@ class TenantResolutionMixin:
         """Tenant first, then an unsupported method is 405 whatever the token, then DRF's steps."""
         # The slug comes from the /t/<slug>/ URL prefix; handlers never see it.
         request.tenant = resolve_tenant(request, self.kwargs.pop("tenant_slug", None))
-        if not hasattr(self, request.method.lower()):
+        method = request.method.lower()
+        if method not in self.http_method_names or not hasattr(self, method):
             raise MethodNotAllowed(request.method)
         super().initial(request, *args, **kwargs)
 

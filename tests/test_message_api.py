@@ -550,3 +550,10 @@ def test_head_on_the_list_is_200_without_a_body(acme, api):
 
     assert response.status_code == 200
     assert response.content == b""
+
+
+@pytest.mark.parametrize("method", ["INITIAL", "DISPATCH", "GET_QUERYSET", "BREW"])
+def test_made_up_methods_named_like_view_internals_are_405(client, acme, method):
+    response = client.generic(method, "/t/acme/api/messages")
+
+    assert response.status_code == 405

@@ -2,9 +2,16 @@
 
 import json
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from authz.jwks import JWKSError, fetch_document, fetch_jwks
-from tenants.directory import TenantConfig
+
+
+class IssuerAddresses(Protocol):
+    """Anything that knows a tenant's issuer and JWKS URL (a Tenant row, a TenantConfig)."""
+
+    issuer: str
+    jwks_url: str
 
 
 @dataclass
@@ -20,7 +27,7 @@ class IssuerReport:
         return not self.problems
 
 
-def check_issuer(tenant: TenantConfig) -> IssuerReport:
+def check_issuer(tenant: IssuerAddresses) -> IssuerReport:
     """Fetch the issuer's discovery document and key set now, and compare with the tenant."""
     report = IssuerReport()
     _check_discovery(tenant, report)
@@ -34,7 +41,7 @@ def check_issuer(tenant: TenantConfig) -> IssuerReport:
     return report
 
 
-def _check_discovery(tenant: TenantConfig, report: IssuerReport) -> None:
+def _check_discovery(tenant: IssuerAddresses, report: IssuerReport) -> None:
     url = f"{tenant.issuer.rstrip('/')}/.well-known/openid-configuration"
     try:
         document = json.loads(fetch_document(url))

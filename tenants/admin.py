@@ -19,7 +19,6 @@ from authz.diagnostics import check_issuer
 from authz.endpoints import all_endpoints
 from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
 from authz.tasks import refresh_key_set
-from tenants.directory import config_from_model
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
@@ -236,7 +235,7 @@ class TenantAdmin(admin.ModelAdmin):
         """POST: fetch discovery and the key set now; say what was found or what is wrong."""
         tenant = self._operated_tenant_or_404(request, object_id)
         if request.method == "POST":
-            report = check_issuer(config_from_model(tenant))
+            report = check_issuer(tenant)
             for fact in report.facts:
                 self.message_user(request, fact, messages.SUCCESS)
             for problem in report.problems:

@@ -56,28 +56,6 @@ class _Snapshot:
     by_host: dict[str, TenantConfig]
 
 
-def config_from_model(tenant: object) -> TenantConfig:
-    """Freeze a Tenant row, with its prefetched relations, into a TenantConfig."""
-    return TenantConfig(
-        id=tenant.pk,
-        slug=tenant.slug,
-        name=tenant.name,
-        issuer=tenant.issuer,
-        jwks_url=tenant.jwks_url,
-        audiences=tuple(a.audience for a in tenant.audiences.all()),
-        hosts=tuple(h.hostname for h in tenant.hosts.all()),
-        algorithms=tuple(tenant.algorithms),
-        leeway=tenant.leeway,
-        scope_claims=tenant.scope_claims,
-        provision_users=tenant.provision_users,
-        admin_scope=tenant.admin_scope,
-        cors_origins=frozenset(o.origin for o in tenant.cors_origins.all()),
-        scope_rules=MappingProxyType(
-            {rule.endpoint: tuple(rule.scopes.split()) for rule in tenant.scope_rules.all()}
-        ),
-    )
-
-
 class TenantDirectory:
     """Active tenants by slug and by hostname, loaded whole and refreshed on version change."""
 

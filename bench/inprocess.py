@@ -1,0 +1,129 @@
+"""CPU cost per request of each scenario, through the WSGI application in this process.
+
+No sockets, no gunicorn, no load generator: the same scenarios as ``bench/bench.py`` are called
+straight into ``config.wsgi.application`` against real PostgreSQL, Redis and the development
+issuer, and the process CPU time per request is printed. This is the steady measure to compare
+two versions of the request path (the machine-wide req/s ratios move with the load generator's
+share of the cores). ``--profile SCENARIO`` prints a cProfile of that scenario instead.
+
+    .venv/bin/python -m bench.inprocess [--tenants 100] [--requests 20000] [--profile NAME]
+"""
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.bench import (
+    Tokens,
+    add_tenants,
+    say,
+    scoped_path,
+    slug,
+    start_platform,
+)
+from bench.stack import Stack
+
+SCENARIOS = ("public", "scoped_repeat", "scoped_distinct", "invalid", "insufficient_scope")
+
+
+def environ(path: str, authorization: str) -> dict[str, Any]:
+    """A minimal WSGI environ of a GET, as gunicorn would pass it."""
+    env = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    if authorization:
+        env["HTTP_AUTHORIZATION"] = authorization
+    return env
+
+
+def caller(application: Callable, expect: int) -> Callable[[str, str], None]:
+    """Call the application once for (path, authorization); fail on another status."""
+    status: list[str] = []
+
+    def start_response(line: str, headers: list, exc_info: object = None) -> None:
+        status.append(line)
+
+    def call(path: str, authorization: str) -> None:
+        status.clear()
+        response = application(environ(path, authorization), start_response)
+        try:
+            b"".join(response)
+        finally:
+            getattr(response, "close", lambda: None)()
+        if not status[0].startswith(str(expect)):
+            raise RuntimeError(f"{path}: expected {expect}, got {status[0]}")
+
+    return call
+
+
+def scenario_lines(tokens: Tokens, tenants: int, requests: int) -> dict[str, tuple[int, list]]:
+    """Each scenario's expected status and its (path, authorization) lines."""
+    distinct = [(scoped_path(i % tenants), tokens.bearer(i % tenants)) for i in range(requests)]
+    return {
+        "public": (200, [(f"/t/{slug(0)}/api/public", "")]),
+        "scoped_repeat": (200, [(scoped_path(0), tokens.bearer(0))]),
+        "scoped_distinct": (200, distinct),
+        "invalid": (401, [(scoped_path(0), tokens.bad_signature(0))]),
+        "insufficient_scope": (403, [(scoped_path(0), tokens.bearer(0, scope=""))]),
+    }
+
+
+def cpu_microseconds(call: Callable, lines: list, requests: int) -> float:
+    """Process CPU time per request over ``requests`` calls, cycling through ``lines``."""
+    started = time.process_time()
+    for index in range(requests):
+        call(*lines[index % len(lines)])
+    return (time.process_time() - started) / requests * 1e6
+
+
+def main() -> None:
+    """Set up, warm up, measure (or profile) every scenario, tear down."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--profile", choices=SCENARIOS)
+    args = parser.parse_args()
+    with Stack() as stack:
+        plat = start_platform(stack)
+        add_tenants(plat, args.tenants)
+        tokens = Tokens(stack.workdir / "keys", plat.issuer_url)
+        say(f"signing {2 * args.requests} distinct tokens")
+        warm = scenario_lines(tokens, args.tenants, args.requests)
+        timed = scenario_lines(tokens, args.tenants, args.requests)
+        from config.wsgi import application
+
+        for expect, lines in warm.values():  # every tenant and key loaded, every path imported
+            cpu_microseconds(caller(application, expect), lines, len(lines) + 100)
+        for name in (args.profile,) if args.profile else SCENARIOS:
+            expect, lines = timed[name]
+            call = caller(application, expect)
+            if args.profile:
+                profile = cProfile.Profile()
+                profile.runcall(cpu_microseconds, call, lines, args.requests)
+                out = io.StringIO()
+                pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(60)
+                print(out.getvalue())
+            else:
+                print(f"{name:20s} {cpu_microseconds(call, lines, args.requests):7.1f} µs/request")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,23 +1,26 @@
 """Verifying an access token against one tenant's keys and claims. No DRF in here.
 
-Every PyJWT failure is translated into one TokenError subclass with a stable code and a human
-sentence; nothing from ``jwt`` escapes this module.
+Every failure is one TokenError subclass with a stable code and a human sentence; PyJWT's
+algorithm objects check signatures, and nothing from ``jwt`` escapes this module.
 """
 
+import base64
 import json
+import math
+import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import jwt
-from jwt.utils import base64url_decode
+from jwt.algorithms import get_default_algorithms
 
 from authz.conf import authz_settings
 from tenants.directory import TenantConfig
 
 REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub"]
-TIME_CLAIMS = ("exp", "iat", "nbf")
 KEY_TYPE_OF_ALGORITHM = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
 
@@ -121,52 +124,52 @@ class Claims:
     payload: Mapping[str, Any]
 
 
-PYJWT_ERRORS: tuple[tuple[type[Exception], type[TokenError]], ...] = (
-    (jwt.ExpiredSignatureError, TokenExpired),
-    (jwt.ImmatureSignatureError, TokenNotYetValid),
-    (jwt.InvalidIssuerError, InvalidIssuer),
-    (jwt.InvalidAudienceError, InvalidAudience),
-    (jwt.MissingRequiredClaimError, InvalidClaims),
-    (jwt.InvalidSignatureError, InvalidSignature),
-    (jwt.InvalidAlgorithmError, DisallowedAlgorithm),
-    (jwt.InvalidKeyError, DisallowedAlgorithm),
-    (jwt.DecodeError, MalformedToken),
-    (jwt.InvalidTokenError, InvalidClaims),
-)
+# PyJWT's algorithm objects do the cryptography; the compact serialization and the claims are
+# checked here, as strictly as jwt.decode checks them (tests/test_token_conformance.py holds the
+# two side by side), because jwt.decode's per-character base64url scan doubled the cost of a
+# first-seen token (docs/performance.md).
+ALGORITHMS = get_default_algorithms()
+BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-def _translate(exc: Exception) -> TokenError:
-    if isinstance(exc, jwt.DecodeError) and " claim " in str(exc):
-        return InvalidClaims(f"{InvalidClaims.description} ({exc})")  # a signed, mistyped claim
-    for pyjwt_error, token_error in PYJWT_ERRORS:
-        if isinstance(exc, pyjwt_error):
-            return token_error(_sentence(exc, token_error))
-    return TokenError()
+def _base64url(segment: str) -> bytes:
+    """A segment decoded only when it is canonical base64url (its alphabet, at most 2 ``=``)."""
+    data = segment.rstrip("=")
+    padding = len(segment) - len(data)
+    if padding > 2 or (padding and len(segment) % 4) or len(data) % 4 == 1:
+        raise MalformedToken()
+    if not BASE64URL.fullmatch(data):
+        raise MalformedToken()
+    decoded = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    # Non-zero trailing bits would give a second spelling of the same bytes.
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != data.encode("ascii"):
+        raise MalformedToken()
+    return decoded
 
 
-def _sentence(exc: Exception, token_error: type[TokenError]) -> str:
-    """PyJWT's own words where they help (which claim), ours where they would not."""
-    if token_error in (InvalidClaims, TokenNotYetValid) and str(exc):
-        return f"{token_error.description} ({exc})"
-    return token_error.description
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedToken(f"The access token {what} is not valid JSON.") from exc
+    if not isinstance(value, dict):
+        raise MalformedToken(f"The access token {what} is not a JSON object.")
+    return value
 
 
 def read_header(token: str) -> dict[str, Any]:
     """The unverified JOSE header, size- and shape-checked."""
     if len(token) > authz_settings.MAX_TOKEN_BYTES:
         raise MalformedToken("The access token is too large.")
-    # Only the header segment: PyJWT's get_unverified_header would decode the whole token, and
-    # jwt.decode below decodes (and checks) all of it anyway.
-    try:
-        header = json.loads(base64url_decode(token.split(".", 1)[0]))
-    except (ValueError, TypeError) as exc:
-        raise MalformedToken() from exc
-    if not isinstance(header, dict) or token.count(".") != 2:
+    if token.count(".") != 2:
         raise MalformedToken()
+    header = _json_object(_base64url(token.split(".", 1)[0]), "header")
     if not isinstance(header.get("kid", ""), str):
         raise MalformedToken("The access token key id (kid) must be a string.")
     if "crit" in header:
         raise MalformedToken("The access token uses critical header extensions.")
+    if header.get("b64", True) is not True:
+        raise MalformedToken("The access token payload must be base64url-encoded (b64).")
     return header
 
 
@@ -179,11 +182,14 @@ def _checked_algorithm(header: dict[str, Any], tenant: TenantConfig) -> str:
 
 
 def _checked_key(key: SigningKey, algorithm: str) -> Any:
-    """The public key object, when its type and declared alg fit the algorithm."""
+    """The public key object, when its type, curve and declared alg fit the algorithm."""
     declared = key.declared_algorithm
     if (declared and declared != algorithm) or key.key_type != KEY_TYPE_OF_ALGORITHM[algorithm[:2]]:
         raise DisallowedAlgorithm("The access token algorithm does not match its key.")
-    return key.public_key
+    try:
+        return ALGORITHMS[algorithm].prepare_key(key.public_key)
+    except (jwt.InvalidKeyError, TypeError, ValueError) as exc:
+        raise DisallowedAlgorithm("The access token algorithm does not match its key.") from exc
 
 
 def verify_token(
@@ -196,28 +202,40 @@ def verify_token(
     if not isinstance(kid, str) or not kid:
         raise UnknownKey("The access token has no key id (kid).")
     public_key = _checked_key(key_for_kid(kid), algorithm)
+    header_segment, payload_segment, signature_segment = token.split(".")
+    payload_json = _base64url(payload_segment)
+    signature = _base64url(signature_segment)
+    signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
+    if not _signature_verifies(algorithm, signing_input, public_key, signature):
+        raise InvalidSignature()
+    return _claims(_json_object(payload_json, "payload"), tenant)
+
+
+def _signature_verifies(algorithm: str, signing_input: bytes, key: Any, signature: bytes) -> bool:
     try:
-        payload = jwt.decode(
-            token,
-            public_key,
-            algorithms=[algorithm],
-            audience=list(tenant.audiences),
-            issuer=tenant.issuer,
-            leeway=tenant.leeway,
-            options={"require": REQUIRED_CLAIMS},
-        )
-    except jwt.PyJWTError as exc:
-        raise _translate(exc) from exc
-    return _claims(payload, tenant)
+        return ALGORITHMS[algorithm].verify(signing_input, key, signature)
+    except (ValueError, TypeError):  # a signature of the wrong size for some key types
+        return False
 
 
 def _claims(payload: dict[str, Any], tenant: TenantConfig) -> Claims:
+    """The payload's claims, checked in jwt.decode's order, then typed."""
+    for name in REQUIRED_CLAIMS:
+        if payload.get(name) is None:
+            raise InvalidClaims(f'The access token has no "{name}" claim.')
+    now, leeway = time.time(), tenant.leeway
+    for name in ("iat", "nbf"):
+        if name in payload and _seconds(payload, name) > now + leeway:
+            raise TokenNotYetValid(f"The access token is not valid yet ({name}).")
+    if _seconds(payload, "exp") <= now - leeway:
+        raise TokenExpired()
+    if payload["iss"] != tenant.issuer:
+        raise InvalidIssuer()
+    _check_audience(payload["aud"], tenant.audiences)
     if not isinstance(payload["sub"], str) or not payload["sub"]:
         raise InvalidClaims("The access token subject (sub) must be a non-empty string.")
-    for name in TIME_CLAIMS:
-        # PyJWT accepts numeric strings; RFC 7519 says NumericDate is a JSON number.
-        if name in payload and not _is_number(payload[name]):
-            raise InvalidClaims(f"The {name} claim must be a number of seconds.")
+    if not isinstance(payload.get("jti", ""), str):
+        raise InvalidClaims("The access token id (jti) must be a string.")
     return Claims(
         subject=payload["sub"],
         issuer=payload["iss"],
@@ -227,8 +245,23 @@ def _claims(payload: dict[str, Any], tenant: TenantConfig) -> Claims:
     )
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _seconds(payload: dict[str, Any], name: str) -> int:
+    """A NumericDate claim in whole seconds; RFC 7519 wants a JSON number, not a string."""
+    value = payload[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidClaims(f"The {name} claim must be a number of seconds.")
+    return int(value)
+
+
+def _check_audience(audience: Any, accepted: tuple[str, ...]) -> None:
+    """Any one of the tenant's audiences, in ``aud`` as a string or a list of strings."""
+    if not audience:
+        raise InvalidClaims('The access token has no "aud" claim.')
+    names = [audience] if isinstance(audience, str) else audience
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise InvalidAudience("The access token audience (aud) must be a string or a list.")
+    if not any(name in names for name in accepted):
+        raise InvalidAudience()
 
 
 def granted_scopes(payload: Mapping[str, Any], scope_claims: str) -> frozenset[str]:

@@ -10,6 +10,8 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from authz.conf import authz_settings
 from authz.keys import key_cache
@@ -17,12 +19,39 @@ from authz.tokens import Claims, SigningKey
 from tenants.directory import TenantConfig
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Verified:
-    claims: Claims
+    """One remembered token, as few garbage-collected objects as possible.
+
+    A full garbage collection walks every entry: four objects per entry (claims, scopes,
+    payload proxy, entry) made the collector the largest cost of a first-seen token. Scopes as
+    a tuple of strings and the payload as a plain dict of JSON values are not tracked at all.
+    """
+
     tenant: TenantConfig
-    kid: str
     key: SigningKey
+    subject: str
+    issuer: str
+    scopes: tuple[str, ...]
+    expires_at: int
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, claims: Claims, tenant: TenantConfig, key: SigningKey) -> "_Verified":
+        """The entry for claims verified with ``key``."""
+        scopes = tuple(claims.scopes)
+        payload = dict(claims.payload)
+        return cls(tenant, key, claims.subject, claims.issuer, scopes, claims.expires_at, payload)
+
+    def claims(self) -> Claims:
+        """The claims, rebuilt (a read-only view of the payload, as verification returns)."""
+        return Claims(
+            self.subject,
+            self.issuer,
+            frozenset(self.scopes),
+            self.expires_at,
+            MappingProxyType(self.payload),
+        )
 
 
 class VerifiedTokenCache:
@@ -43,19 +72,19 @@ class VerifiedTokenCache:
             return None
         if (
             entry.tenant is not tenant
-            or time.time() >= entry.claims.expires_at
-            or key_cache.held_key(tenant, entry.kid) is not entry.key
+            or time.time() >= entry.expires_at
+            or key_cache.held_key(tenant, entry.key.kid) is not entry.key
         ):
             with self._lock:
                 self._entries.pop(cache_key, None)
             return None
-        return entry.claims
+        return entry.claims()
 
     def put(self, token: str, tenant: TenantConfig, key: SigningKey, claims: Claims) -> None:
         """Remember a token that just passed full verification with ``key``."""
         cache_key = (tenant.slug, hashlib.sha256(token.encode()).digest())
         with self._lock:
-            self._entries[cache_key] = _Verified(claims, tenant, key.kid, key)
+            self._entries[cache_key] = _Verified.of(claims, tenant, key)
             self._entries.move_to_end(cache_key)
             while len(self._entries) > authz_settings.VERIFIED_TOKEN_CACHE_SIZE:
                 self._entries.popitem(last=False)

@@ -113,7 +113,7 @@ class SigningKey:
         return cls(jwk["kid"], jwk["kty"], jwk.get("alg"), jwt.PyJWK(jwk).key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Claims:
     """The verified facts of a token."""
 

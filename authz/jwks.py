@@ -21,6 +21,7 @@ from tenants.directory import KeySetSource, TenantConfig
 logger = logging.getLogger(__name__)
 
 SUPPORTED_KEY_TYPES = ("RSA", "EC", "OKP")
+GENERATION_KEY = "jwks:generation"
 MAX_REDIRECTS = 3
 
 
@@ -211,8 +212,20 @@ def _version_of(keys: tuple[dict[str, Any], ...]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _store(slug: str, record: KeySetRecord) -> KeySetRecord:
+def read_generation() -> str | None:
+    """The stamp that changes whenever any tenant's stored keys change."""
+    return cache.get(GENERATION_KEY)
+
+
+def _identity(record: KeySetRecord) -> tuple[str, str]:
+    return record.version, record.jwks_url
+
+
+def _store(slug: str, record: KeySetRecord, previous: KeySetRecord | None) -> KeySetRecord:
     cache.set(record_key(slug), record.as_dict(), timeout=None)
+    # After the record: a process that sees the new stamp must also read the new record.
+    if previous is None or _identity(previous) != _identity(record):
+        cache.set(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
     return record
 
 
@@ -251,10 +264,10 @@ def _fetch_and_store(tenant: TenantConfig | KeySetSource) -> KeySetRecord:
     try:
         keys = fetch_jwks(tenant.jwks_url)
     except JWKSError as exc:
-        _store(tenant.slug, _failed(previous, tenant.jwks_url, str(exc)))
+        _store(tenant.slug, _failed(previous, tenant.jwks_url, str(exc)), previous)
         raise
     record = KeySetRecord(keys, _version_of(keys), tenant.jwks_url, fetched_at=time.time())
-    return _store(tenant.slug, record)
+    return _store(tenant.slug, record, previous)
 
 
 def _failed(previous: KeySetRecord | None, jwks_url: str, error: str) -> KeySetRecord:

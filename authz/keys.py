@@ -1,7 +1,9 @@
 """Per-process cache of parsed public keys, kept in step with the shared key set records.
 
 The request path asks for a key by kid. Keys are parsed once per key set version and held in
-memory; the shared record is re-read at most every CONFIG_RECHECK_INTERVAL seconds. An unknown
+memory. Every CONFIG_RECHECK_INTERVAL seconds a process reads one shared stamp that changes
+whenever any tenant's stored keys change; a tenant's record is re-read only when the stamp moved
+since, or its entry is a minute old, or its keys are not usable. An unknown
 kid, or no usable key set, triggers at most one on-demand fetch per tenant per cooldown, so a
 rotated key works at once while a flood of made-up kids cannot hammer the issuer.
 """
@@ -14,11 +16,16 @@ from dataclasses import dataclass
 from django.core.cache import cache
 
 from authz.conf import authz_settings
-from authz.jwks import JWKSError, KeySetRecord, read_record, refresh_key_set
+from authz.jwks import JWKSError, KeySetRecord, read_generation, read_record, refresh_key_set
 from authz.tokens import SigningKey, UnknownKey
 from tenants.directory import TenantConfig
 
 logger = logging.getLogger(__name__)
+
+# A usable entry whose stamp has not moved is still re-read after this long, which keeps its
+# fetch time (the max-stale clock) current and bounds the harm of a stamp write that was lost.
+STAMPED_ENTRY_MAX_AGE = 60.0
+UNREAD = object()  # matches no stamp: an entry marked so is re-read on its next recheck
 
 
 class KeySetUnavailable(Exception):
@@ -32,6 +39,7 @@ class _Entry:
     fetched_at: float | None
     keys: dict[str, SigningKey]
     checked_at: float
+    generation: object
 
     def usable(self, jwks_url: str) -> bool:
         if not self.keys or self.jwks_url != jwks_url or self.fetched_at is None:
@@ -39,9 +47,9 @@ class _Entry:
         return time.time() - self.fetched_at <= authz_settings.KEYSET_MAX_STALE
 
 
-def _parse(record: KeySetRecord, checked_at: float) -> _Entry:
+def _parse(record: KeySetRecord, checked_at: float, generation: object) -> _Entry:
     keys = {key["kid"]: SigningKey.from_jwk(key) for key in record.keys}
-    return _Entry(record.version, record.jwks_url, record.fetched_at, keys, checked_at)
+    return _Entry(record.version, record.jwks_url, record.fetched_at, keys, checked_at, generation)
 
 
 class KeyCache:
@@ -51,6 +59,8 @@ class KeyCache:
         self._entries: dict[str, _Entry] = {}
         self._last_fetch: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._generation: object = UNREAD
+        self._generation_checked_at = float("-inf")
 
     def held_key(self, tenant: TenantConfig, kid: str) -> SigningKey | None:
         """The usable key with this kid that this process holds now; never fetches."""
@@ -78,16 +88,39 @@ class KeyCache:
         with self._lock:
             self._entries.clear()
             self._last_fetch.clear()
+            self._generation, self._generation_checked_at = UNREAD, float("-inf")
 
     def _entry(self, tenant: TenantConfig) -> _Entry | None:
-        """The local entry, re-validated against the shared record every recheck interval."""
+        """The local entry, re-read from the shared record only when it may have changed."""
         now = time.monotonic()
         entry = self._entries.get(tenant.slug)
-        if entry is not None and now - entry.checked_at < authz_settings.CONFIG_RECHECK_INTERVAL:
+        if entry is not None and self._still_current(entry, tenant, now):
             return entry
         return self._reload(tenant.slug, entry, now)
 
+    def _still_current(self, entry: _Entry, tenant: TenantConfig, now: float) -> bool:
+        age = now - entry.checked_at
+        if age < authz_settings.CONFIG_RECHECK_INTERVAL:
+            return True
+        if age >= STAMPED_ENTRY_MAX_AGE or not entry.usable(tenant.jwks_url):
+            return False
+        current = self._current_generation(now)
+        return current is not UNREAD and entry.generation == current
+
+    def _current_generation(self, now: float) -> object:
+        """The shared key set stamp, read at most once per recheck interval."""
+        if now - self._generation_checked_at >= authz_settings.CONFIG_RECHECK_INTERVAL:
+            try:
+                self._generation = read_generation()
+            except Exception:
+                logger.warning("Cannot read the key set stamp from the cache; using memory.")
+                self._generation = UNREAD  # unknown: every entry falls back to its own recheck
+            self._generation_checked_at = now
+        return self._generation
+
     def _reload(self, slug: str, entry: _Entry | None, now: float) -> _Entry | None:
+        # The stamp is read before the record, so an entry never claims a newer stamp than its keys.
+        generation = self._current_generation(now)
         try:
             record = read_record(slug)
         except Exception:
@@ -95,11 +128,18 @@ class KeyCache:
             record = None
         if record is None or not record.keys:
             # A flushed or unreachable cache must not drop keys this process already verified.
-            fresh = entry and _Entry(**{**entry.__dict__, "checked_at": now})
+            fresh = entry and _Entry(**{**entry.__dict__, "checked_at": now, "generation": UNREAD})
         elif entry is not None and entry.version == record.version:
-            fresh = _Entry(**{**entry.__dict__, "checked_at": now, "fetched_at": record.fetched_at})
+            fresh = _Entry(
+                **{
+                    **entry.__dict__,
+                    "checked_at": now,
+                    "fetched_at": record.fetched_at,
+                    "generation": generation,
+                }
+            )
         else:
-            fresh = _parse(record, now)
+            fresh = _parse(record, now, generation)
         with self._lock:
             if fresh is None:
                 self._entries.pop(slug, None)
@@ -129,7 +169,7 @@ class KeyCache:
         except Exception:
             logger.exception("on-demand key set fetch for %s failed in the cache", tenant.slug)
             return self._entries.get(tenant.slug)
-        entry = _parse(record, time.monotonic())
+        entry = _parse(record, time.monotonic(), UNREAD)
         with self._lock:
             self._entries[tenant.slug] = entry
         return entry

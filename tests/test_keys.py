@@ -1,9 +1,11 @@
 """Key sets on the request path: rotation, the unknown-kid cooldown, outages, the warm path."""
 
+import os
 import time
 import uuid
 
 import pytest
+import redis
 import requests
 
 from authz.devissuer import start_in_thread
@@ -170,3 +172,31 @@ def test_warm_request_among_10000_tenants_makes_no_query_and_no_fetch(
 
     assert by_host.status_code == 200
     assert issuer.hits("/acme/.well-known/jwks.json") == fetches
+
+
+def redis_get_calls() -> int:
+    """GET commands the test Redis server has answered so far."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        return client.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+    finally:
+        client.close()
+
+
+def test_warm_requests_read_no_key_set_while_none_changes(client, make_tenant, tokens, settings):
+    settings.AUTHZ = {**settings.AUTHZ, "CONFIG_RECHECK_INTERVAL": 1.0}
+    slugs = [f"spread{index}" for index in range(30)]
+    factories = {slug: tokens("acme", f"https://api.{slug}.test") for slug in slugs}
+    for slug in slugs:
+        make_tenant(slug, issuer_name="acme")
+        refresh_key_set.delay(slug)  # what the worker does once the tenant is saved
+    for slug in slugs:
+        assert get_private(client, slug, factories[slug].token()).status_code == 200
+    time.sleep(1.1)  # every tenant's entry is past its recheck interval
+    before = redis_get_calls()
+
+    statuses = {get_private(client, slug, factories[slug].token()).status_code for slug in slugs}
+
+    assert statuses == {200}
+    # One read of the key set stamp and one of the tenant config version, not one per tenant.
+    assert redis_get_calls() - before <= 4

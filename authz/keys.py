@@ -11,7 +11,7 @@ rotated key works at once while a flood of made-up kids cannot hammer the issuer
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.core.cache import cache
 
@@ -38,7 +38,8 @@ class _Entry:
     jwks_url: str
     fetched_at: float | None
     keys: dict[str, SigningKey]
-    checked_at: float
+    read_at: float  # when the shared record was last read
+    checked_at: float  # when this entry was last known current (read, or the stamp unmoved)
     generation: object
 
     def usable(self, jwks_url: str) -> bool:
@@ -47,9 +48,9 @@ class _Entry:
         return time.time() - self.fetched_at <= authz_settings.KEYSET_MAX_STALE
 
 
-def _parse(record: KeySetRecord, checked_at: float, generation: object) -> _Entry:
+def _parse(record: KeySetRecord, now: float, generation: object) -> _Entry:
     keys = {key["kid"]: SigningKey.from_jwk(key) for key in record.keys}
-    return _Entry(record.version, record.jwks_url, record.fetched_at, keys, checked_at, generation)
+    return _Entry(record.version, record.jwks_url, record.fetched_at, keys, now, now, generation)
 
 
 class KeyCache:
@@ -94,15 +95,20 @@ class KeyCache:
         """The local entry, re-read from the shared record only when it may have changed."""
         now = time.monotonic()
         entry = self._entries.get(tenant.slug)
-        if entry is not None and self._still_current(entry, tenant, now):
+        if entry is None:
+            return self._reload(tenant.slug, entry, now)
+        if now - entry.checked_at < authz_settings.CONFIG_RECHECK_INTERVAL:
             return entry
-        return self._reload(tenant.slug, entry, now)
+        if not self._unchanged(entry, tenant, now):
+            return self._reload(tenant.slug, entry, now)
+        entry = replace(entry, checked_at=now)
+        with self._lock:
+            self._entries[tenant.slug] = entry
+        return entry
 
-    def _still_current(self, entry: _Entry, tenant: TenantConfig, now: float) -> bool:
-        age = now - entry.checked_at
-        if age < authz_settings.CONFIG_RECHECK_INTERVAL:
-            return True
-        if age >= STAMPED_ENTRY_MAX_AGE or not entry.usable(tenant.jwks_url):
+    def _unchanged(self, entry: _Entry, tenant: TenantConfig, now: float) -> bool:
+        """Current without a read: usable, read within the minute, and the stamp has not moved."""
+        if now - entry.read_at >= STAMPED_ENTRY_MAX_AGE or not entry.usable(tenant.jwks_url):
             return False
         current = self._current_generation(now)
         return current is not UNREAD and entry.generation == current
@@ -128,15 +134,11 @@ class KeyCache:
             record = None
         if record is None or not record.keys:
             # A flushed or unreachable cache must not drop keys this process already verified.
-            fresh = entry and _Entry(**{**entry.__dict__, "checked_at": now, "generation": UNREAD})
+            fresh = entry and replace(entry, read_at=now, checked_at=now, generation=UNREAD)
         elif entry is not None and entry.version == record.version:
-            fresh = _Entry(
-                **{
-                    **entry.__dict__,
-                    "checked_at": now,
-                    "fetched_at": record.fetched_at,
-                    "generation": generation,
-                }
+            fetched_at = record.fetched_at
+            fresh = replace(
+                entry, fetched_at=fetched_at, read_at=now, checked_at=now, generation=generation
             )
         else:
             fresh = _parse(record, now, generation)

@@ -3,6 +3,8 @@
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 DEFAULTS: dict[str, Any] = {
     # http and loopback/private issuers: for development and tests only.
@@ -29,12 +31,28 @@ DEFAULTS: dict[str, Any] = {
 
 
 class AuthzSettings:
-    """Attribute access to ``settings.AUTHZ`` that follows ``override_settings``."""
+    """Attribute access to ``settings.AUTHZ`` with defaults, following ``override_settings``.
+
+    A value is kept as an instance attribute once read (the request path reads several per
+    request) and dropped when Django announces that AUTHZ changed.
+    """
 
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"Unknown AUTHZ setting: {name}")
-        return getattr(settings, "AUTHZ", {}).get(name, DEFAULTS[name])
+        value = getattr(settings, "AUTHZ", {}).get(name, DEFAULTS[name])
+        setattr(self, name, value)
+        return value
+
+    def reload(self) -> None:
+        """Forget the values read so far."""
+        self.__dict__.clear()
 
 
 authz_settings = AuthzSettings()
+
+
+@receiver(setting_changed)
+def _reload_authz_settings(setting: str, **kwargs: Any) -> None:
+    if setting == "AUTHZ":
+        authz_settings.reload()

@@ -92,3 +92,14 @@ def test_the_example_production_environment_passes_check_deploy():
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_authz_settings_follow_a_change_after_a_value_was_read(settings):
+    from authz.conf import DEFAULTS, authz_settings
+
+    settings.AUTHZ = {}
+    default = authz_settings.UNKNOWN_KID_COOLDOWN  # read, and kept
+    settings.AUTHZ = {"UNKNOWN_KID_COOLDOWN": 7.5}
+    changed = authz_settings.UNKNOWN_KID_COOLDOWN
+
+    assert (default, changed) == (DEFAULTS["UNKNOWN_KID_COOLDOWN"], 7.5)

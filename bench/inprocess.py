@@ -4,7 +4,8 @@ No sockets, no gunicorn, no load generator: the same scenarios as ``bench/bench.
 straight into ``config.wsgi.application`` against real PostgreSQL, Redis and the development
 issuer, and the process CPU time per request is printed. This is the steady measure to compare
 two versions of the request path (the machine-wide req/s ratios move with the load generator's
-share of the cores). ``--profile SCENARIO`` prints a cProfile of that scenario instead.
+share of the cores). ``--profile SCENARIO`` prints a cProfile of that scenario instead (``--sort
+tottime`` for the functions' own time).
 
     .venv/bin/python -m bench.inprocess [--tenants 100] [--requests 20000] [--profile NAME]
 """
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--profile", choices=SCENARIOS)
+    parser.add_argument("--sort", default="cumulative", help="pstats order of --profile")
     args = parser.parse_args()
     with Stack() as stack:
         plat = start_platform(stack)
@@ -119,7 +121,7 @@ def main() -> None:
                 profile = cProfile.Profile()
                 profile.runcall(cpu_microseconds, call, lines, args.requests)
                 out = io.StringIO()
-                pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(60)
+                pstats.Stats(profile, stream=out).sort_stats(args.sort).print_stats(60)
                 print(out.getvalue())
             else:
                 print(f"{name:20s} {cpu_microseconds(call, lines, args.requests):7.1f} µs/request")

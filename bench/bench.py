@@ -329,29 +329,37 @@ def distinct_lines(tokens: Tokens, tenants: int, count: int) -> list[tuple[str, 
     return [(scoped_path(i % tenants), tokens.bearer(i % tenants)) for i in range(count)]
 
 
+SCENARIOS = ("public", "scoped_repeat", "scoped_distinct", "invalid", "insufficient_scope")
+
+
+def scenario_requests(tokens: Tokens, tenants: int, distinct: int) -> dict[str, tuple[int, list]]:
+    """Each scenario's expected status and its (path, Authorization) lines, in run order."""
+    return {
+        "public": (200, [(f"/t/{slug(0)}/api/public", "")]),
+        "scoped_repeat": (200, [(scoped_path(0), tokens.bearer(0))]),
+        "scoped_distinct": (200, distinct_lines(tokens, tenants, distinct)),
+        "invalid": (401, [(scoped_path(0), tokens.bad_signature(0))]),
+        "insufficient_scope": (403, [(scoped_path(0), tokens.bearer(0, scope=""))]),
+    }
+
+
 def timed_scenarios(
     plat: Platform, base: str, pids: list[int], tokens: Tokens, seconds: int
 ) -> list[dict]:
     """Warm up, then run the five scenarios against the same server."""
     workdir, n = plat.stack.workdir, plat.tenants
-    fixed = {
-        "public": (200, [(f"/t/{slug(0)}/api/public", "")]),
-        "scoped_repeat": (200, [(scoped_path(0), tokens.bearer(0))]),
-        "invalid": (401, [(scoped_path(0), tokens.bad_signature(0))]),
-        "insufficient_scope": (403, [(scoped_path(0), tokens.bearer(0, scope=""))]),
-    }
-    warm = {**fixed, "scoped_distinct": (200, distinct_lines(tokens, n, max(20 * n, 2000)))}
+    scenarios = scenario_requests(tokens, n, max(20 * n, 2000))
     say(f"warming up: {WARMUP_SECONDS} s of each scenario")
-    for expect, lines in warm.values():
+    for expect, lines in scenarios.values():
         load.drive(base, lines, expect, WARMUP_SECONDS, workdir)
     counters = Counters(plat, pids)
     counters.log_statements("all")
     results = []
-    for name in ("public", "scoped_repeat", "scoped_distinct", "invalid", "insufficient_scope"):
-        if name == "scoped_distinct":
+    for name in SCENARIOS:
+        if name == "scoped_distinct":  # tokens never sent before, as many as the run can use
             count = tokens_needed(results[-1]["rps"], seconds)
-            fixed[name] = (200, distinct_lines(tokens, n, count))
-        expect, lines = fixed[name]
+            scenarios[name] = (200, distinct_lines(tokens, n, count))
+        expect, lines = scenarios[name]
         say(f"{name}: {seconds} s")
         results.append(run_scenario(name, expect, lines, base, seconds, counters, workdir))
     counters.log_statements("none")

@@ -19,17 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.bench import (
-    Tokens,
-    add_tenants,
-    say,
-    scoped_path,
-    slug,
-    start_platform,
-)
+from bench.bench import SCENARIOS, Tokens, add_tenants, say, scenario_requests, start_platform
 from bench.stack import Stack
-
-SCENARIOS = ("public", "scoped_repeat", "scoped_distinct", "invalid", "insufficient_scope")
 
 
 def environ(path: str, authorization: str) -> dict[str, Any]:
@@ -75,18 +66,6 @@ def caller(application: Callable, expect: int) -> Callable[[str, str], None]:
     return call
 
 
-def scenario_lines(tokens: Tokens, tenants: int, requests: int) -> dict[str, tuple[int, list]]:
-    """Each scenario's expected status and its (path, authorization) lines."""
-    distinct = [(scoped_path(i % tenants), tokens.bearer(i % tenants)) for i in range(requests)]
-    return {
-        "public": (200, [(f"/t/{slug(0)}/api/public", "")]),
-        "scoped_repeat": (200, [(scoped_path(0), tokens.bearer(0))]),
-        "scoped_distinct": (200, distinct),
-        "invalid": (401, [(scoped_path(0), tokens.bad_signature(0))]),
-        "insufficient_scope": (403, [(scoped_path(0), tokens.bearer(0, scope=""))]),
-    }
-
-
 def cpu_microseconds(call: Callable, lines: list, requests: int) -> float:
     """Process CPU time per request over ``requests`` calls, cycling through ``lines``."""
     started = time.process_time()
@@ -108,8 +87,8 @@ def main() -> None:
         add_tenants(plat, args.tenants)
         tokens = Tokens(stack.workdir / "keys", plat.issuer_url)
         say(f"signing {2 * args.requests} distinct tokens")
-        warm = scenario_lines(tokens, args.tenants, args.requests)
-        timed = scenario_lines(tokens, args.tenants, args.requests)
+        warm = scenario_requests(tokens, args.tenants, args.requests)
+        timed = scenario_requests(tokens, args.tenants, args.requests)
         from config.wsgi import application
 
         for expect, lines in warm.values():  # every tenant and key loaded, every path imported

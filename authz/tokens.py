@@ -157,13 +157,19 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def read_header(token: str) -> dict[str, Any]:
-    """The unverified JOSE header, size- and shape-checked."""
+def _segments(token: str) -> list[str]:
+    """The three segments of a compact JWS of acceptable size."""
     if len(token) > authz_settings.MAX_TOKEN_BYTES:
         raise MalformedToken("The access token is too large.")
-    if token.count(".") != 2:
+    segments = token.split(".")
+    if len(segments) != 3:
         raise MalformedToken()
-    header = _json_object(_base64url(token.split(".", 1)[0]), "header")
+    return segments
+
+
+def read_header(header_segment: str) -> dict[str, Any]:
+    """The unverified JOSE header, shape-checked."""
+    header = _json_object(_base64url(header_segment), "header")
     if not isinstance(header.get("kid", ""), str):
         raise MalformedToken("The access token key id (kid) must be a string.")
     if "crit" in header:
@@ -196,13 +202,13 @@ def verify_token(
     token: str, tenant: TenantConfig, key_for_kid: Callable[[str], SigningKey]
 ) -> Claims:
     """Verify signature and claims against the tenant; raise a TokenError otherwise."""
-    header = read_header(token)
+    header_segment, payload_segment, signature_segment = _segments(token)
+    header = read_header(header_segment)
     algorithm = _checked_algorithm(header, tenant)
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise UnknownKey("The access token has no key id (kid).")
     public_key = _checked_key(key_for_kid(kid), algorithm)
-    header_segment, payload_segment, signature_segment = token.split(".")
     payload_json = _base64url(payload_segment)
     signature = _base64url(signature_segment)
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")

@@ -1,9 +1,10 @@
 """Settings, all read from the environment (django-environ) with safe defaults.
 
-With no environment at all this runs the embedded default: SQLite, an in-process cache, Celery
-tasks run eagerly, and the development issuer allowed only when DEBUG is on. With DEBUG off
-(the default) it is production: SECRET_KEY is required, cookies are secure, and behind a TLS proxy
-(BEHIND_TLS_PROXY) plain HTTP is redirected and HSTS sent. `.env.example` lists every variable.
+With no environment at all this runs the embedded default: SQLite, the database cache (shared by
+every local process), Celery tasks run eagerly, and the development issuer allowed only when DEBUG
+is on. With DEBUG off (the default) it is production: SECRET_KEY is required, cookies are secure,
+and behind a TLS proxy (BEHIND_TLS_PROXY) plain HTTP is redirected and HSTS sent. `.env.example`
+lists every variable.
 """
 
 from datetime import timedelta
@@ -90,6 +91,18 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes share the file (web workers, manage.py commands, the database cache).
+    # WAL: readers never wait for a writer. IMMEDIATE: a transaction takes the write lock when it
+    # begins, so a concurrent writer waits up to the timeout for it instead of failing at once
+    # with "database is locked" (a deferred transaction upgrading its lock cannot wait).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -103,7 +116,20 @@ if REDIS_URL:
         }
     }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # The shared store must be shared by every process on the machine (gunicorn workers, manage.py
+    # commands), so not the per-process local-memory cache. The database cache, not a file cache:
+    # its add() is atomic (a unique key inserted in a transaction), which locks and cooldowns
+    # need, where a file cache's add() is check-then-write. Over an expired entry's row, SQLite's
+    # IMMEDIATE transactions keep it atomic; on PostgreSQL two processes can both win that add().
+    # ops creates the table on migrate.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "authz_cache",
+            # Django's default of 300 entries would cull key-set records and stamps of live tenants.
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -186,10 +212,11 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # the worker logs through LOGGING, as 
 # Beat answers `celery inspect ping -d celerybeat@<host>` while it ticks: its health check.
 CELERY_BEAT_ENABLE_REMOTE_CONTROL = True
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("BEAT_SCHEDULE_FILE", default="celerybeat-schedule")
+jwks_refresh_interval = env.float("AUTHZ_JWKS_REFRESH_INTERVAL", default=300)
 CELERY_BEAT_SCHEDULE = {
     "refresh-all-key-sets": {
         "task": "authz.tasks.refresh_all_key_sets",
-        "schedule": timedelta(seconds=env.int("AUTHZ_JWKS_REFRESH_INTERVAL", default=300)),
+        "schedule": timedelta(seconds=jwks_refresh_interval),
     }
 }
 
@@ -200,6 +227,8 @@ AUTHZ = {
     "UNKNOWN_KID_COOLDOWN": env.float("AUTHZ_UNKNOWN_KID_COOLDOWN", default=30),
     "KEYSET_MAX_STALE": env.float("AUTHZ_KEYSET_MAX_STALE", default=24 * 3600),
     "CONFIG_RECHECK_INTERVAL": env.float("AUTHZ_CONFIG_RECHECK_INTERVAL", default=2),
+    "JWKS_REFRESH_INTERVAL": jwks_refresh_interval,
+    "BACKGROUND_SYNC": env.bool("AUTHZ_BACKGROUND_SYNC", default=True),
 }
 
 DEVISSUER_KEY_DIR = Path(env.str("DEVISSUER_KEY_DIR", default=str(BASE_DIR / "var" / "devissuer")))

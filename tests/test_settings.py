@@ -1,4 +1,5 @@
-"""Production settings: safe by default, and clean under ``check --deploy`` as in .env.example.
+"""Settings: production safe by default and clean under ``check --deploy`` as in .env.example;
+the embedded default's shared store.
 
 Settings are read once, at import, from the environment: each case runs a fresh process.
 """
@@ -7,10 +8,19 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from django.core.cache import caches
+from django.core.cache.backends.db import DatabaseCache
+from django.db import connection
+
 from tests.test_stack import filled_in_dotenv, service_environment
+
+# clean_state (conftest) clears the shared store, a database table on the embedded default.
+pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOWN = (
@@ -22,16 +32,46 @@ SHOWN = (
     "SECURE_HSTS_SECONDS",
     "SECURE_PROXY_SSL_HEADER",
     "LOGGING",
+    "SECRET_KEY",
+    "DATABASES",
+    "CACHES",
+    "AUTHZ",
+    "CELERY_BEAT_SCHEDULE",
 )
+# A process that writes the shared SQLite file: cache entries and a read-then-write transaction
+# (the lock upgrade a deferred transaction cannot wait for), from START for three seconds.
+WRITER = """
+import os, time
+from django.contrib.auth.models import Group
+from django.core.cache import cache
+from django.db import transaction
+
+name, start = os.environ["WRITER"], float(os.environ["START"])
+time.sleep(max(0, start - time.time()))
+n = 0
+while time.time() < start + 3:
+    n += 1
+    cache.set(f"{name}:{n}", n)
+    cache.add("shared-lock", name, 1)
+    with transaction.atomic():
+        Group.objects.filter(name=name).exists()
+        Group.objects.update_or_create(name=name)
+print(n)
+"""
+
+
+def fresh_environment(environment: dict[str, str]) -> dict[str, str]:
+    """Only this environment, PATH and HOME."""
+    passed = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
+    return {**passed, **environment}
 
 
 def manage(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``manage.py`` in a fresh process with only this environment (and PATH, HOME)."""
-    passed = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env={**passed, **environment},
+        env=fresh_environment(environment),
         capture_output=True,
         text=True,
         timeout=60,
@@ -92,6 +132,93 @@ def test_the_example_production_environment_passes_check_deploy():
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def embedded(tmp_path: Path) -> dict[str, str]:
+    """The embedded default (no REDIS_URL) on a migrated SQLite file of its own."""
+    environment = {"DEBUG": "true", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    migrated = manage(environment, "migrate", "--no-input", "-v", "0")
+    assert migrated.returncode == 0, migrated.stderr
+    return environment
+
+
+def cache_shell(environment: dict[str, str], code: str) -> str:
+    """What ``code`` prints in a fresh process, with ``cache`` the shared store."""
+    code = f"from django.core.cache import cache; {code}"
+    result = manage(environment, "shell", "--no-imports", "-c", code)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_the_embedded_default_stores_in_the_database_on_wal_sqlite():
+    shown = settings_under(DEBUG="true")
+
+    assert shown["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.db.DatabaseCache"
+    assert shown["CACHES"]["default"]["LOCATION"] == "authz_cache"
+    assert shown["DATABASES"]["default"]["OPTIONS"] == {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+
+
+def test_with_redis_and_postgresql_neither_database_cache_nor_sqlite_options():
+    shown = settings_under(
+        DEBUG="true", REDIS_URL="redis://127.0.0.1:6379/0", DATABASE_URL="postgres://u@h/db"
+    )
+
+    assert shown["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+    assert shown["DATABASES"]["default"]["OPTIONS"] == {"connect_timeout": 5}
+
+
+def test_a_plain_migrate_creates_the_cache_that_every_process_shares(tmp_path):
+    environment = embedded(tmp_path)
+
+    first = cache_shell(environment, "print(cache.add('lock', 'first', 60))")
+    second = cache_shell(environment, "print(cache.add('lock', 'second', 60), cache.get('lock'))")
+    again = manage(environment, "migrate", "--no-input", "-v", "0")
+
+    assert (first, second) == ("True", "False first")
+    assert again.returncode == 0, again.stderr
+
+
+def test_concurrent_writers_on_sqlite_wait_instead_of_failing(tmp_path):
+    environment = embedded(tmp_path)
+    start = str(time.time() + 2)  # after both processes have set Django up
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "shell", "--no-imports", "-c", WRITER],
+            cwd=ROOT,
+            env=fresh_environment({**environment, "WRITER": name, "START": start}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("one", "two", "three")
+    ]
+    results = [(*writer.communicate(timeout=60), writer.returncode) for writer in writers]
+
+    assert [code for _, _, code in results] == [0, 0, 0], [error for _, error, _ in results]
+    # SQLite's busy wait is not fair: a writer may get few turns, but it waits and then writes.
+    assert all(int(written) >= 1 for written, _, _ in results), results
+
+
+def test_the_test_database_has_the_cache_table_on_the_embedded_default():
+    if not isinstance(caches["default"], DatabaseCache):
+        pytest.skip("REDIS_URL is set: the shared store is Redis")
+
+    assert "authz_cache" in connection.introspection.table_names()
+
+
+def test_key_set_refresh_and_background_sync_settings_come_from_the_environment():
+    shown = settings_under(
+        DEBUG="true", AUTHZ_JWKS_REFRESH_INTERVAL="42.5", AUTHZ_BACKGROUND_SYNC="false"
+    )
+
+    assert shown["AUTHZ"]["JWKS_REFRESH_INTERVAL"] == 42.5
+    assert shown["AUTHZ"]["BACKGROUND_SYNC"] is False
+    assert shown["CELERY_BEAT_SCHEDULE"]["refresh-all-key-sets"]["schedule"] == "0:00:42.500000"
+    assert settings_under(DEBUG="true")["AUTHZ"]["BACKGROUND_SYNC"] is True
 
 
 def test_authz_settings_follow_a_change_after_a_value_was_read(settings):

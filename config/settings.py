@@ -18,8 +18,11 @@ from ops.logging import logging_config
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-if (BASE_DIR / ".env").exists():  # containers get their environment from compose instead
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# A local .env (platform/demo leaves one); real environment variables win over it. ENV_FILE names
+# another file, or none when empty; containers get their environment from compose instead.
+ENV_FILE = env.str("ENV_FILE", default=str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE, overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")

@@ -1,7 +1,8 @@
 """Settings: production safe by default and clean under ``check --deploy`` as in .env.example;
-the embedded default's shared store.
+the embedded default's shared store; a local .env.
 
-Settings are read once, at import, from the environment: each case runs a fresh process.
+Settings are read once, at import, from the environment: each case runs a fresh process, which
+reads no .env unless the case names one (ENV_FILE).
 """
 
 import json
@@ -61,9 +62,9 @@ print(n)
 
 
 def fresh_environment(environment: dict[str, str]) -> dict[str, str]:
-    """Only this environment, PATH and HOME."""
+    """Only this environment, PATH and HOME; a developer's .env is read only if named."""
     passed = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
-    return {**passed, **environment}
+    return {**passed, "ENV_FILE": "", **environment}
 
 
 def manage(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -208,6 +209,15 @@ def test_the_test_database_has_the_cache_table_on_the_embedded_default():
         pytest.skip("REDIS_URL is set: the shared store is Redis")
 
     assert "authz_cache" in connection.introspection.table_names()
+
+
+def test_a_dotenv_file_is_read_and_real_environment_variables_win(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# a comment\nSECRET_KEY=from-the-file\nALLOWED_HOSTS=file.example\n")
+
+    shown = settings_under(ENV_FILE=str(env_file), ALLOWED_HOSTS="real.example")
+
+    assert (shown["SECRET_KEY"], shown["ALLOWED_HOSTS"]) == ("from-the-file", ["real.example"])
 
 
 def test_key_set_refresh_and_background_sync_settings_come_from_the_environment():

@@ -8,10 +8,10 @@ from rest_framework.request import Request
 
 from authz.errors import InvalidRequest, InvalidToken, IssuerUnavailable
 from authz.keys import KeySetUnavailable, key_cache
+from authz.policy import IssuerPolicy
 from authz.token_cache import verified_tokens
 from authz.tokens import Claims, SigningKey, TokenError, verify_token
 from authz.users import provisioned_user
-from tenants.directory import TenantConfig
 
 BEARER_SCHEME = b"bearer"
 
@@ -39,7 +39,11 @@ class Principal:
 
 
 class TenantTokenAuthentication(BaseAuthentication):
-    """Verifies ``Authorization: Bearer <token>`` against the resolved tenant."""
+    """Verifies ``Authorization: Bearer <token>`` against the resolved tenant's issuer policy.
+
+    The tenant is whatever the resolver put on ``request.tenant``: anything with a ``slug``, a
+    ``policy`` and ``provision_users``; this module does not know where tenants come from.
+    """
 
     def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
         """Return (user, principal), None without a bearer header, or raise for a bad one."""
@@ -47,26 +51,26 @@ class TenantTokenAuthentication(BaseAuthentication):
         if token is None:
             return None
         tenant = request.tenant
-        claims = verified_tokens.get(token, tenant) or self.verify(token, tenant)
+        claims = verified_tokens.get(token, tenant.policy) or self.verify(token, tenant.policy)
         user = provisioned_user(tenant.slug, claims.subject) if tenant.provision_users else None
         principal = Principal(tenant.slug, claims, user)
         return (user or principal), principal
 
-    def verify(self, token: str, tenant: TenantConfig) -> Claims:
+    def verify(self, token: str, policy: IssuerPolicy) -> Claims:
         """Full verification; remembered so the same token skips it next time."""
         used: list[SigningKey] = []
 
         def key_for_kid(kid: str) -> SigningKey:
-            used.append(key_cache.signing_key(tenant, kid))
+            used.append(key_cache.signing_key(policy.jwks_url, kid))
             return used[-1]
 
         try:
-            claims = verify_token(token, tenant, key_for_kid)
+            claims = verify_token(token, policy, key_for_kid)
         except TokenError as exc:
             raise InvalidToken(exc.description, code=exc.code) from exc
         except KeySetUnavailable as exc:
-            raise IssuerUnavailable() from exc
-        verified_tokens.put(token, tenant, used[-1], claims)
+            raise IssuerUnavailable(retry_after=exc.retry_after) from exc
+        verified_tokens.put(token, policy, used[-1], claims)
         return claims
 
     def bearer_token(self, request: Request) -> str | None:

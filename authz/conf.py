@@ -12,18 +12,26 @@ DEFAULTS: dict[str, Any] = {
     "INSECURE_ISSUERS_ACKNOWLEDGED": False,
     # Slug of the tenant serving requests that match no host and no /t/<slug>/ prefix.
     "DEFAULT_TENANT": None,
-    # Seconds between on-demand key set fetches of one tenant (unknown kid, missing keys).
+    # Seconds between on-demand key set fetches of one JWKS URL (unknown kid, missing keys).
     "UNKNOWN_KID_COOLDOWN": 30.0,
     # Seconds a key set may be served after its last successful fetch.
     "KEYSET_MAX_STALE": 24 * 3600.0,
-    # Seconds between checks of the shared version stamps (tenant config, key sets).
+    # Seconds between a process's checks of the change feed and the shared key set stamp.
     "CONFIG_RECHECK_INTERVAL": 2.0,
-    "JWKS_CONNECT_TIMEOUT": 2.0,
-    "JWKS_READ_TIMEOUT": 3.0,
+    # Seconds between refreshes of each key set in use (beat, or the web processes' refresher).
+    "JWKS_REFRESH_INTERVAL": 300.0,
+    # Total seconds for one fetch (connect, TLS, redirects, body): on the request path ...
+    "JWKS_FETCH_DEADLINE": 5.0,
+    # ... and off it (Celery worker, background refresher).
+    "JWKS_BACKGROUND_FETCH_DEADLINE": 15.0,
     "JWKS_MAX_BYTES": 256 * 1024,
     "JWKS_MAX_KEYS": 32,
-    # Seconds a refresh holds its per-tenant single-flight lock at most.
-    "REFRESH_LOCK_TIMEOUT": 30.0,
+    # Each web process applies changes and refreshes key sets in a background thread.
+    "BACKGROUND_SYNC": True,
+    # Tenants held in memory per process (least recently used go first; a miss costs one query).
+    "DIRECTORY_SIZE": 20000,
+    # Seconds between two "Check issuer" runs of one tenant.
+    "CHECK_ISSUER_COOLDOWN": 10.0,
     "MAX_TOKEN_BYTES": 8 * 1024,
     # Verified tokens remembered per process (each a few KiB), so a repeated token skips RSA.
     "VERIFIED_TOKEN_CACHE_SIZE": 4096,

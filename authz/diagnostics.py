@@ -1,10 +1,9 @@
 """Checking a tenant's issuer on demand, for operators: discovery, then the key set."""
 
-import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from authz.jwks import JWKSError, fetch_document, fetch_jwks
+from authz.jwks import JWKSError, fetch_document, fetch_jwks, load_document
 
 
 class IssuerAddresses(Protocol):
@@ -38,18 +37,19 @@ def check_issuer(tenant: IssuerAddresses) -> IssuerReport:
     else:
         kids = ", ".join(f"{key['kid']} ({key.get('alg', key['kty'])})" for key in keys)
         report.facts.append(f"Key set at {tenant.jwks_url}: {len(keys)} key(s): {kids}.")
+        if not keys:
+            report.problems.append(
+                f"Key set at {tenant.jwks_url} has no usable signing key: every token is refused."
+            )
     return report
 
 
 def _check_discovery(tenant: IssuerAddresses, report: IssuerReport) -> None:
     url = f"{tenant.issuer.rstrip('/')}/.well-known/openid-configuration"
     try:
-        document = json.loads(fetch_document(url))
+        document = load_document(fetch_document(url), "discovery document")
     except JWKSError as exc:
         report.problems.append(f"Discovery at {url}: {exc}")
-        return
-    except ValueError:
-        report.problems.append(f"Discovery at {url} is not JSON.")
         return
     if not isinstance(document, dict):
         report.problems.append(f"Discovery at {url} is not a JSON object.")

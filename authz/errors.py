@@ -37,3 +37,7 @@ class IssuerUnavailable(exceptions.APIException):
     default_detail = "The token issuer is unavailable; try again shortly."
     default_code = "issuer_unavailable"
     retry_after_seconds = 30
+
+    def __init__(self, retry_after: int = 30) -> None:
+        super().__init__()
+        self.retry_after_seconds = retry_after

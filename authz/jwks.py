@@ -1,28 +1,28 @@
-"""Fetching a tenant's JSON Web Key Set from its issuer and storing it in the shared cache."""
+"""Fetching a JSON Web Key Set by its URL and storing it in the shared store, keyed by that URL.
+
+Tenants that share a JWKS URL share one record, one cooldown and one refresh lock. A record holds
+the usable public signing keys, a content version, the fetch time and the last error.
+"""
 
 import hashlib
-import ipaddress
 import json
 import logging
-import socket
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import jwt
-import requests
-from django.core.cache import cache
 
+from authz import fetch
 from authz.conf import authz_settings
-from tenants.directory import KeySetSource, TenantConfig
+from authz.store import claim, derived_key, internal_key, shared_store
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_KEY_TYPES = ("RSA", "EC", "OKP")
-GENERATION_KEY = "jwks:generation"
-MAX_REDIRECTS = 3
+STAMP_KEY = internal_key("jwks-stamp")
+NO_USABLE_KEY = "The key set has no usable public signing key with a kid."
 
 
 class JWKSError(Exception):
@@ -30,7 +30,7 @@ class JWKSError(Exception):
 
 
 class IssuerUnreachable(JWKSError):
-    """The issuer did not answer, timed out, or failed on its side: worth retrying."""
+    """The issuer did not answer in time, or failed on its side: worth retrying."""
 
 
 class InvalidKeySet(JWKSError):
@@ -38,12 +38,12 @@ class InvalidKeySet(JWKSError):
 
 
 class RefreshInProgress(JWKSError):
-    """Another process is refreshing this tenant's key set right now."""
+    """Another process is refreshing this key set right now."""
 
 
 @dataclass(frozen=True)
 class KeySetRecord:
-    """A tenant's key set as stored in the cache, with its provenance and health."""
+    """A key set as stored in the shared store, with its provenance and health."""
 
     keys: tuple[dict[str, Any], ...]
     version: str
@@ -61,12 +61,17 @@ class KeySetRecord:
         """Rebuild from the cached form."""
         return cls(**{**data, "keys": tuple(data["keys"])})
 
+    @property
+    def attempted_at(self) -> float:
+        """When a fetch was last tried, whatever its outcome."""
+        return max(self.fetched_at or 0.0, self.error_at or 0.0)
+
 
 @dataclass(frozen=True)
 class KeySetHealth:
-    """How a tenant's key set looks to an operator."""
+    """How a key set looks to an operator."""
 
-    status: str  # ok, degraded (last fetch failed, keys kept), stale, missing
+    status: str  # ok, degraded (last fetch failed, keys kept), empty, stale, missing
     record: KeySetRecord | None
 
     @property
@@ -78,104 +83,88 @@ class KeySetHealth:
 HEALTH_LABELS = {
     "ok": "OK",
     "degraded": "Last fetch failed; keys kept",
+    "empty": "Issuer publishes no usable key: every token is refused",
     "stale": "Stale: keys older than the max-stale limit",
     "missing": "No keys",
 }
 
 
-def key_set_health(record: KeySetRecord | None, jwks_url: str) -> KeySetHealth:
-    """Classify a stored record for the tenant's current JWKS URL."""
-    if record is None or record.jwks_url != jwks_url or not record.keys:
+def key_set_health(record: KeySetRecord | None) -> KeySetHealth:
+    """Classify a stored record."""
+    if record is None or record.fetched_at is None:
         return KeySetHealth("missing", record)
-    if time.time() - (record.fetched_at or 0) > authz_settings.KEYSET_MAX_STALE:
+    if time.time() - record.fetched_at > authz_settings.KEYSET_MAX_STALE:
         return KeySetHealth("stale", record)
+    if not record.keys:
+        return KeySetHealth("empty", record)
     return KeySetHealth("degraded" if record.last_error else "ok", record)
 
 
-def read_records(slugs: list[str]) -> dict[str, KeySetRecord]:
-    """The stored records of many tenants in one cache round trip."""
-    found = cache.get_many([record_key(slug) for slug in slugs])
-    return {key.removeprefix("jwks:"): KeySetRecord.from_dict(data) for key, data in found.items()}
+def record_key(jwks_url: str) -> str:
+    """Shared-store key of the record of one JWKS URL."""
+    return derived_key("jwks-record", jwks_url)
 
 
-def record_key(slug: str) -> str:
-    """Cache key of a tenant's key set record."""
-    return f"jwks:{slug}"
-
-
-def read_record(slug: str) -> KeySetRecord | None:
-    """The stored key set record of a tenant, if any."""
-    data = cache.get(record_key(slug))
+def read_record(jwks_url: str) -> KeySetRecord | None:
+    """The stored record of a JWKS URL, if any."""
+    data = shared_store().get(record_key(jwks_url))
     return KeySetRecord.from_dict(data) if data else None
 
 
-def _refuse_internal_destination(url: str) -> None:
-    """Outside development, refuse hosts that resolve to private, loopback or reserved addresses."""
-    if authz_settings.ALLOW_INSECURE_ISSUERS:
-        return
-    host = urlsplit(url).hostname or ""
+def read_records(jwks_urls: list[str]) -> dict[str, KeySetRecord]:
+    """The stored records of many URLs in one round trip, by URL."""
+    keys = {record_key(url): url for url in jwks_urls}
+    found = shared_store().get_many(list(keys))
+    return {keys[key]: KeySetRecord.from_dict(data) for key, data in found.items()}
+
+
+def drop_record(jwks_url: str) -> None:
+    """Forget the record of a URL no tenant uses any more."""
+    store = shared_store()
+    store.delete(record_key(jwks_url))
+    store.set(STAMP_KEY, uuid.uuid4().hex, timeout=None)
+
+
+def read_stamp() -> str | None:
+    """The stamp that changes whenever any stored key set changes."""
+    return shared_store().get(STAMP_KEY)
+
+
+def fetch_document(url: str, deadline: float | None = None) -> bytes:
+    """GET an issuer document within one total deadline, from the address that was checked."""
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
-    except (socket.gaierror, UnicodeError) as exc:
-        raise IssuerUnreachable(f"The issuer host {host} does not resolve.") from exc
-    for address in addresses:
-        if not ipaddress.ip_address(address.split("%")[0]).is_global:
-            raise InvalidKeySet(f"The issuer host {host} resolves to a non-public address.")
+        return fetch.fetch(
+            url,
+            deadline_seconds=deadline or authz_settings.JWKS_FETCH_DEADLINE,
+            max_bytes=authz_settings.JWKS_MAX_BYTES,
+            allow_insecure=authz_settings.ALLOW_INSECURE_ISSUERS,
+        )
+    except fetch.Unreachable as exc:
+        raise IssuerUnreachable(str(exc)) from exc
+    except fetch.Refused as exc:
+        raise InvalidKeySet(str(exc)) from exc
 
 
-def _get_following_same_host(url: str, session: requests.Session) -> requests.Response:
-    """GET without following redirects to another host: the JWKS URL must not be re-pointed."""
-    origin = urlsplit(url)[:2]
-    timeout = (authz_settings.JWKS_CONNECT_TIMEOUT, authz_settings.JWKS_READ_TIMEOUT)
-    for _ in range(MAX_REDIRECTS + 1):
-        _refuse_internal_destination(url)
-        response = session.get(url, timeout=timeout, stream=True, allow_redirects=False)
-        if not response.is_redirect:
-            return response
-        url = urljoin(url, response.headers["Location"])
-        response.close()
-        if urlsplit(url)[:2] != origin:
-            raise InvalidKeySet(f"The issuer redirected the key set to another host ({url}).")
-    raise InvalidKeySet("The issuer redirected the key set too many times.")
+def fetch_jwks(url: str, deadline: float | None = None) -> tuple[dict[str, Any], ...]:
+    """Fetch and validate a key set; return its usable public signing keys (maybe none)."""
+    return parse_jwks(fetch_document(url, deadline))
 
 
-def _read_bounded(response: requests.Response) -> bytes:
-    """Read the body, refusing more than JWKS_MAX_BYTES."""
-    limit = authz_settings.JWKS_MAX_BYTES
-    body = bytearray()
-    for chunk in response.iter_content(chunk_size=16 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise InvalidKeySet(f"The key set is larger than {limit} bytes.")
-    return bytes(body)
-
-
-def fetch_document(url: str) -> bytes:
-    """GET an issuer document safely: short timeouts, bounded size, no cross-host redirects."""
+def load_document(body: bytes, what: str = "key set") -> Any:
+    """Parse an issuer's JSON with bounded depth; InvalidKeySet when it is not JSON."""
     try:
-        with requests.Session() as session:
-            response = _get_following_same_host(url, session)
-            with response:
-                if response.status_code >= 500:
-                    raise IssuerUnreachable(f"The issuer answered HTTP {response.status_code}.")
-                if response.status_code != 200:
-                    raise InvalidKeySet(f"The issuer answered HTTP {response.status_code}.")
-                return _read_bounded(response)
-    except requests.RequestException as exc:
-        raise IssuerUnreachable(f"The issuer could not be reached: {type(exc).__name__}.") from exc
-
-
-def fetch_jwks(url: str) -> tuple[dict[str, Any], ...]:
-    """Fetch and validate a key set; return its usable public signing keys."""
-    return parse_jwks(fetch_document(url))
+        return fetch.load_json(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidKeySet(f"The {what} is not JSON (or is nested too deeply).") from exc
 
 
 def parse_jwks(body: bytes) -> tuple[dict[str, Any], ...]:
-    """Keep the public signing keys with a kid that PyJWT can load; refuse a set with none."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidKeySet("The key set is not JSON.") from exc
+    """The public signing keys with a kid that PyJWT can load.
+
+    A well-formed set with none is the issuer's own answer, and an empty tuple: every key is
+    withdrawn. Anything that is not a key set is refused, and the last good keys stay.
+    """
+    document = load_document(body)
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise InvalidKeySet('The key set has no "keys" list.')
     keys: dict[str, dict[str, Any]] = {}
@@ -183,8 +172,6 @@ def parse_jwks(body: bytes) -> tuple[dict[str, Any], ...]:
         public = _usable_public_key(candidate)
         if public is not None:
             keys.setdefault(public["kid"], public)
-    if not keys:
-        raise InvalidKeySet("The key set has no usable public signing key with a kid.")
     return tuple(keys.values())
 
 
@@ -212,62 +199,56 @@ def _version_of(keys: tuple[dict[str, Any], ...]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def read_generation() -> str | None:
-    """The stamp that changes whenever any tenant's stored keys change."""
-    return cache.get(GENERATION_KEY)
-
-
-def _identity(record: KeySetRecord) -> tuple[str, str]:
-    return record.version, record.jwks_url
-
-
-def _store(slug: str, record: KeySetRecord, previous: KeySetRecord | None) -> KeySetRecord:
-    cache.set(record_key(slug), record.as_dict(), timeout=None)
+def _store(record: KeySetRecord, previous: KeySetRecord | None) -> KeySetRecord:
+    store = shared_store()
+    store.set(record_key(record.jwks_url), record.as_dict(), timeout=None)
     # After the record: a process that sees the new stamp must also read the new record.
-    if previous is None or _identity(previous) != _identity(record):
-        cache.set(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
+    if previous is None or previous.version != record.version or not previous.fetched_at:
+        store.set(STAMP_KEY, uuid.uuid4().hex, timeout=None)
     return record
 
 
-def refresh_key_set(tenant: TenantConfig | KeySetSource) -> KeySetRecord:
-    """Fetch and store a tenant's key set; single-flight per tenant across all processes."""
-    lock_key, token = f"jwks-lock:{tenant.slug}", uuid.uuid4().hex
-    if not cache.add(lock_key, token, timeout=authz_settings.REFRESH_LOCK_TIMEOUT):
-        raise RefreshInProgress(f"The key set of {tenant.slug} is being refreshed elsewhere.")
+def refresh_key_set(jwks_url: str, deadline: float | None = None) -> KeySetRecord:
+    """Fetch and store one URL's key set; single-flight per URL across all processes."""
+    store = shared_store()
+    lock_key, token = derived_key("jwks-lock", jwks_url), uuid.uuid4().hex
+    lock_seconds = (deadline or authz_settings.JWKS_FETCH_DEADLINE) + 5
+    if not claim(lock_key, lock_seconds, token):
+        raise RefreshInProgress(f"The key set at {jwks_url} is being refreshed elsewhere.")
     started = time.monotonic()
     outcome, key_count = "error", 0
     try:
-        record = _fetch_and_store(tenant)
-        outcome, key_count = "ok", len(record.keys)
+        record = _fetch_and_store(jwks_url, deadline)
+        outcome, key_count = ("ok" if record.keys else "empty"), len(record.keys)
         return record
     except JWKSError as exc:
         outcome = f"error: {exc}"
         raise
     finally:
-        if cache.get(lock_key) == token:
-            cache.delete(lock_key)
-        _log_refresh(tenant.slug, outcome, key_count, time.monotonic() - started)
+        if store.get(lock_key) == token:
+            store.delete(lock_key)
+        _log_refresh(jwks_url, outcome, key_count, time.monotonic() - started)
 
 
-def _log_refresh(slug: str, outcome: str, key_count: int, seconds: float) -> None:
+def _log_refresh(jwks_url: str, outcome: str, key_count: int, seconds: float) -> None:
     """One structured line per refresh; the fields travel in ``extra`` for JSON formatters."""
-    fields = {"tenant": slug, "outcome": outcome, "keys": key_count}
+    fields = {"jwks_url": jwks_url, "outcome": outcome, "keys": key_count}
     fields["duration_ms"] = round(seconds * 1000, 1)
     level = logging.INFO if outcome == "ok" else logging.WARNING
     logger.log(level, "key set refresh %s", fields, extra={"event": "jwks_refresh", **fields})
 
 
-def _fetch_and_store(tenant: TenantConfig | KeySetSource) -> KeySetRecord:
-    previous = read_record(tenant.slug)
-    if previous is not None and previous.jwks_url != tenant.jwks_url:
-        previous = None  # keys of another issuer must never be kept
+def _fetch_and_store(jwks_url: str, deadline: float | None) -> KeySetRecord:
+    previous = read_record(jwks_url)
     try:
-        keys = fetch_jwks(tenant.jwks_url)
+        keys = fetch_jwks(jwks_url, deadline)
     except JWKSError as exc:
-        _store(tenant.slug, _failed(previous, tenant.jwks_url, str(exc)), previous)
+        _store(_failed(previous, jwks_url, str(exc)), previous)
         raise
-    record = KeySetRecord(keys, _version_of(keys), tenant.jwks_url, fetched_at=time.time())
-    return _store(tenant.slug, record, previous)
+    error = None if keys else NO_USABLE_KEY
+    now = time.time()
+    record = KeySetRecord(keys, _version_of(keys), jwks_url, now, error, now if error else None)
+    return _store(record, previous)
 
 
 def _failed(previous: KeySetRecord | None, jwks_url: str, error: str) -> KeySetRecord:

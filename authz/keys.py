@@ -1,85 +1,126 @@
-"""Per-process cache of parsed public keys, kept in step with the shared key set records.
+"""Per-process cache of parsed public keys by JWKS URL, kept in step with the shared records.
 
-The request path asks for a key by kid. Keys are parsed once per key set version and held in
-memory. Every CONFIG_RECHECK_INTERVAL seconds a process reads one shared stamp that changes
-whenever any tenant's stored keys change; a tenant's record is re-read only when the stamp moved
-since, or its entry is a minute old, or its keys are not usable. An unknown
-kid, or no usable key set, triggers at most one on-demand fetch per tenant per cooldown, so a
-rotated key works at once while a flood of made-up kids cannot hammer the issuer.
+The request path asks for a key by URL and kid, and reads only memory. ``sync()`` brings the
+held entries up to the shared records: it reads one stamp that changes whenever any stored key set
+changes, and re-reads the records (in one round trip) only when the stamp moved or an entry is a
+minute old. A web process runs it in its background thread every CONFIG_RECHECK_INTERVAL; a
+process without that thread runs it inline on the first request after the interval.
+
+A URL first seen in this process starts from the shared record another process already fetched.
+An unknown kid, or no usable key set, triggers at most one on-demand fetch per URL per cooldown,
+single-flight across processes: a rotated key works at once, a flood of made-up kids cannot hammer
+the issuer, and a hanging issuer holds at most one worker per URL.
 """
 
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
-
-from django.core.cache import cache
+from dataclasses import dataclass
 
 from authz.conf import authz_settings
-from authz.jwks import JWKSError, KeySetRecord, read_generation, read_record, refresh_key_set
+from authz.jwks import (
+    JWKSError,
+    KeySetRecord,
+    RefreshInProgress,
+    read_record,
+    read_records,
+    read_stamp,
+    refresh_key_set,
+)
+from authz.store import claim, derived_key
 from authz.tokens import SigningKey, UnknownKey
-from tenants.directory import TenantConfig
 
 logger = logging.getLogger(__name__)
 
-# A usable entry whose stamp has not moved is still re-read after this long, which keeps its
-# fetch time (the max-stale clock) current and bounds the harm of a stamp write that was lost.
+# An entry whose stamp has not moved is still re-read after this long, which keeps its fetch
+# time (the max-stale clock) current and bounds the harm of a stamp write that was lost.
 STAMPED_ENTRY_MAX_AGE = 60.0
-UNREAD = object()  # matches no stamp: an entry marked so is re-read on its next recheck
+UNREAD = object()  # matches no stamp: an entry marked so is re-read on its next sync
+# On a missing kid, the shared record is re-read at most this often per URL: a key another
+# process just fetched works here at once, and a flood of made-up kids costs a few reads a second.
+REREAD_EVERY = 0.25
 
 
 class KeySetUnavailable(Exception):
     """No usable key set: the issuer is unreachable and nothing fresh enough is cached."""
 
+    def __init__(self, message: str, retry_after: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
     version: str
-    jwks_url: str
     fetched_at: float | None
+    attempted_at: float
     keys: dict[str, SigningKey]
-    read_at: float  # when the shared record was last read
-    checked_at: float  # when this entry was last known current (read, or the stamp unmoved)
-    generation: object
+    read_at: float  # monotonic: when the shared record was last read
+    stamp: object
 
-    def usable(self, jwks_url: str) -> bool:
-        if not self.keys or self.jwks_url != jwks_url or self.fetched_at is None:
+    def usable(self) -> bool:
+        if self.fetched_at is None:
             return False
         return time.time() - self.fetched_at <= authz_settings.KEYSET_MAX_STALE
 
 
-def _parse(record: KeySetRecord, now: float, generation: object) -> _Entry:
+def _parse(record: KeySetRecord, now: float, stamp: object) -> _Entry:
     keys = {key["kid"]: SigningKey.from_jwk(key) for key in record.keys}
-    return _Entry(record.version, record.jwks_url, record.fetched_at, keys, now, now, generation)
+    return _Entry(record.version, record.fetched_at, record.attempted_at, keys, now, stamp)
+
+
+def _updated(entry: _Entry | None, record: KeySetRecord | None, now: float, stamp: object):
+    """The entry after reading ``record``; a flushed store never drops keys already held."""
+    if record is None or (record.fetched_at is None and entry is not None):
+        return entry and _Entry(*_fields(entry)[:4], now, UNREAD)
+    if entry is not None and entry.version == record.version:
+        return _Entry(entry.version, record.fetched_at, record.attempted_at, entry.keys, now, stamp)
+    return _parse(record, now, stamp)
+
+
+def _has(entry: _Entry | None, kid: str) -> bool:
+    return entry is not None and entry.usable() and kid in entry.keys
+
+
+def _fields(entry: _Entry) -> tuple:
+    return (entry.version, entry.fetched_at, entry.attempted_at, entry.keys)
 
 
 class KeyCache:
-    """Parsed signing keys per tenant, in this process."""
+    """Parsed signing keys per JWKS URL, in this process."""
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._used_at: dict[str, float] = {}
         self._last_fetch: dict[str, float] = {}
+        self._reread_at: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._generation: object = UNREAD
-        self._generation_checked_at = float("-inf")
+        self._synced_at = float("-inf")
+        self.synced_in_background = False
 
-    def held_key(self, tenant: TenantConfig, kid: str) -> SigningKey | None:
+    def held_key(self, jwks_url: str, kid: str) -> SigningKey | None:
         """The usable key with this kid that this process holds now; never fetches."""
-        entry = self._entry(tenant)
-        if entry is None or not entry.usable(tenant.jwks_url):
+        self._sync_inline_when_due()
+        entry = self._entries.get(jwks_url)
+        if entry is None or not entry.usable():
             return None
         return entry.keys.get(kid)
 
-    def signing_key(self, tenant: TenantConfig, kid: str) -> SigningKey:
-        """The tenant's public key with this kid, fetching once per cooldown when missing."""
-        key = self.held_key(tenant, kid)
+    def signing_key(self, jwks_url: str, kid: str) -> SigningKey:
+        """The public key with this kid, fetching once per cooldown when missing."""
+        self._used_at[jwks_url] = time.monotonic()
+        key = self.held_key(jwks_url, kid)
         if key is not None:
             return key
-        entry = self._entries.get(tenant.slug)
-        if self._may_fetch(tenant):
-            entry = self._fetch(tenant) or entry
-        if entry is None or not entry.usable(tenant.jwks_url):
-            raise KeySetUnavailable(f"No usable key set for tenant {tenant.slug}.")
+        entry = self._entries.get(jwks_url)
+        if not _has(entry, kid):
+            entry = self._reread(jwks_url) or entry  # another process may have fetched it
+        if not _has(entry, kid) and self._may_fetch(jwks_url):
+            entry = self._fetch(jwks_url) or entry
+        if entry is None or not entry.usable():
+            # Nothing fetched yet at all: another process is most likely fetching it right now.
+            retry_after = 1 if entry is None else 30
+            raise KeySetUnavailable(f"No usable key set at {jwks_url}.", retry_after)
         if kid not in entry.keys:
             raise UnknownKey()
         return entry.keys[kid]
@@ -88,93 +129,137 @@ class KeyCache:
         """Forget every parsed key and cooldown in this process."""
         with self._lock:
             self._entries.clear()
+            self._used_at.clear()
             self._last_fetch.clear()
-            self._generation, self._generation_checked_at = UNREAD, float("-inf")
+            self._reread_at.clear()
+            self._synced_at = float("-inf")
 
-    def _entry(self, tenant: TenantConfig) -> _Entry | None:
-        """The local entry, re-read from the shared record only when it may have changed."""
+    def sync(self) -> None:
+        """Bring held entries up to the shared records: a stamp read, a batch read if moved."""
         now = time.monotonic()
-        entry = self._entries.get(tenant.slug)
-        if entry is None:
-            return self._reload(tenant.slug, entry, now)
-        if now - entry.checked_at < authz_settings.CONFIG_RECHECK_INTERVAL:
-            return entry
-        if not self._unchanged(entry, tenant, now):
-            return self._reload(tenant.slug, entry, now)
-        entry = replace(entry, checked_at=now)
-        with self._lock:
-            self._entries[tenant.slug] = entry
+        self._synced_at = now
+        try:
+            stamp = read_stamp()
+        except Exception:
+            logger.warning("Cannot read the key set stamp from the shared store; using memory.")
+            return
+        due = [
+            url
+            for url, entry in list(self._entries.items())
+            if stamp is None or entry.stamp != stamp or now - entry.read_at >= STAMPED_ENTRY_MAX_AGE
+        ]
+        if not due:
+            return
+        try:
+            records = read_records(due)
+        except Exception:
+            logger.warning("Cannot read key sets from the shared store; using memory.")
+            return
+        for url in due:
+            self._put(url, _updated(self._entries.get(url), records.get(url), now, stamp))
+
+    def refresh_due(self, worker_expected: bool = False) -> int:
+        """Refresh, off the request path, the key sets used here that are older than the refresh
+        interval (twice that when a worker should be doing it); one process per URL does it."""
+        interval = authz_settings.JWKS_REFRESH_INTERVAL
+        now, refreshed = time.monotonic(), 0
+        due_after = interval * (2 if worker_expected else 1)
+        for url, entry in list(self._entries.items()):
+            if now - self._used_at.get(url, float("-inf")) > 2 * interval:
+                self._forget(url)  # no request of this process needs it any more
+            elif self._older_than(url, entry, due_after) and self._claim(url, interval):
+                refreshed += self._refresh_in_background(url)
+        return refreshed
+
+    def _older_than(self, jwks_url: str, entry: _Entry, seconds: float) -> bool:
+        """Whether the shared record, not only this process's copy, was last tried that long ago."""
+        if time.time() - entry.attempted_at < seconds:
+            return False
+        try:
+            record = read_record(jwks_url)  # beat or another process may have refreshed it
+        except Exception:
+            return False
+        if record is not None and time.time() - record.attempted_at < seconds:
+            self._put(jwks_url, _updated(entry, record, time.monotonic(), UNREAD))
+            return False
+        return True
+
+    def _sync_inline_when_due(self) -> None:
+        if self.synced_in_background:
+            return
+        if time.monotonic() - self._synced_at >= authz_settings.CONFIG_RECHECK_INTERVAL:
+            self.sync()
+
+    def _reread(self, jwks_url: str) -> _Entry | None:
+        """The shared record, read at most every REREAD_EVERY seconds per URL on a miss."""
+        now = time.monotonic()
+        if now - self._reread_at.get(jwks_url, float("-inf")) < REREAD_EVERY:
+            return None
+        self._reread_at[jwks_url] = now
+        return self._read(jwks_url)
+
+    def _read(self, jwks_url: str) -> _Entry | None:
+        """A URL first seen here: start from the record another process already fetched."""
+        try:
+            record, stamp = read_record(jwks_url), read_stamp()
+        except Exception:
+            logger.warning("Cannot read the key set at %s from the shared store.", jwks_url)
+            return None
+        entry = _updated(self._entries.get(jwks_url), record, time.monotonic(), stamp)
+        self._put(jwks_url, entry)
         return entry
 
-    def _unchanged(self, entry: _Entry, tenant: TenantConfig, now: float) -> bool:
-        """Current without a read: usable, read within the minute, and the stamp has not moved."""
-        if now - entry.read_at >= STAMPED_ENTRY_MAX_AGE or not entry.usable(tenant.jwks_url):
-            return False
-        current = self._current_generation(now)
-        return current is not UNREAD and entry.generation == current
-
-    def _current_generation(self, now: float) -> object:
-        """The shared key set stamp, read at most once per recheck interval."""
-        if now - self._generation_checked_at >= authz_settings.CONFIG_RECHECK_INTERVAL:
-            try:
-                self._generation = read_generation()
-            except Exception:
-                logger.warning("Cannot read the key set stamp from the cache; using memory.")
-                self._generation = UNREAD  # unknown: every entry falls back to its own recheck
-            self._generation_checked_at = now
-        return self._generation
-
-    def _reload(self, slug: str, entry: _Entry | None, now: float) -> _Entry | None:
-        # The stamp is read before the record, so an entry never claims a newer stamp than its keys.
-        generation = self._current_generation(now)
-        try:
-            record = read_record(slug)
-        except Exception:
-            logger.warning("Cannot read the key set of %s from the cache; using memory.", slug)
-            record = None
-        if record is None or not record.keys:
-            # A flushed or unreachable cache must not drop keys this process already verified.
-            fresh = entry and replace(entry, read_at=now, checked_at=now, generation=UNREAD)
-        elif entry is not None and entry.version == record.version:
-            fetched_at = record.fetched_at
-            fresh = replace(
-                entry, fetched_at=fetched_at, read_at=now, checked_at=now, generation=generation
-            )
-        else:
-            fresh = _parse(record, now, generation)
+    def _put(self, jwks_url: str, entry: _Entry | None) -> None:
         with self._lock:
-            if fresh is None:
-                self._entries.pop(slug, None)
+            if entry is None:
+                self._entries.pop(jwks_url, None)
             else:
-                self._entries[slug] = fresh
-        return fresh
+                self._entries[jwks_url] = entry
 
-    def _may_fetch(self, tenant: TenantConfig) -> bool:
-        """One on-demand fetch per tenant per cooldown: checked here, then across processes."""
+    def _forget(self, jwks_url: str) -> None:
+        with self._lock:
+            self._entries.pop(jwks_url, None)
+            self._used_at.pop(jwks_url, None)
+
+    def _may_fetch(self, jwks_url: str) -> bool:
+        """One on-demand fetch per URL per cooldown: checked here, then across processes."""
         cooldown = authz_settings.UNKNOWN_KID_COOLDOWN
         now = time.monotonic()
         with self._lock:
-            if now - self._last_fetch.get(tenant.slug, float("-inf")) < cooldown:
+            if now - self._last_fetch.get(jwks_url, float("-inf")) < cooldown:
                 return False
-            self._last_fetch[tenant.slug] = now
-        try:
-            return bool(cache.add(f"jwks-cooldown:{tenant.slug}", 1, timeout=cooldown))
-        except Exception:
-            return True  # the cache is down; the local cooldown still bounds the fetches
+            self._last_fetch[jwks_url] = now
+        return self._claim(jwks_url, cooldown, "jwks-cooldown")
 
-    def _fetch(self, tenant: TenantConfig) -> _Entry | None:
+    def _claim(self, jwks_url: str, seconds: float, namespace: str = "jwks-due") -> bool:
+        """True for the one process that claims this URL for ``seconds``."""
         try:
-            record = refresh_key_set(tenant)
-        except JWKSError as exc:
-            logger.info("on-demand key set fetch for %s failed: %s", tenant.slug, exc)
-            return self._reload(tenant.slug, self._entries.get(tenant.slug), time.monotonic())
+            return claim(derived_key(namespace, jwks_url), seconds)
         except Exception:
-            logger.exception("on-demand key set fetch for %s failed in the cache", tenant.slug)
-            return self._entries.get(tenant.slug)
+            return True  # the store is down; the local cooldown still bounds the fetches
+
+    def _fetch(self, jwks_url: str) -> _Entry | None:
+        try:
+            record = refresh_key_set(jwks_url)
+        except RefreshInProgress:
+            return self._read(jwks_url) or self._entries.get(jwks_url)
+        except JWKSError as exc:
+            logger.info("on-demand key set fetch of %s failed: %s", jwks_url, exc)
+            return self._read(jwks_url) or self._entries.get(jwks_url)
+        except Exception:
+            logger.exception("on-demand key set fetch of %s failed in the store", jwks_url)
+            return self._entries.get(jwks_url)
         entry = _parse(record, time.monotonic(), UNREAD)
-        with self._lock:
-            self._entries[tenant.slug] = entry
+        self._put(jwks_url, entry)
         return entry
+
+    def _refresh_in_background(self, jwks_url: str) -> int:
+        try:
+            record = refresh_key_set(jwks_url, authz_settings.JWKS_BACKGROUND_FETCH_DEADLINE)
+        except JWKSError:
+            return 0  # logged by refresh_key_set; the record notes the error
+        self._put(jwks_url, _updated(self._entries.get(jwks_url), record, time.monotonic(), UNREAD))
+        return 1
 
 
 key_cache = KeyCache()

@@ -1,11 +1,11 @@
-"""Celery tasks that keep every tenant's key set fresh in the shared cache."""
+"""Celery task that refreshes one JWKS URL's key set in the shared store."""
 
 import logging
 
 from celery import Task, shared_task
 
 from authz import jwks
-from tenants.directory import directory, load_key_set_source
+from authz.conf import authz_settings
 
 logger = logging.getLogger(__name__)
 
@@ -23,15 +23,10 @@ class KeySetTask(Task):
 
 
 @shared_task(base=KeySetTask, bind=True, name="authz.tasks.refresh_key_set")
-def refresh_key_set(self: Task, slug: str) -> str:
-    """Fetch one tenant's key set; returns the outcome (``ok``, ``busy``, ``invalid``...)."""
-    # From the database, not this worker's snapshot: a tenant saved a moment ago, or its new
-    # JWKS URL, may not have reached the snapshot yet.
-    tenant = load_key_set_source(slug)
-    if tenant is None:
-        return "no-such-tenant"
+def refresh_key_set(self: Task, jwks_url: str) -> str:
+    """Fetch one URL's key set; returns the outcome (``ok: N keys``, ``busy``, ``invalid``...)."""
     try:
-        record = jwks.refresh_key_set(tenant)
+        record = jwks.refresh_key_set(jwks_url, authz_settings.JWKS_BACKGROUND_FETCH_DEADLINE)
     except jwks.RefreshInProgress:
         return "busy"
     except jwks.InvalidKeySet:
@@ -41,12 +36,3 @@ def refresh_key_set(self: Task, slug: str) -> str:
             return "unreachable"  # in-process: never stall the caller with retries
         raise
     return f"ok: {len(record.keys)} keys"
-
-
-@shared_task(name="authz.tasks.refresh_all_key_sets")
-def refresh_all_key_sets() -> int:
-    """Fan out one refresh per active tenant; returns how many were queued."""
-    slugs = directory.active_slugs()
-    for slug in slugs:
-        refresh_key_set.delay(slug)
-    return len(slugs)

@@ -1,8 +1,8 @@
 """A bounded per-process cache of verified tokens, so a repeated token skips the signature check.
 
-An entry is served only while the token has not expired (``exp``, without leeway), the tenant's
-configuration is the very one it was verified against, and this process still holds the very key
-that verified it: a rotated-out key, a stale key set or an edited tenant all force a full check.
+An entry is served only while the token has not expired (``exp``, without leeway), the issuer
+policy is the very one it was verified against, and this process still holds the very key that
+verified it: a rotated-out key, a stale key set or an edited tenant all force a full check.
 """
 
 import hashlib
@@ -15,8 +15,8 @@ from typing import Any
 
 from authz.conf import authz_settings
 from authz.keys import key_cache
+from authz.policy import IssuerPolicy
 from authz.tokens import Claims, SigningKey
-from tenants.directory import TenantConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class _Verified:
     a tuple of strings and the payload as a plain dict of JSON values are not tracked at all.
     """
 
-    tenant: TenantConfig
+    policy: IssuerPolicy
     key: SigningKey
     subject: str
     issuer: str
@@ -37,11 +37,11 @@ class _Verified:
     payload: dict[str, Any]
 
     @classmethod
-    def of(cls, claims: Claims, tenant: TenantConfig, key: SigningKey) -> "_Verified":
+    def of(cls, claims: Claims, policy: IssuerPolicy, key: SigningKey) -> "_Verified":
         """The entry for claims verified with ``key``."""
         scopes = tuple(claims.scopes)
         payload = dict(claims.payload)
-        return cls(tenant, key, claims.subject, claims.issuer, scopes, claims.expires_at, payload)
+        return cls(policy, key, claims.subject, claims.issuer, scopes, claims.expires_at, payload)
 
     def claims(self) -> Claims:
         """The claims, rebuilt (a read-only view of the payload, as verification returns)."""
@@ -55,15 +55,15 @@ class _Verified:
 
 
 class VerifiedTokenCache:
-    """Least-recently-used verified tokens, keyed by tenant and the token's SHA-256."""
+    """Least-recently-used verified tokens, keyed by the token's SHA-256 and checked by policy."""
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple[str, bytes], _Verified] = OrderedDict()
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, token: str, tenant: TenantConfig) -> Claims | None:
-        """The claims of a token verified earlier for this tenant, if still trustworthy."""
-        cache_key = (tenant.slug, hashlib.sha256(token.encode()).digest())
+    def get(self, token: str, policy: IssuerPolicy) -> Claims | None:
+        """The claims of a token verified earlier under this policy, if still trustworthy."""
+        cache_key = hashlib.sha256(token.encode()).digest()
         with self._lock:
             entry = self._entries.get(cache_key)
             if entry is not None:
@@ -71,20 +71,20 @@ class VerifiedTokenCache:
         if entry is None:
             return None
         if (
-            entry.tenant is not tenant
+            entry.policy is not policy
             or time.time() >= entry.expires_at
-            or key_cache.held_key(tenant, entry.key.kid) is not entry.key
+            or key_cache.held_key(policy.jwks_url, entry.key.kid) is not entry.key
         ):
             with self._lock:
                 self._entries.pop(cache_key, None)
             return None
         return entry.claims()
 
-    def put(self, token: str, tenant: TenantConfig, key: SigningKey, claims: Claims) -> None:
+    def put(self, token: str, policy: IssuerPolicy, key: SigningKey, claims: Claims) -> None:
         """Remember a token that just passed full verification with ``key``."""
-        cache_key = (tenant.slug, hashlib.sha256(token.encode()).digest())
+        cache_key = hashlib.sha256(token.encode()).digest()
         with self._lock:
-            self._entries[cache_key] = _Verified.of(claims, tenant, key)
+            self._entries[cache_key] = _Verified.of(claims, policy, key)
             self._entries.move_to_end(cache_key)
             while len(self._entries) > authz_settings.VERIFIED_TOKEN_CACHE_SIZE:
                 self._entries.popitem(last=False)

@@ -1,4 +1,4 @@
-"""Verifying an access token against one tenant's keys and claims. No DRF in here.
+"""Verifying an access token against an issuer policy's keys and claims. No DRF in here.
 
 Every failure is one TokenError subclass with a stable code and a human sentence; PyJWT's
 algorithm objects check signatures, and nothing from ``jwt`` escapes this module.
@@ -18,7 +18,7 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from authz.conf import authz_settings
-from tenants.directory import TenantConfig
+from authz.policy import IssuerPolicy
 
 REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub"]
 KEY_TYPE_OF_ALGORITHM = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
@@ -179,10 +179,10 @@ def read_header(header_segment: str) -> dict[str, Any]:
     return header
 
 
-def _checked_algorithm(header: dict[str, Any], tenant: TenantConfig) -> str:
-    """The header's alg, only when the tenant allows it (never none, never HMAC)."""
+def _checked_algorithm(header: dict[str, Any], policy: IssuerPolicy) -> str:
+    """The header's alg, only when the policy allows it (never none, never HMAC)."""
     algorithm = header.get("alg")
-    if not isinstance(algorithm, str) or algorithm not in tenant.algorithms:
+    if not isinstance(algorithm, str) or algorithm not in policy.algorithms:
         raise DisallowedAlgorithm()
     return algorithm
 
@@ -199,12 +199,12 @@ def _checked_key(key: SigningKey, algorithm: str) -> Any:
 
 
 def verify_token(
-    token: str, tenant: TenantConfig, key_for_kid: Callable[[str], SigningKey]
+    token: str, policy: IssuerPolicy, key_for_kid: Callable[[str], SigningKey]
 ) -> Claims:
-    """Verify signature and claims against the tenant; raise a TokenError otherwise."""
+    """Verify signature and claims against the policy; raise a TokenError otherwise."""
     header_segment, payload_segment, signature_segment = _segments(token)
     header = read_header(header_segment)
-    algorithm = _checked_algorithm(header, tenant)
+    algorithm = _checked_algorithm(header, policy)
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise UnknownKey("The access token has no key id (kid).")
@@ -214,7 +214,7 @@ def verify_token(
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
     if not _signature_verifies(algorithm, signing_input, public_key, signature):
         raise InvalidSignature()
-    return _claims(_json_object(payload_json, "payload"), tenant)
+    return _claims(_json_object(payload_json, "payload"), policy)
 
 
 def _signature_verifies(algorithm: str, signing_input: bytes, key: Any, signature: bytes) -> bool:
@@ -224,20 +224,20 @@ def _signature_verifies(algorithm: str, signing_input: bytes, key: Any, signatur
         return False
 
 
-def _claims(payload: dict[str, Any], tenant: TenantConfig) -> Claims:
+def _claims(payload: dict[str, Any], policy: IssuerPolicy) -> Claims:
     """The payload's claims, checked in jwt.decode's order, then typed."""
     for name in REQUIRED_CLAIMS:
         if payload.get(name) is None:
             raise InvalidClaims(f'The access token has no "{name}" claim.')
-    now, leeway = time.time(), tenant.leeway
+    now, leeway = time.time(), policy.leeway
     for name in ("iat", "nbf"):
         if name in payload and _seconds(payload, name) > now + leeway:
             raise TokenNotYetValid(f"The access token is not valid yet ({name}).")
     if _seconds(payload, "exp") <= now - leeway:
         raise TokenExpired()
-    if payload["iss"] != tenant.issuer:
+    if payload["iss"] != policy.issuer:
         raise InvalidIssuer()
-    _check_audience(payload["aud"], tenant.audiences)
+    _check_audience(payload["aud"], policy.audiences)
     if not isinstance(payload["sub"], str) or not payload["sub"]:
         raise InvalidClaims("The access token subject (sub) must be a non-empty string.")
     if not isinstance(payload.get("jti", ""), str):
@@ -245,7 +245,7 @@ def _claims(payload: dict[str, Any], tenant: TenantConfig) -> Claims:
     return Claims(
         subject=payload["sub"],
         issuer=payload["iss"],
-        scopes=granted_scopes(payload, tenant.scope_claims),
+        scopes=granted_scopes(payload, policy.scope_claims),
         expires_at=int(payload["exp"]),
         payload=MappingProxyType(payload),
     )

@@ -218,7 +218,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = env.str("BEAT_SCHEDULE_FILE", default="celerybea
 jwks_refresh_interval = env.float("AUTHZ_JWKS_REFRESH_INTERVAL", default=300)
 CELERY_BEAT_SCHEDULE = {
     "refresh-all-key-sets": {
-        "task": "authz.tasks.refresh_all_key_sets",
+        "task": "tenants.tasks.refresh_all_key_sets",
         "schedule": timedelta(seconds=jwks_refresh_interval),
     }
 }
@@ -232,6 +232,10 @@ AUTHZ = {
     "CONFIG_RECHECK_INTERVAL": env.float("AUTHZ_CONFIG_RECHECK_INTERVAL", default=2),
     "JWKS_REFRESH_INTERVAL": jwks_refresh_interval,
     "BACKGROUND_SYNC": env.bool("AUTHZ_BACKGROUND_SYNC", default=True),
+    "JWKS_FETCH_DEADLINE": env.float("AUTHZ_JWKS_FETCH_DEADLINE", default=5),
+    "JWKS_BACKGROUND_FETCH_DEADLINE": env.float("AUTHZ_JWKS_BACKGROUND_FETCH_DEADLINE", default=15),
+    "DIRECTORY_SIZE": env.int("AUTHZ_DIRECTORY_SIZE", default=20_000),
+    "CHECK_ISSUER_COOLDOWN": env.float("AUTHZ_CHECK_ISSUER_COOLDOWN", default=10),
 }
 
 DEVISSUER_KEY_DIR = Path(env.str("DEVISSUER_KEY_DIR", default=str(BASE_DIR / "var" / "devissuer")))

@@ -18,6 +18,7 @@ from authz.conf import authz_settings
 from authz.diagnostics import check_issuer
 from authz.endpoints import all_endpoints
 from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
+from authz.store import claim, derived_key
 from authz.tasks import refresh_key_set
 from tenants.forms import (
     AudienceForm,
@@ -45,7 +46,7 @@ def operates(request: HttpRequest, tenant: Tenant | None) -> bool:
 
 def health_of(tenant: Tenant) -> KeySetHealth:
     """The key set health of a saved tenant."""
-    return key_set_health(read_record(tenant.slug), tenant.jwks_url)
+    return key_set_health(read_record(tenant.jwks_url))
 
 
 class OperatedInline(admin.TabularInline):
@@ -116,6 +117,7 @@ class HealthFilter(admin.SimpleListFilter):
         return [
             ("ok", "OK"),
             ("degraded", "Last fetch failed"),
+            ("empty", "Issuer publishes no key"),
             ("stale", "Stale"),
             ("missing", "No keys"),
         ]
@@ -124,11 +126,9 @@ class HealthFilter(admin.SimpleListFilter):
         if not self.value():
             return queryset
         tenants = list(queryset.only("slug", "domain", "issuer_override", "jwks_url_override"))
-        records = read_records([tenant.slug for tenant in tenants])
+        records = read_records(sorted({tenant.jwks_url for tenant in tenants}))
         matching = [
-            t.pk
-            for t in tenants
-            if key_set_health(records.get(t.slug), t.jwks_url).status == self.value()
+            t.pk for t in tenants if key_set_health(records.get(t.jwks_url)).status == self.value()
         ]
         return queryset.filter(pk__in=matching)
 
@@ -234,7 +234,15 @@ class TenantAdmin(admin.ModelAdmin):
     def check_issuer_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: fetch discovery and the key set now; say what was found or what is wrong."""
         tenant = self._operated_tenant_or_404(request, object_id)
-        if request.method == "POST":
+        if request.method == "POST" and not _may_check_issuer(tenant):
+            wait = authz_settings.CHECK_ISSUER_COOLDOWN
+            self.message_user(
+                request,
+                f"The issuer of {tenant.slug} was checked less than {wait:g} s ago; "
+                "try again in a moment.",
+                messages.WARNING,
+            )
+        elif request.method == "POST":
             report = check_issuer(tenant)
             for fact in report.facts:
                 self.message_user(request, fact, messages.SUCCESS)
@@ -289,15 +297,22 @@ def _change_url(tenant: Tenant) -> str:
     return reverse("admin:tenants_tenant_change", args=[tenant.pk])
 
 
+def _may_check_issuer(tenant: Tenant) -> bool:
+    """One "Check issuer" per tenant per cooldown, across every process."""
+    key = derived_key("check-issuer", str(tenant.pk))
+    return claim(key, authz_settings.CHECK_ISSUER_COOLDOWN)
+
+
 def _refresh_and_report(tenant: Tenant) -> str:
     """Queue the refresh task; wait briefly for the stored record to change, then report."""
-    before = read_record(tenant.slug)
-    refresh_key_set.delay(tenant.slug)
+    url = tenant.jwks_url
+    before = read_record(url)
+    refresh_key_set.delay(url)
     deadline = time.monotonic() + REFRESH_WAIT_SECONDS
-    record = read_record(tenant.slug)
+    record = read_record(url)
     while record == before and time.monotonic() < deadline:
         time.sleep(0.2)
-        record = read_record(tenant.slug)
+        record = read_record(url)
     if record == before:
         return (
             f"{tenant.slug}: refresh queued; the worker has not reported yet (reload in a moment)."

@@ -1,11 +1,13 @@
 """Tenants as JSON: import (through the admin's own forms, all or nothing) and export."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
 from django.forms import BaseInlineFormSet, ModelForm, inlineformset_factory
 
+from tenants.directory import changes_batched
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
@@ -15,6 +17,7 @@ from tenants.forms import (
     TenantForm,
 )
 from tenants.models import Tenant
+from tenants.tasks import refreshes_batched
 
 # JSON name -> model field, for the fields whose names differ.
 RENAMED = {"issuer": "issuer_override", "jwks_url": "jwks_url_override"}
@@ -75,11 +78,18 @@ class TenantImportError(Exception):
         self.errors = errors
 
 
-def import_tenants(document: object) -> list[str]:
-    """Create or update (by slug) every tenant in the document, or change nothing at all."""
+def import_tenants(
+    document: object, progress: Callable[[int, int], None] | None = None
+) -> "ImportSummary":
+    """Create or update (by slug) every tenant in the document, or change nothing at all.
+
+    Key sets are not fetched here: one refresh per distinct JWKS URL is queued after commit.
+    ``progress(done, total)`` is called every PROGRESS_EVERY tenants.
+    """
     items = _tenant_items(document)
     errors: list[str] = []
-    with transaction.atomic():
+    existing = set(Tenant.objects.filter(slug__in=_slugs(items)).values_list("slug", flat=True))
+    with transaction.atomic(), refreshes_batched() as urls, changes_batched():
         # The file is the whole truth for its tenants: clearing their parts first lets a host
         # move from one tenant to another, whatever the order of the file.
         for name in INLINES:
@@ -89,11 +99,31 @@ def import_tenants(document: object) -> list[str]:
         for index, item in enumerate(items):
             label = f"tenants[{index}]" + (f" ({item['slug']})" if "slug" in item else "")
             errors += [f"{label}: {message}" for message in _import_one(item)]
+            if progress and (index + 1) % PROGRESS_EVERY == 0:
+                progress(index + 1, len(items))
         if errors:
             transaction.set_rollback(True)
     if errors:
         raise TenantImportError(errors)
-    return [item["slug"] for item in items]
+    slugs = [item["slug"] for item in items]
+    created = len(set(slugs) - existing)
+    return ImportSummary(created, len(slugs) - created, len(urls))
+
+
+PROGRESS_EVERY = 1000
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an import did: tenants created and updated, key set refreshes queued."""
+
+    created: int
+    updated: int
+    key_sets: int
+
+
+def _slugs(items: list[dict[str, Any]]) -> list[str]:
+    return [item["slug"] for item in items if isinstance(item.get("slug"), str)]
 
 
 def _tenant_items(document: object) -> list[dict[str, Any]]:

@@ -1,47 +1,61 @@
-"""The per-process directory of active tenants, kept in step with a version stamp in the cache.
+"""The per-process tenant directory: each tenant loaded on first use, evicted alone on change.
 
-Every request needs its tenant's configuration, so the whole set of active tenants is loaded into
-memory at once and re-validated against a shared version stamp at most every few seconds: a warm
-request costs no SQL query, and a change saved anywhere reaches every process within seconds.
+A request's tenant is looked up in memory. A tenant not held yet is loaded with one query and kept
+in a bounded least-recently-used map, so 100,000 tenants never need to fit in one process. Every
+change to a tenant writes a row to the change feed (``TenantChange``) in its own transaction;
+each process reads the feed once per CONFIG_RECHECK_INTERVAL (one query) and evicts just the
+tenants that changed. The database is the truth; the feed needs nothing from the shared store.
 """
 
+import json
 import logging
 import threading
 import time
-import uuid
-from collections import defaultdict
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import MappingProxyType
 
-from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Max
+from django.utils import timezone
 
 from authz.conf import authz_settings
 from authz.endpoints import get_endpoint
+from authz.policy import IssuerPolicy, shared_policy
+from authz.store import claim, internal_key
 
 logger = logging.getLogger(__name__)
 
-VERSION_KEY = "tenants:config-version"
+EMPTY_RULES = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class TenantConfig:
     """Everything the request path needs to know about one tenant, immutable."""
 
+    id: int
     slug: str
     name: str
-    issuer: str
-    jwks_url: str
-    audiences: tuple[str, ...]
+    policy: IssuerPolicy
     hosts: tuple[str, ...]
-    algorithms: tuple[str, ...]
-    leeway: int
-    scope_claims: str
     provision_users: bool
     admin_scope: str = ""
     cors_origins: frozenset[str] = frozenset()
-    id: int | None = None
-    scope_rules: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    scope_rules: MappingProxyType = field(default_factory=lambda: EMPTY_RULES)
+
+    @property
+    def issuer(self) -> str:
+        """The exact ``iss`` of the tenant's tokens."""
+        return self.policy.issuer
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the tenant's key set is fetched."""
+        return self.policy.jwks_url
 
     def required_scopes(self, endpoint_key: str) -> tuple[str, ...]:
         """The tenant's rule for an endpoint, else the endpoint's default."""
@@ -50,53 +64,171 @@ class TenantConfig:
         return get_endpoint(endpoint_key).default_scopes
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    by_slug: dict[str, TenantConfig]
-    by_host: dict[str, TenantConfig]
+# Changes are read again for this long after first seen, so a change whose id was allocated
+# before, but committed after, a later one is still applied (ids are not commit-ordered).
+LATE_COMMIT_WINDOW = 60.0
+# More new changes than this in one read: forget every tenant instead of evicting one by one.
+FEED_BATCH = 2000
+# Changes are kept this long; a process that could not read the feed for half of it starts over.
+FEED_RETENTION = 24 * 3600.0
+ABSENT_SIZE = 10_000
+
+
+class ChangeFeed:
+    """This process's position in the tenant change feed."""
+
+    def __init__(self) -> None:
+        self._low: int | None = None  # every change at or below it has been applied
+        self._seen: dict[int, float] = {}  # applied ids above the low mark, with when seen
+        self._read_at = float("-inf")
+
+    def read(self) -> set[int] | None:
+        """Tenant ids changed since the last read; None means forget every tenant."""
+        from tenants.models import TenantChange
+
+        now = time.monotonic()
+        if self._low is None or now - self._read_at > FEED_RETENTION / 2:
+            return self._restart(TenantChange)
+        rows = list(
+            TenantChange.objects.filter(id__gt=self._low)
+            .order_by("id")
+            .values_list("id", "tenant_id")[:FEED_BATCH]
+        )
+        self._read_at = now
+        if len(rows) == FEED_BATCH:
+            return self._restart(TenantChange)
+        changed = {tenant_id for change_id, tenant_id in rows if change_id not in self._seen}
+        self._seen.update((change_id, now) for change_id, _ in rows if change_id not in self._seen)
+        self._advance(now)
+        return changed
+
+    def _restart(self, model: type) -> None:
+        self._low = model.objects.aggregate(last=Max("id"))["last"] or 0
+        self._seen.clear()
+        self._read_at = time.monotonic()
+        return None
+
+    def _advance(self, now: float) -> None:
+        """Raise the low mark over ids seen longer ago than the late-commit window."""
+        while self._seen:
+            oldest = min(self._seen)
+            if now - self._seen[oldest] < LATE_COMMIT_WINDOW:
+                break
+            del self._seen[oldest]
+            self._low = oldest
 
 
 class TenantDirectory:
-    """Active tenants by slug and by hostname, loaded whole and refreshed on version change."""
+    """Active tenants by slug and by hostname: a bounded, lazily loaded, per-tenant evicted map."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._snapshot: _Snapshot | None = None
-        self._version: object = None
-        self._checked_at = float("-inf")
+        self._tenants: OrderedDict[int, TenantConfig] = OrderedDict()
+        self._by_slug: dict[str, int] = {}
+        self._by_host: dict[str, int] = {}
+        self._absent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._feed = ChangeFeed()
+        self._changes_applied = 0  # a load that raced a change is not kept
+        self._synced_at = float("-inf")
+        self.synced_in_background = False
 
     def by_slug(self, slug: str) -> TenantConfig | None:
         """The active tenant with this slug, or None."""
-        return self._current().by_slug.get(slug)
+        return self._lookup("slug", slug, self._by_slug)
 
     def by_host(self, hostname: str) -> TenantConfig | None:
         """The active tenant served on this hostname, or None."""
-        return self._current().by_host.get(hostname.lower())
+        return self._lookup("host", hostname.lower(), self._by_host)
 
-    def active_slugs(self) -> list[str]:
-        """Slugs of all active tenants."""
-        return sorted(self._current().by_slug)
+    def held(self) -> int:
+        """How many tenants this process holds now."""
+        return len(self._tenants)
 
     def clear(self) -> None:
-        """Forget the snapshot so the next lookup reloads from the database."""
+        """Forget every tenant, so the next lookups load from the database."""
         with self._lock:
-            self._snapshot = None
+            self._forget_all()
 
-    def _current(self) -> _Snapshot:
-        now = time.monotonic()
-        snapshot = self._snapshot
-        if snapshot is not None and now - self._checked_at < authz_settings.CONFIG_RECHECK_INTERVAL:
-            return snapshot
+    def sync(self) -> None:
+        """Apply the change feed: evict just the tenants that changed (one query)."""
+        self._synced_at = time.monotonic()
+        try:
+            changed = self._feed.read()
+        except Exception:
+            logger.warning("Cannot read the tenant change feed; keeping the tenants held.")
+            return
+        if changed is None:
+            self.clear()
+        elif changed:
+            self.evict(changed)
+
+    def evict(self, tenant_ids: set[int]) -> None:
+        """Forget these tenants (and every remembered absence) in this process."""
         with self._lock:
-            version = _read_version(default=self._version)
-            if self._snapshot is None or version != self._version:
-                self._snapshot = _load_snapshot()
-                self._version = version
-            self._checked_at = now
-            return self._snapshot
+            self._changes_applied += 1
+            self._absent.clear()
+            for tenant_id in tenant_ids:
+                self._drop(tenant_id)
+
+    def _lookup(self, kind: str, value: str, index: dict[str, int]) -> TenantConfig | None:
+        if not self.synced_in_background:
+            self._sync_inline_when_due()
+        tenant_id = index.get(value)
+        tenant = self._tenants.get(tenant_id) if tenant_id is not None else None
+        if tenant is not None:
+            with suppress(KeyError):  # evicted meanwhile: this request still uses what it found
+                self._tenants.move_to_end(tenant_id)
+            return tenant
+        if (kind, value) in self._absent:
+            return None
+        return self._load(kind, value)
+
+    def _sync_inline_when_due(self) -> None:
+        if time.monotonic() - self._synced_at >= authz_settings.CONFIG_RECHECK_INTERVAL:
+            self.sync()
+
+    def _load(self, kind: str, value: str) -> TenantConfig | None:
+        applied_before = self._changes_applied
+        tenant = load_tenant(kind, value)
+        with self._lock:
+            if self._changes_applied != applied_before:
+                return tenant  # a change landed during the query: serve it, keep nothing
+            if tenant is None:
+                self._absent[(kind, value)] = None
+                while len(self._absent) > ABSENT_SIZE:
+                    self._absent.popitem(last=False)
+            else:
+                self._keep(tenant)
+        return tenant
+
+    def _keep(self, tenant: TenantConfig) -> None:
+        self._drop(tenant.id)
+        self._tenants[tenant.id] = tenant
+        self._by_slug[tenant.slug] = tenant.id
+        for host in tenant.hosts:
+            self._by_host[host] = tenant.id
+        while len(self._tenants) > authz_settings.DIRECTORY_SIZE:
+            self._drop(next(iter(self._tenants)))
+
+    def _drop(self, tenant_id: int) -> None:
+        tenant = self._tenants.pop(tenant_id, None)
+        if tenant is None:
+            return
+        if self._by_slug.get(tenant.slug) == tenant_id:
+            del self._by_slug[tenant.slug]
+        for host in tenant.hosts:
+            if self._by_host.get(host) == tenant_id:
+                del self._by_host[host]
+
+    def _forget_all(self) -> None:
+        self._changes_applied += 1
+        self._tenants.clear()
+        self._by_slug.clear()
+        self._by_host.clear()
+        self._absent.clear()
 
 
-TENANT_FIELDS = (
+TENANT_COLUMNS = (
     "id",
     "slug",
     "name",
@@ -109,110 +241,146 @@ TENANT_FIELDS = (
     "provision_users",
     "admin_scope",
 )
-EMPTY_RULES = MappingProxyType({})
+PADDING = ", ".join(["NULL"] * (len(TENANT_COLUMNS) - 3))
+CHILD_TABLES = (  # kind, table, its one or two value columns
+    ("host", "tenants_tenanthost", "hostname, NULL"),
+    ("audience", "tenants_tenantaudience", "audience, NULL"),
+    ("origin", "tenants_tenantcorsorigin", "origin, NULL"),
+    ("rule", "tenants_scoperule", "endpoint, scopes"),
+)
+WHERE = {
+    "slug": "slug = %s",
+    "host": "id = (SELECT tenant_id FROM tenants_tenanthost WHERE hostname = %s)",
+    "id": "id = %s",
+}
 
 
-def _load_snapshot() -> _Snapshot:
-    """Every active tenant, read as plain rows: no model instances, so a large load stays small."""
-    from tenants import models
+def _tenant_sql(kind: str) -> str:
+    """One query for a tenant and all its parts: the tenant row, then one row per part.
 
-    hosts = _rows_by_tenant(models.TenantHost, "hostname")
-    audiences = _rows_by_tenant(models.TenantAudience, "audience")
-    origins = _rows_by_tenant(models.TenantCorsOrigin, "origin")
-    rules = _rows_by_tenant(models.ScopeRule, "endpoint", "scopes")
-    shared: dict = {}  # one object for the many equal values (issuers, algorithm lists, ...)
+    Built once, from the constants above only; the looked-up value is always a parameter.
+    """
+    found = f"SELECT id FROM tenants_tenant WHERE {WHERE[kind]} AND active = %s"  # noqa: S608
+    columns = ", ".join(TENANT_COLUMNS)
+    tenant_row = f"SELECT 'tenant', {columns} FROM tenants_tenant"  # noqa: S608
+    parts = [tenant_row + " WHERE id IN (SELECT id FROM found)"]  # noqa: S608
+    parts += [
+        f"SELECT '{name}', tenant_id, {values}, {PADDING} FROM {table} "  # noqa: S608
+        "WHERE tenant_id IN (SELECT id FROM found)"
+        for name, table, values in CHILD_TABLES
+    ]
+    return f"WITH found AS ({found}) " + " UNION ALL ".join(parts)
 
-    def share(value: object) -> object:
-        return shared.setdefault(value, value)
 
-    configs = []
-    rows = models.Tenant.objects.filter(active=True).values_list(*TENANT_FIELDS)
-    for row in rows.iterator(chunk_size=2000):
-        tenant = dict(zip(TENANT_FIELDS, row, strict=True))
-        issuer = share(models.derive_issuer(tenant["domain"], tenant["issuer_override"]))
-        tenant_rules = rules.get(tenant["id"])
-        configs.append(
-            TenantConfig(
-                id=tenant["id"],
-                slug=tenant["slug"],
-                name=tenant["name"],
-                issuer=issuer,
-                jwks_url=share(models.derive_jwks_url(issuer, tenant["jwks_url_override"])),
-                audiences=share(tuple(audiences.get(tenant["id"], ()))),
-                hosts=tuple(hosts.get(tenant["id"], ())),
-                algorithms=share(tuple(tenant["algorithms"])),
-                leeway=tenant["leeway"],
-                scope_claims=tenant["scope_claims"],
-                provision_users=tenant["provision_users"],
-                admin_scope=share(tenant["admin_scope"]),
-                cors_origins=share(frozenset(origins.get(tenant["id"], ()))),
-                scope_rules=_rules(tenant_rules) if tenant_rules else EMPTY_RULES,
-            )
-        )
-    return _Snapshot(
-        by_slug={config.slug: config for config in configs},
-        by_host={host: config for config in configs for host in config.hosts},
+TENANT_SQL = {kind: _tenant_sql(kind) for kind in WHERE}
+
+
+def load_tenant(kind: str, value: str | int) -> TenantConfig | None:
+    """The active tenant with this slug, host or id, read in one query; None when there is none."""
+    with connection.cursor() as cursor:
+        cursor.execute(TENANT_SQL[kind], [value, True])
+        rows = cursor.fetchall()
+    tenant = next((row[1:] for row in rows if row[0] == "tenant"), None)
+    if tenant is None:
+        return None
+    parts: dict[str, list] = {"host": [], "audience": [], "origin": [], "rule": []}
+    for kind_of_row, _tenant_id, first, second, *_ in rows:
+        if kind_of_row != "tenant":
+            parts[kind_of_row].append(first if second is None else (first, second))
+    return _config(dict(zip(TENANT_COLUMNS, tenant, strict=True)), parts)
+
+
+def _config(row: dict, parts: dict[str, list]) -> TenantConfig:
+    from tenants.models import derive_issuer, derive_jwks_url
+
+    issuer = derive_issuer(row["domain"], row["issuer_override"])
+    algorithms = row["algorithms"]
+    if isinstance(algorithms, str):  # SQLite hands JSON back as text
+        algorithms = json.loads(algorithms)
+    policy = shared_policy(
+        issuer=issuer,
+        jwks_url=derive_jwks_url(issuer, row["jwks_url_override"]),
+        audiences=tuple(sorted(parts["audience"])),
+        algorithms=tuple(algorithms),
+        leeway=row["leeway"],
+        scope_claims=row["scope_claims"],
     )
-
-
-def _rows_by_tenant(model: type, *fields: str) -> dict[int, list]:
-    """Values of one child table of active tenants, grouped by tenant id."""
-    grouped: dict[int, list] = defaultdict(list)
-    rows = model.objects.filter(tenant__active=True).values_list("tenant_id", *fields)
-    for tenant_id, *values in rows.iterator(chunk_size=5000):
-        grouped[tenant_id].append(values[0] if len(values) == 1 else tuple(values))
-    return grouped
+    rules = [rule if isinstance(rule, tuple) else (rule, "") for rule in parts["rule"]]
+    return TenantConfig(
+        id=row["id"],
+        slug=row["slug"],
+        name=row["name"],
+        policy=policy,
+        hosts=tuple(sorted(parts["host"])),
+        provision_users=bool(row["provision_users"]),
+        admin_scope=row["admin_scope"],
+        cors_origins=frozenset(parts["origin"]),
+        scope_rules=_rules(rules) if rules else EMPTY_RULES,
+    )
 
 
 def _rules(rows: list[tuple[str, str]]) -> MappingProxyType:
     return MappingProxyType({endpoint: tuple(scopes.split()) for endpoint, scopes in rows})
 
 
-@dataclass(frozen=True)
-class KeySetSource:
-    """Where one tenant's key set comes from: all a refresh needs to know."""
+def jwks_urls(active_only: bool = True) -> set[str]:
+    """Every distinct JWKS URL that tenants use: one query over distinct issuer settings."""
+    from tenants.models import Tenant, derive_issuer, derive_jwks_url
 
-    slug: str
-    jwks_url: str
+    tenants = Tenant.objects.filter(active=True) if active_only else Tenant.objects.all()
+    triples = tenants.values_list("domain", "issuer_override", "jwks_url_override").distinct()
+    return {
+        derive_jwks_url(derive_issuer(domain, issuer), jwks) for domain, issuer, jwks in triples
+    }
 
 
-def load_key_set_source(slug: str) -> KeySetSource | None:
-    """One active tenant's JWKS URL straight from the database (one query), not the snapshot."""
-    from tenants import models
+def prune_feed() -> int:
+    """Delete changes older than FEED_RETENTION; one process per hour does it."""
+    from tenants.models import TenantChange
 
-    row = (
-        models.Tenant.objects.filter(slug=slug, active=True)
-        .values_list("domain", "issuer_override", "jwks_url_override")
-        .first()
+    if not claim(internal_key("feed-prune"), PRUNE_EVERY):
+        return 0
+    cutoff = timezone.now() - timedelta(seconds=FEED_RETENTION)
+    return TenantChange.objects.filter(created_at__lt=cutoff).delete()[0]
+
+
+PRUNE_EVERY = 3600
+
+_batch: ContextVar[set[int] | None] = ContextVar("tenant_change_batch", default=None)
+
+
+def record_change(tenant_id: int) -> None:
+    """Write a tenant's change to the feed, in the current transaction, and evict it here."""
+    batch = _batch.get()
+    if batch is not None:
+        batch.add(tenant_id)
+        return
+    from tenants.models import TenantChange
+
+    TenantChange.objects.create(tenant_id=tenant_id)
+    directory.evict({tenant_id})
+    transaction.on_commit(lambda: directory.evict({tenant_id}))
+
+
+@contextmanager
+def changes_batched() -> Iterator[set[int]]:
+    """Collect the changes of many saves and write them once, at the end (bulk imports)."""
+    from tenants.models import TenantChange
+
+    batch: set[int] = set()
+    token = _batch.set(batch)
+    try:
+        yield batch
+    finally:
+        _batch.reset(token)
+    if transaction.get_rollback():
+        return  # the caller refused the batch: nothing changed
+    # Written last, just before the caller commits: ids allocated late reach every feed early.
+    TenantChange.objects.bulk_create(
+        [TenantChange(tenant_id=tenant_id) for tenant_id in sorted(batch)], batch_size=5000
     )
-    if row is None:
-        return None
-    domain, issuer_override, jwks_url_override = row
-    issuer = models.derive_issuer(domain, issuer_override)
-    return KeySetSource(slug, models.derive_jwks_url(issuer, jwks_url_override))
-
-
-def _read_version(default: object) -> object:
-    """Read the shared stamp; when the cache is down, keep serving what we have."""
-    try:
-        return cache.get(VERSION_KEY)
-    except Exception:
-        logger.warning("Cannot read the tenant config version; keeping the loaded config.")
-        return default
-
-
-def _bump_version() -> None:
-    try:
-        cache.set(VERSION_KEY, uuid.uuid4().hex, timeout=None)
-    except Exception:
-        logger.exception("Cannot publish the tenant config version; other processes lag.")
-    directory.clear()
-
-
-def config_changed() -> None:
-    """Reload here at once, and everywhere once the change is committed."""
-    directory.clear()
-    transaction.on_commit(_bump_version)
+    directory.evict(batch)
+    transaction.on_commit(lambda: directory.evict(batch))
 
 
 directory = TenantDirectory()

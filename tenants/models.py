@@ -198,3 +198,17 @@ class ScopeRule(models.Model):
             raise ValidationError(
                 {"endpoint": ValidationError(message, code="unknown_endpoint")}
             ) from None
+
+
+class TenantChange(models.Model):
+    """One change to a tenant, written in the change's own transaction: the feed every process
+    applies to its directory (the tenant id only; the tenant may be gone)."""
+
+    tenant_id = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"change {self.id} of tenant {self.tenant_id}"

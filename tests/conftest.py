@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.core.cache.backends.db import DatabaseCache
 
 from authz.devissuer import DevIssuerServer, DevKeyStore, start_in_thread
 from authz.keys import key_cache
@@ -30,12 +31,28 @@ def issuer(issuer_keys: DevKeyStore) -> Iterator[DevIssuerServer]:
     server.stop()
 
 
+DATABASE_FIXTURES = {
+    "db",
+    "transactional_db",
+    "django_db_reset_sequences",
+    "django_db_serialized_rollback",
+}
+
+
+def uses_database(request: pytest.FixtureRequest) -> bool:
+    """Whether the test may touch the database (directly or through a fixture)."""
+    marked = request.node.get_closest_marker("django_db") is not None
+    return marked or bool(DATABASE_FIXTURES & set(request.fixturenames))
+
+
 @pytest.fixture(autouse=True)
-def clean_state(settings: Any) -> Iterator[None]:
-    """Each test starts with an empty Redis and empty per-process caches."""
+def clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None]:
+    """Each test starts with an empty shared store and empty per-process caches."""
     settings.ALLOWED_HOSTS = [".localhost", "testserver"]
     celery_app.conf.task_always_eager = True
-    cache.clear()
+    # Without Redis the store is the database cache, which a test without the database cannot use.
+    if not isinstance(cache, DatabaseCache) or uses_database(request):
+        cache.clear()
     for holder in (directory, key_cache, verified_tokens):
         holder.clear()
     provisioned_user.cache_clear()

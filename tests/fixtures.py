@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from authz.devissuer import DevIssuerServer
+from authz.jwks import read_record
 from tenants.config_io import import_tenants
 from tenants.models import Tenant
 
@@ -57,6 +58,17 @@ def create_tenant(
     }
     import_tenants({"tenants": [item]})
     return Tenant.objects.get(slug=slug)
+
+
+def jwks_url_of(slug: str) -> str:
+    """The JWKS URL a tenant's key set is stored and fetched under, read from its row."""
+    return Tenant.objects.get(slug=slug).jwks_url
+
+
+def kids_of(jwks_url: str) -> set[str]:
+    """The kids in the shared record of a JWKS URL (empty when there is none)."""
+    record = read_record(jwks_url)
+    return {key["kid"] for key in record.keys} if record else set()
 
 
 def bearer(token: str) -> dict[str, str]:

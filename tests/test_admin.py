@@ -1,8 +1,10 @@
 """The basic tenant admin: one page with hosts, audiences and scope rules inline."""
 
 import pytest
+from django.contrib.messages import get_messages
 
 from tenants.models import Tenant
+from tests.fixtures import kids_of
 
 ADD_URL = "/admin/tenants/tenant/add/"
 
@@ -171,6 +173,18 @@ def test_operator_edits_name_and_audiences_but_not_slug_or_hosts(operated):
     assert [h.hostname for h in acme.hosts.all()] == ["acme.localhost"]
 
 
+def test_saving_a_tenant_fetches_its_keys_once_the_save_commits(
+    operated, issuer, django_capture_on_commit_callbacks
+):
+    client, acme, _globex = operated
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(change_url(acme), change_post(acme, name="Acme Saved"))
+
+    assert response.status_code == 302
+    assert issuer.store.current("acme")[0] in kids_of(acme.jwks_url)
+
+
 def test_every_change_is_recorded_in_the_admin_history(operated):
     from django.contrib.admin.models import LogEntry
 
@@ -206,3 +220,21 @@ def test_superuser_sees_health_and_can_filter_by_it(admin_client, make_tenant, i
 
     assert ">healthy<" in listing and ">unfetched<" not in listing
     assert ">unfetched<" in missing and "OK · 1 key(s)" in listing
+
+
+def test_check_issuer_twice_within_the_cooldown_warns_and_fetches_nothing(
+    admin_client, make_tenant, issuer
+):
+    tenant = make_tenant("checked")
+    url = f"/admin/tenants/tenant/{tenant.pk}/check-issuer/"
+    discovery = "/checked/.well-known/openid-configuration"
+    before = issuer.hits(discovery)
+    first = admin_client.post(url, follow=True)  # the change page shows (and uses up) its messages
+
+    second = admin_client.post(url)
+
+    assert issuer.hits(discovery) - before == 1
+    assert {m.level_tag for m in first.context["messages"]} == {"success"}
+    assert [(m.level_tag, m.message) for m in get_messages(second.wsgi_request)] == [
+        ("warning", "The issuer of checked was checked less than 10 s ago; try again in a moment.")
+    ]

@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -132,10 +133,10 @@ def test_the_scheme_is_case_insensitive_and_spacing_lenient(client, acme, acme_t
 # --- the principal -----------------------------------------------------------------------------
 
 
-def authenticate(header: dict[str, str], slug: str = "acme") -> tuple[Any, Principal] | None:
-    """Run the authentication class on a bare request resolved to a tenant."""
+def authenticate(header: dict[str, str], tenant: Any = None) -> tuple[Any, Principal] | None:
+    """Run the authentication class on a bare request resolved to a tenant (acme by default)."""
     request = Request(APIRequestFactory().get("/api/private", **header))
-    request.tenant = directory.by_slug(slug)
+    request.tenant = tenant or directory.by_slug("acme")
     return TenantTokenAuthentication().authenticate(request)
 
 
@@ -148,6 +149,16 @@ def test_the_principal_carries_tenant_subject_scopes_and_claims(acme, acme_token
     assert principal.scopes == frozenset({"openid", "read:messages"})
     assert principal.claims.payload["aud"] == "https://api.acme.test"
     assert (user, principal.user, principal.is_authenticated) == (principal, None, True)
+
+
+def test_the_tenant_needs_only_a_slug_a_policy_and_provision_users(acme, acme_tokens):
+    tenant = SimpleNamespace(
+        slug="acme", policy=directory.by_slug("acme").policy, provision_users=False
+    )
+
+    user, principal = authenticate(bearer(acme_tokens.token()), tenant)
+
+    assert (principal.tenant, principal.subject, user) == ("acme", "auth0|user-1", principal)
 
 
 def test_no_header_authenticates_nobody(acme):

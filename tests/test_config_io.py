@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from tenants.config_io import TenantImportError, export_tenants, import_tenants
+from tenants import config_io
+from tenants.config_io import ImportSummary, TenantImportError, export_tenants, import_tenants
 from tenants.models import Tenant
+from tests.fixtures import TokenFactory, bearer
 
 pytestmark = pytest.mark.django_db
 
@@ -125,7 +127,7 @@ def test_readme_example_imports(settings, run_import, insecure):
     output = run_import(README_DOCUMENT)
 
     tenant = Tenant.objects.get(slug="acme")
-    assert "Imported 1 tenant(s): acme" in output
+    assert "Imported 1 tenant(s): 1 created, 0 updated; 1 key set(s) to refresh." in output
     assert (tenant.name, tenant.domain, tenant.active) == ("Acme", "acme.eu.auth0.com", True)
     assert [h.hostname for h in tenant.hosts.all()] == ["acme.localhost"]
     assert [a.audience for a in tenant.audiences.all()] == ["https://api.acme.test"]
@@ -211,8 +213,40 @@ def test_import_reads_stdin_when_the_file_is_a_dash(monkeypatch):
     assert Tenant.objects.filter(slug="acme").exists()
 
 
-def test_import_returns_the_slugs_in_file_order():
-    assert import_tenants(FULL_DOCUMENT) == ["globex", "initech"]
+def test_import_counts_created_and_updated_tenants_and_distinct_active_key_sets():
+    # globex is inactive: only initech's key set is to refresh
+    assert import_tenants(FULL_DOCUMENT) == ImportSummary(created=2, updated=0, key_sets=1)
+    same_issuer = item(slug="initech", hosts=[], audiences=["https://api.initech.test"])
+
+    summary = import_tenants({"tenants": [item(), same_issuer]})
+
+    assert summary == ImportSummary(created=1, updated=1, key_sets=1)
+
+
+def test_command_reports_progress_on_stderr(write_file, monkeypatch):
+    monkeypatch.setattr(config_io, "PROGRESS_EVERY", 1)
+    out, err = io.StringIO(), io.StringIO()
+
+    call_command("tenants", "import", write_file(FULL_DOCUMENT), stdout=out, stderr=err)
+
+    assert err.getvalue().splitlines() == ["  1/2 tenants checked", "  2/2 tenants checked"]
+    assert "Imported 2 tenant(s): 2 created, 0 updated; 1 key set(s) to refresh." in out.getvalue()
+
+
+def test_an_import_with_eager_tasks_fetches_nothing_until_the_first_request(
+    client, issuer, django_capture_on_commit_callbacks
+):
+    issuer_url = issuer.url_for("lazy-import")
+    fields = {"domain": None, "issuer": issuer_url, "hosts": []}
+    with django_capture_on_commit_callbacks(execute=True):
+        import_tenants({"tenants": [item(**fields), item(slug="globex", **fields)]})
+    fetched_on_import = issuer.hits("/lazy-import/.well-known/jwks.json")
+    token = TokenFactory(issuer, "lazy-import", "https://api.acme.test").token()
+
+    response = client.get("/t/acme/api/private", **bearer(token))
+
+    assert (fetched_on_import, response.status_code) == (0, 200)
+    assert issuer.hits("/lazy-import/.well-known/jwks.json") == 1
 
 
 def test_upsert_by_slug_updates_the_tenant_and_replaces_its_rows():

@@ -180,3 +180,25 @@ def test_the_commands_the_demo_prints_work_in_a_new_shell(demo):
     assert scoped.status_code == 200, scoped.text
     assert exported.returncode == 0, exported.stderr
     assert [tenant["slug"] for tenant in json.loads(exported.stdout)["tenants"]] == ["demo"]
+
+
+def test_an_import_from_a_new_shell_reaches_the_running_demo_within_2_s(demo):
+    exported = json.loads(demo.manage("tenants", "export").stdout)
+    tenant = exported["tenants"][0]
+    assert requests.get(demo.url("/t/demo/api/public"), timeout=5).status_code == 200
+
+    imported = demo.manage(
+        "tenants", "import", "-", stdin=json.dumps({"tenants": [{**tenant, "active": False}]})
+    )
+    assert imported.returncode == 0, imported.stderr
+    changed_at = time.monotonic()
+    while requests.get(demo.url("/t/demo/api/public"), timeout=5).status_code == 200:
+        assert time.monotonic() - changed_at < 2.0, "the server still serves the inactive tenant"
+        time.sleep(0.05)
+    seconds = time.monotonic() - changed_at
+
+    answer = requests.get(demo.url("/t/demo/api/public"), timeout=5)
+    assert (answer.status_code, answer.json()["code"]) == (404, "tenant_not_found")
+    restored = demo.manage("tenants", "import", "-", stdin=json.dumps({"tenants": [tenant]}))
+    assert restored.returncode == 0, restored.stderr
+    assert seconds < 2.0

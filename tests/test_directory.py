@@ -1,14 +1,15 @@
-"""The per-process tenant directory (tenants/directory.py) and its shared version stamp."""
+"""The per-process tenant directory (tenants/directory.py) and the change feed that evicts it."""
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.db.models import Max
 
-from tenants.directory import TenantDirectory, directory
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantHost
+from tenants import directory as directory_module
+from tenants.directory import FEED_BATCH, ChangeFeed, TenantDirectory, directory, jwks_urls
+from tenants.models import ScopeRule, Tenant, TenantAudience, TenantChange, TenantHost
 
 RECHECK = 0.2
 UNREACHABLE_REDIS = {
@@ -47,7 +48,7 @@ def seen_host(lookup: TenantDirectory) -> bool:
 
 
 def seen_audience(lookup: TenantDirectory) -> bool:
-    return "https://v2.api.acme.test" in lookup.by_slug("acme").audiences
+    return "https://v2.api.acme.test" in lookup.by_slug("acme").policy.audiences
 
 
 def seen_rule(lookup: TenantDirectory) -> bool:
@@ -77,14 +78,14 @@ CHANGES = pytest.mark.parametrize(
 
 @pytest.fixture
 def fast_recheck(settings: Any) -> None:
-    """Recheck the shared version stamp every RECHECK seconds."""
+    """Read the change feed every RECHECK seconds."""
     settings.AUTHZ = {**settings.AUTHZ, "CONFIG_RECHECK_INTERVAL": RECHECK}
 
 
 def test_lookup_by_slug_and_host(acme):
     config = directory.by_slug("acme")
 
-    assert (config.slug, config.hosts, config.audiences) == (
+    assert (config.slug, config.hosts, config.policy.audiences) == (
         "acme",
         ("acme.localhost",),
         ("https://api.acme.test",),
@@ -100,12 +101,20 @@ def test_unknown_slug_and_host_are_none(acme):
     assert (directory.by_slug("globex"), directory.by_host("globex.localhost")) == (None, None)
 
 
-def test_active_slugs_leave_out_inactive_tenants(make_tenant):
-    for slug in ("globex", "acme"):
-        make_tenant(slug)
+def test_jwks_urls_are_distinct_and_leave_out_inactive_tenants(make_tenant, issuer):
+    make_tenant("globex")
+    make_tenant("acme", issuer_name="globex")
     make_tenant("initech", active=False)
 
-    assert directory.active_slugs() == ["acme", "globex"]
+    assert jwks_urls() == {f"{issuer.url_for('globex')}.well-known/jwks.json"}
+    assert len(jwks_urls(active_only=False)) == 2
+
+
+def test_tenants_with_equal_settings_share_one_policy(make_tenant):
+    make_tenant("acme", issuer_name="shared", audiences=["https://api.shared.test"])
+    make_tenant("globex", issuer_name="shared", audiences=["https://api.shared.test"])
+
+    assert directory.by_slug("acme").policy is directory.by_slug("globex").policy
 
 
 def test_config_carries_the_tenant_settings(make_tenant):
@@ -113,7 +122,7 @@ def test_config_carries_the_tenant_settings(make_tenant):
 
     config = directory.by_slug("acme")
 
-    assert (config.algorithms, config.leeway, config.scope_claims) == (
+    assert (config.policy.algorithms, config.policy.leeway, config.policy.scope_claims) == (
         ("ES256", "RS256"),
         5,
         "both",
@@ -135,18 +144,33 @@ def test_a_warm_lookup_makes_no_query(acme, django_assert_num_queries):
     with django_assert_num_queries(0):
         directory.by_slug("acme")
         directory.by_host("acme.localhost")
-        directory.active_slugs()
 
 
-def test_a_cold_load_reads_every_tenant_in_a_fixed_number_of_queries(
-    make_tenant, django_assert_max_num_queries
+def test_a_cold_tenant_is_one_query_and_an_unknown_one_is_remembered(
+    make_tenant, django_assert_num_queries
 ):
+    make_tenant("acme")
+    make_tenant("globex")
+    directory.by_slug("nobody")  # the first lookup also places this process in the feed
+
+    with django_assert_num_queries(1):
+        assert directory.by_slug("acme").slug == "acme"
+    with django_assert_num_queries(1):
+        assert directory.by_host("globex.localhost").slug == "globex"
+    with django_assert_num_queries(0):
+        assert directory.by_slug("nobody") is None
+
+
+def test_the_directory_holds_at_most_its_size(settings, make_tenant, django_assert_num_queries):
+    settings.AUTHZ = {**settings.AUTHZ, "DIRECTORY_SIZE": 2}
     for slug in ("acme", "globex", "initech"):
         make_tenant(slug)
-    directory.clear()
+    for slug in ("acme", "globex", "initech"):
+        directory.by_slug(slug)
 
-    with django_assert_max_num_queries(5):
-        assert directory.active_slugs() == ["acme", "globex", "initech"]
+    assert directory.held() == 2
+    with django_assert_num_queries(1):  # the least recently used went first
+        assert directory.by_slug("acme").slug == "acme"
 
 
 @CHANGES
@@ -165,24 +189,57 @@ def test_a_committed_change_reaches_another_process_after_the_interval(
     assert seen(other_process)
 
 
-def test_when_the_cache_is_down_the_loaded_snapshot_is_kept(
-    settings, acme, caplog, django_assert_num_queries
-):
+@pytest.mark.django_db(transaction=True)
+def test_a_change_travels_without_the_shared_store(settings, fast_recheck, make_tenant):
+    acme = make_tenant("acme")
     other_process = TenantDirectory()
-    loaded = other_process.by_slug("acme")
-    settings.CACHES = UNREACHABLE_REDIS
-    settings.AUTHZ = {**settings.AUTHZ, "CONFIG_RECHECK_INTERVAL": 0}
+    assert other_process.by_slug("acme") is not None
+    settings.CACHES = UNREACHABLE_REDIS  # a Redis outage, a flush or a lost write: no matter
 
-    with (
-        caplog.at_level(logging.WARNING, logger="tenants.directory"),
-        django_assert_num_queries(0),
-    ):
-        assert other_process.by_slug("acme") is loaded
+    deactivate(acme)
+    time.sleep(RECHECK * 1.5)
 
-    assert "Cannot read the tenant config version" in caplog.text
+    assert other_process.by_slug("acme") is None
 
 
 def test_when_the_cache_is_down_a_cold_directory_still_loads(settings, acme):
     settings.CACHES = UNREACHABLE_REDIS
 
     assert TenantDirectory().by_host("acme.localhost").slug == "acme"
+
+
+def test_a_late_committed_change_is_still_applied(acme):
+    feed = ChangeFeed()
+    assert feed.read() is None  # the first read places the process at the end of the feed
+    last = TenantChange.objects.aggregate(last=Max("id"))["last"] or 0
+
+    TenantChange.objects.create(id=last + 2, tenant_id=acme.pk)
+    assert feed.read() == {acme.pk}
+    TenantChange.objects.create(id=last + 1, tenant_id=acme.pk + 1)  # allocated first, seen later
+
+    assert feed.read() == {acme.pk + 1}
+    assert feed.read() == set()
+
+
+def test_a_burst_of_changes_forgets_every_tenant(acme):
+    feed = ChangeFeed()
+    feed.read()
+    TenantChange.objects.bulk_create(TenantChange(tenant_id=acme.pk) for _ in range(FEED_BATCH))
+
+    assert feed.read() is None
+    assert feed.read() == set()
+
+
+def test_a_load_that_races_a_change_is_not_kept(acme, monkeypatch):
+    racing = TenantDirectory()
+    real_load = directory_module.load_tenant
+
+    def load_during_a_change(kind: str, value: str) -> Any:
+        found = real_load(kind, value)
+        racing.evict({acme.pk})  # the feed applied a change while the query ran
+        return found
+
+    monkeypatch.setattr(directory_module, "load_tenant", load_during_a_change)
+    assert racing.by_slug("acme").slug == "acme"
+
+    assert racing.held() == 0

@@ -20,11 +20,6 @@ from authz.fetch import NestingTooDeep, Refused, Unreachable, fetch, is_public_a
 BODY = b'{"keys": []}'
 
 
-@pytest.fixture(autouse=True)
-def clean_state() -> None:
-    """Replaces the suite's cache reset: nothing here touches a cache or the database."""
-
-
 Respond = Callable[[socket.socket, bytes, threading.Event], None]
 
 

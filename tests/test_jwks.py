@@ -8,7 +8,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from authz.jwks import InvalidKeySet, IssuerUnreachable, fetch_jwks, parse_jwks, read_record
+from authz.jwks import (
+    NO_USABLE_KEY,
+    InvalidKeySet,
+    IssuerUnreachable,
+    fetch_jwks,
+    key_set_health,
+    parse_jwks,
+    read_record,
+    refresh_key_set,
+)
 from tests.fixtures import bearer
 
 
@@ -55,15 +64,42 @@ def canned():
         (b"<html>hello</html>", "not JSON"),
         (b"[]", '"keys" list'),
         (b'{"keys": {}}', '"keys" list'),
-        (b'{"keys": []}', "no usable"),
-        (b'{"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}', "no usable"),
-        (b'{"keys": [{"kty": "RSA", "kid": "x", "n": "AQAB"}]}', "no usable"),
         (b"\xff\xfe", "not JSON"),
+        (b"[" * 100 + b"]" * 100, "nested too deeply"),
     ],
 )
 def test_junk_key_sets_are_refused(canned, body, reason):
     with pytest.raises(InvalidKeySet, match=reason):
         fetch_jwks(canned.answer(200, body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"keys": []}',
+        b'{"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}',
+        b'{"keys": [{"kty": "RSA", "kid": "x", "n": "AQAB"}]}',
+    ],
+    ids=["no-keys", "symmetric-only", "broken-rsa"],
+)
+def test_a_well_formed_set_without_usable_keys_is_an_empty_answer(canned, body):
+    assert fetch_jwks(canned.answer(200, body)) == ()
+
+
+def test_an_empty_set_withdraws_the_keys_but_junk_keeps_them(canned, issuer):
+    url = canned.answer(200, json.dumps(issuer.store.jwks("acme")).encode())
+    assert key_set_health(refresh_key_set(url)).status == "ok"
+
+    canned.answer(200, b"<html>login</html>")
+    with pytest.raises(InvalidKeySet):
+        refresh_key_set(url)
+    kept = read_record(url)
+    canned.answer(200, b'{"keys": []}')
+    emptied = refresh_key_set(url)
+
+    assert kept.keys and key_set_health(kept).status == "degraded"
+    assert (emptied.keys, emptied.last_error) == ((), NO_USABLE_KEY)
+    assert key_set_health(read_record(url)).status == "empty"
 
 
 def test_oversized_key_set_is_refused(canned):
@@ -81,14 +117,14 @@ def test_server_error_is_transient_and_client_error_is_not(canned):
 def test_redirect_to_another_host_is_refused(canned):
     url = canned.answer(302, b"", Location="http://evil.localhost:9/jwks.json")
 
-    with pytest.raises(InvalidKeySet, match="another host"):
+    with pytest.raises(InvalidKeySet, match="redirected to another origin"):
         fetch_jwks(url)
 
 
 def test_same_host_redirects_are_followed_but_bounded(canned):
     url = canned.answer(301, b"", Location="/.well-known/jwks.json")
 
-    with pytest.raises(InvalidKeySet, match="too many times"):
+    with pytest.raises(InvalidKeySet, match="redirected more than 3 times"):
         fetch_jwks(url)
 
 
@@ -112,10 +148,10 @@ def silent_port():
 
 
 def test_slow_issuer_times_out_as_unreachable(silent_port, settings):
-    settings.AUTHZ = {**settings.AUTHZ, "JWKS_READ_TIMEOUT": 0.3}
+    settings.AUTHZ = {**settings.AUTHZ, "JWKS_FETCH_DEADLINE": 0.3}
     started = time.monotonic()
 
-    with pytest.raises(IssuerUnreachable):
+    with pytest.raises(IssuerUnreachable, match=r"did not answer within 0\.3 s"):
         fetch_jwks(f"http://127.0.0.1:{silent_port}/.well-known/jwks.json")
 
     assert time.monotonic() - started < 2
@@ -124,28 +160,31 @@ def test_slow_issuer_times_out_as_unreachable(silent_port, settings):
 def test_slow_issuer_gives_503_within_the_timeout(
     client, make_tenant, tokens, silent_port, settings
 ):
-    settings.AUTHZ = {**settings.AUTHZ, "JWKS_READ_TIMEOUT": 0.3}
-    make_tenant("slow", jwks_url=f"http://127.0.0.1:{silent_port}/jwks.json")
+    settings.AUTHZ = {**settings.AUTHZ, "JWKS_FETCH_DEADLINE": 0.3}
+    url = f"http://127.0.0.1:{silent_port}/jwks.json"
+    make_tenant("slow", jwks_url=url)
+    started = time.monotonic()
 
     response = client.get("/t/slow/api/private", **bearer(tokens("slow").token()))
 
-    assert response.status_code == 503
-    assert read_record("slow").last_error == "The issuer could not be reached: ReadTimeout."
+    assert response.status_code == 503 and time.monotonic() - started < 2
+    assert read_record(url).last_error == "The issuer 127.0.0.1 did not answer within 0.3 s."
 
 
 def test_junk_issuer_gives_503_and_records_the_error(client, make_tenant, tokens, canned):
-    make_tenant("junk", jwks_url=canned.answer(200, b"<html>login</html>"))
+    url = canned.answer(200, b"<html>login</html>")
+    make_tenant("junk", jwks_url=url)
 
     response = client.get("/t/junk/api/private", **bearer(tokens("junk").token()))
 
     assert response.status_code == 503
-    assert read_record("junk").last_error == "The key set is not JSON."
+    assert read_record(url).last_error == "The key set is not JSON (or is nested too deeply)."
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "10.0.0.8", "169.254.169.254"])
 def test_outside_development_internal_destinations_are_never_fetched(canned, settings, host):
     settings.AUTHZ = {**settings.AUTHZ, "ALLOW_INSECURE_ISSUERS": False}
-    url = canned.answer(200, b"{}").replace("127.0.0.1", host)
+    url = canned.answer(200, b"{}").replace("http://127.0.0.1", f"https://{host}")
 
     with pytest.raises(InvalidKeySet, match="non-public address"):
         fetch_jwks(url)

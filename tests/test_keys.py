@@ -12,7 +12,8 @@ from authz.devissuer import start_in_thread
 from authz.jwks import read_record
 from authz.keys import key_cache
 from authz.tasks import refresh_key_set
-from tests.fixtures import bearer
+from tenants.directory import jwks_urls
+from tests.fixtures import bearer, jwks_url_of
 
 PRIVATE = "/t/{slug}/api/private"
 
@@ -38,7 +39,7 @@ def test_warm_request_makes_no_query_and_no_fetch(
 
 def test_rotated_key_is_accepted_on_its_first_request(client, make_tenant, tokens, issuer):
     make_tenant("rotor")
-    refresh_key_set.delay("rotor")  # what beat does in the background
+    refresh_key_set.delay(jwks_url_of("rotor"))  # what beat does in the background
     factory = tokens("rotor")
     assert get_private(client, "rotor", factory.token()).status_code == 200
 
@@ -46,11 +47,11 @@ def test_rotated_key_is_accepted_on_its_first_request(client, make_tenant, token
     response = get_private(client, "rotor", factory.token())
 
     assert response.status_code == 200
-    assert new_kid in {key["kid"] for key in read_record("rotor").keys}
+    assert new_kid in {key["kid"] for key in read_record(jwks_url_of("rotor")).keys}
 
 
 def test_flood_of_unknown_kids_fetches_once_per_cooldown(client, acme, acme_tokens, issuer):
-    refresh_key_set.delay("acme")
+    refresh_key_set.delay(jwks_url_of("acme"))
     before = issuer.hits("/acme/.well-known/jwks.json")
 
     statuses = {
@@ -67,7 +68,7 @@ def test_flood_of_unknown_kids_fetches_once_per_cooldown(client, acme, acme_toke
 def test_cooldown_of_one_tenant_does_not_starve_another(client, make_tenant, tokens, issuer):
     make_tenant("flooded")
     make_tenant("calm")
-    refresh_key_set.delay("flooded")
+    refresh_key_set.delay(jwks_url_of("flooded"))
     for _ in range(5):
         get_private(client, "flooded", tokens("flooded").token(headers={"kid": "made-up"}))
 
@@ -91,12 +92,12 @@ def test_issuer_down_with_keys_cached_keeps_serving(client, make_tenant, tokens,
     assert get_private(client, "downcached", factory.token()).status_code == 200
 
     own_issuer.stop()
-    refresh_key_set.delay("downcached")  # fails: the last good keys must stay
+    refresh_key_set.delay(jwks_url_of("downcached"))  # fails: the last good keys must stay
     key_cache.clear()  # as in another web process: keys come from the shared record
     response = get_private(client, "downcached", factory.token())
 
     assert response.status_code == 200
-    record = read_record("downcached")
+    record = read_record(jwks_url_of("downcached"))
     assert record.keys and "could not be reached" in record.last_error
 
 
@@ -138,7 +139,7 @@ def test_key_removed_from_the_set_stops_verifying(client, make_tenant, tokens, i
 
     issuer.store.rotate("retire")
     issuer.store.rotate("retire")  # the first key is now unpublished
-    refresh_key_set.delay("retire")
+    refresh_key_set.delay(jwks_url_of("retire"))
     response = get_private(client, "retire", old_token)
 
     assert (response.status_code, response.json()["code"]) == (401, "unknown_key")
@@ -161,7 +162,8 @@ def test_warm_request_among_10000_tenants_makes_no_query_and_no_fetch(
         TenantHost(tenant=tenant, hostname=f"{tenant.slug}.localhost") for tenant in others
     )
     directory.clear()  # bulk_create sends no signals
-    assert len(directory.active_slugs()) == 10_000
+    assert Tenant.objects.filter(active=True).count() == 10_000
+    assert jwks_urls() == {jwks_url_of("acme")}  # one key set for all of them
     assert get_private(client, "acme", acme_tokens.token()).status_code == 200
     fetches = issuer.hits("/acme/.well-known/jwks.json")
 
@@ -186,17 +188,59 @@ def redis_get_calls() -> int:
 def test_warm_requests_read_no_key_set_while_none_changes(client, make_tenant, tokens, settings):
     settings.AUTHZ = {**settings.AUTHZ, "CONFIG_RECHECK_INTERVAL": 1.0}
     slugs = [f"spread{index}" for index in range(30)]
-    factories = {slug: tokens("acme", f"https://api.{slug}.test") for slug in slugs}
+    issuers = {slug: f"spread-issuer{index % 10}" for index, slug in enumerate(slugs)}
+    factories = {slug: tokens(issuers[slug], f"https://api.{slug}.test") for slug in slugs}
     for slug in slugs:
-        make_tenant(slug, issuer_name="acme")
-        refresh_key_set.delay(slug)  # what the worker does once the tenant is saved
+        make_tenant(slug, issuer_name=issuers[slug])
+    for url in jwks_urls():
+        refresh_key_set.delay(url)  # what the worker does once the tenants are saved
     for slug in slugs:
         assert get_private(client, slug, factories[slug].token()).status_code == 200
-    time.sleep(1.1)  # every tenant's entry is past its recheck interval
+    time.sleep(1.1)  # every key set's entry is past its recheck interval
     before = redis_get_calls()
 
     statuses = {get_private(client, slug, factories[slug].token()).status_code for slug in slugs}
 
     assert statuses == {200}
-    # One read of the key set stamp and one of the tenant config version, not one per tenant.
+    # One read of the key set stamp, not one per key set or per tenant.
     assert redis_get_calls() - before <= 4
+
+
+def test_tenants_sharing_a_jwks_url_share_one_fetch(client, make_tenant, tokens, issuer):
+    make_tenant("sharer-a", issuer_name="shared-keys")
+    make_tenant("sharer-b", issuer_name="shared-keys")
+    url = jwks_url_of("sharer-a")
+    before = issuer.hits("/shared-keys/.well-known/jwks.json")
+
+    first = get_private(
+        client, "sharer-a", tokens("shared-keys", "https://api.sharer-a.test").token()
+    )
+    key_cache.clear()  # as in another web process: it starts from the shared record
+    second = get_private(
+        client, "sharer-b", tokens("shared-keys", "https://api.sharer-b.test").token()
+    )
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert jwks_url_of("sharer-b") == url
+    assert issuer.hits("/shared-keys/.well-known/jwks.json") - before == 1
+
+
+def test_unknown_kid_cooldown_is_shared_by_tenants_of_one_url(client, make_tenant, tokens, issuer):
+    make_tenant("cool-a", issuer_name="cool-keys")
+    make_tenant("cool-b", issuer_name="cool-keys")
+    refresh_key_set.delay(jwks_url_of("cool-a"))
+    before = issuer.hits("/cool-keys/.well-known/jwks.json")
+
+    codes = {
+        get_private(
+            client,
+            slug,
+            tokens("cool-keys", f"https://api.{slug}.test").token(
+                headers={"kid": uuid.uuid4().hex}
+            ),
+        ).json()["code"]
+        for slug in ("cool-a", "cool-b") * 5
+    }
+
+    assert codes == {"unknown_key"}
+    assert issuer.hits("/cool-keys/.well-known/jwks.json") - before == 1

@@ -196,6 +196,7 @@ def test_wait_for_database_gives_up_after_its_timeout_and_says_why():
         "PATH": os.environ["PATH"],
         "SECRET_KEY": "test-only",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:{closed_port()}/nothing",
+        "ENV_FILE": "",
     }
     started = time.monotonic()
 

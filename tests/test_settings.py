@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.cache import caches
-from django.core.cache.backends.db import DatabaseCache
-from django.db import connection
 
 from tests.test_stack import filled_in_dotenv, service_environment
 
@@ -202,13 +199,6 @@ def test_concurrent_writers_on_sqlite_wait_instead_of_failing(tmp_path):
     assert [code for _, _, code in results] == [0, 0, 0], [error for _, error, _ in results]
     # SQLite's busy wait is not fair: a writer may get few turns, but it waits and then writes.
     assert all(int(written) >= 1 for written, _, _ in results), results
-
-
-def test_the_test_database_has_the_cache_table_on_the_embedded_default():
-    if not isinstance(caches["default"], DatabaseCache):
-        pytest.skip("REDIS_URL is set: the shared store is Redis")
-
-    assert "authz_cache" in connection.introspection.table_names()
 
 
 def test_a_dotenv_file_is_read_and_real_environment_variables_win(tmp_path):

@@ -200,6 +200,7 @@ class NativeStack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.processes: dict[str, subprocess.Popen] = {}
+        self.issuer = ""  # the development issuer's base URL, once started
 
     def start(self, name: str, script: str, env: Mapping[str, str]) -> subprocess.Popen:
         """Run a start script from the repository root, as the image's WORKDIR."""
@@ -338,6 +339,7 @@ def native_environment(service: str, dotenv: Mapping[str, str], **native: str) -
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
         "HOSTNAME": socket.gethostname(),
+        "ENV_FILE": "",  # compose passes no .env into the container: a developer's must not leak
     }
     return {**base, **service_environment(service, dotenv), **native}
 
@@ -402,7 +404,8 @@ def health_passes(service: str, env: Mapping[str, str]) -> bool:
 
 def refreshed(native: NativeStack, role: str, tenant: str, keys: int) -> bool:
     """Whether a role logged a successful refresh of a tenant's key set with this many keys."""
-    return bool(native.events(role, event="jwks_refresh", tenant=tenant, outcome="ok", keys=keys))
+    url = f"{native.issuer}/{tenant}/.well-known/jwks.json"
+    return bool(native.events(role, event="jwks_refresh", jwks_url=url, outcome="ok", keys=keys))
 
 
 @pytest.mark.stack
@@ -411,7 +414,7 @@ def test_the_stack_runs_as_compose_runs_it(stack):
     native: NativeStack = stack["native"]
     tmp: Path = stack["tmp"]
     issuer_port, web_ports = free_port(), (free_port(), free_port())
-    issuer = f"http://127.0.0.1:{issuer_port}"
+    issuer = native.issuer = f"http://127.0.0.1:{issuer_port}"
     recheck = 1.0
     # The operator's .env, plus what this test shortens or allows: a 2 s refresh interval and
     # an http issuer on loopback.
@@ -642,7 +645,7 @@ def _check_request_logs(native: NativeStack, acme: str) -> None:
     assert unknown[0]["tenant"] is None
     assert native.events("web", event="http_access", path="/healthz")
     refresh = native.events("worker", event="jwks_refresh")[0]
-    assert {"tenant", "outcome", "keys", "duration_ms"} <= set(refresh)
+    assert {"jwks_url", "outcome", "keys", "duration_ms"} <= set(refresh)
 
 
 def secrets_never_logged(native: NativeStack, tokens: list[str]) -> bool:

@@ -5,10 +5,12 @@ import time
 import pytest
 
 from authz import authentication
+from authz.policy import IssuerPolicy, shared_policy
 from authz.tasks import refresh_key_set
 from authz.token_cache import verified_tokens
 from tenants.config_io import import_tenants
-from tests.fixtures import bearer
+from tenants.directory import directory
+from tests.fixtures import bearer, jwks_url_of
 
 PRIVATE = "/t/acme/api/private"
 
@@ -57,7 +59,7 @@ def test_a_cached_token_is_refused_once_its_key_leaves_the_set(
 
     issuer.store.rotate("acme")
     issuer.store.rotate("acme")
-    refresh_key_set.delay("acme")
+    refresh_key_set.delay(jwks_url_of("acme"))
     response = client.get(PRIVATE, **bearer(token))
 
     assert (response.status_code, response.json()["code"]) == (401, "unknown_key")
@@ -102,3 +104,15 @@ def test_the_cache_is_bounded(client, acme, acme_tokens, settings):
         client.get(PRIVATE, **bearer(acme_tokens.token(sub=f"user-{index}")))
 
     assert len(verified_tokens._entries) == 3
+
+
+def test_an_entry_counts_only_under_the_very_policy_it_was_verified_against(
+    client, acme, acme_tokens
+):
+    token = acme_tokens.token()
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+    policy = directory.by_slug("acme").policy
+
+    assert shared_policy(*policy.identity()) is policy  # identical values, one shared object
+    assert verified_tokens.get(token, policy) is not None
+    assert verified_tokens.get(token, IssuerPolicy(*policy.identity())) is None

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from authz.policy import IssuerPolicy
 from authz.tokens import SigningKey, TokenError, UnknownKey, granted_scopes, verify_token
-from tenants.directory import TenantConfig
 
 ISSUER = "https://acme.example.test/"
 AUDIENCE = "https://api.acme.test"
@@ -46,17 +46,13 @@ PUBLISHED = {
     "ec-1": SigningKey("ec-1", "EC", None, EC_KEY.public_key()),
     "ec-384": SigningKey("ec-384", "EC", None, EC_384_KEY.public_key()),
 }
-TENANT = TenantConfig(
-    slug="acme",
-    name="Acme",
+TENANT = IssuerPolicy(
     issuer=ISSUER,
     jwks_url=f"{ISSUER}.well-known/jwks.json",
     audiences=(AUDIENCE, "https://admin.acme.test"),
-    hosts=(),
     algorithms=("RS256", "PS256", "ES256"),
     leeway=LEEWAY,
     scope_claims="both",
-    provision_users=False,
 )
 ABSENT = object()
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from authz.devissuer import public_jwk
+from authz.policy import IssuerPolicy
 from authz.tokens import (
     DisallowedAlgorithm,
     InvalidAudience,
@@ -32,7 +33,6 @@ from authz.tokens import (
     granted_scopes,
     verify_token,
 )
-from tenants.directory import TenantConfig
 from tests.fixtures import bearer
 
 PRIVATE = "/t/acme/api/private"
@@ -499,22 +499,18 @@ def test_a_tenant_scope_rule_leaves_other_endpoints_alone(client, special, acme_
 # --- verify_token and granted_scopes, directly -------------------------------------------------
 
 
-def config(issuer: Any, **changes: Any) -> TenantConfig:
+def config(issuer: Any, **changes: Any) -> IssuerPolicy:
     """Acme's configuration, built without the database."""
     fields = {
-        "slug": "acme",
-        "name": "Acme",
         "issuer": issuer.url_for("acme"),
         "jwks_url": f"{issuer.url_for('acme')}.well-known/jwks.json",
         "audiences": ("https://api.acme.test",),
-        "hosts": ("acme.localhost",),
         "algorithms": ("RS256",),
         "leeway": 60,
         "scope_claims": "scope",
-        "provision_users": False,
         **changes,
     }
-    return TenantConfig(**fields)
+    return IssuerPolicy(**fields)
 
 
 class KeyLookup:

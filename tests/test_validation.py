@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
+from authz.policy import IssuerPolicy
 from tenants.directory import TenantConfig
 from tenants.forms import HostForm, TenantForm
 from tenants.models import ScopeRule, Tenant
@@ -297,16 +298,20 @@ def test_scope_rule_clean_refuses_unknown_endpoints(endpoint):
 
 def tenant_config(rules: dict[str, tuple[str, ...]]) -> TenantConfig:
     """A TenantConfig with the given scope rules."""
-    return TenantConfig(
-        slug="acme",
-        name="Acme",
+    policy = IssuerPolicy(
         issuer="https://acme.eu.auth0.com/",
         jwks_url="https://acme.eu.auth0.com/.well-known/jwks.json",
         audiences=("https://api.acme.test",),
-        hosts=("acme.localhost",),
         algorithms=("RS256",),
         leeway=60,
         scope_claims="scope",
+    )
+    return TenantConfig(
+        id=1,
+        slug="acme",
+        name="Acme",
+        policy=policy,
+        hosts=("acme.localhost",),
         provision_users=False,
         scope_rules=MappingProxyType(rules),
     )

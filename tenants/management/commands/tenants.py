@@ -32,11 +32,17 @@ class Command(BaseCommand):
         except json.JSONDecodeError as exc:
             raise CommandError(f"{options['file'].name} is not valid JSON: {exc}") from exc
         try:
-            slugs = import_tenants(document)
+            summary = import_tenants(document, progress=self._progress)
         except TenantImportError as exc:
             for error in exc.errors:
                 self.stderr.write(f"  {error}")
             raise CommandError("Nothing was imported: fix the problems above.") from exc
         self.stdout.write(
-            self.style.SUCCESS(f"Imported {len(slugs)} tenant(s): {', '.join(slugs)}")
+            self.style.SUCCESS(
+                f"Imported {summary.created + summary.updated} tenant(s): {summary.created} "
+                f"created, {summary.updated} updated; {summary.key_sets} key set(s) to refresh."
+            )
         )
+
+    def _progress(self, done: int, total: int) -> None:
+        self.stderr.write(f"  {done}/{total} tenants checked")

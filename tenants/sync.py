@@ -1,0 +1,85 @@
+"""Each web process's background thread: applies tenant changes and keeps key sets fresh.
+
+Every CONFIG_RECHECK_INTERVAL it reads the tenant change feed (one query) and the shared key
+set stamp (one store read), so no request ever waits on either; and it refreshes the key sets
+that this process uses once they are older than JWKS_REFRESH_INTERVAL, one process per URL,
+so a deployment without a worker (the embedded default) keeps its keys fresh too. Where a
+worker is expected (a broker is configured), it steps in only after twice the interval. A process
+without the thread (tests, management commands) does the same checks inline instead.
+"""
+
+import logging
+import os
+import threading
+import time
+
+from celery import current_app
+from django.db import close_old_connections
+
+from authz.conf import authz_settings
+from authz.keys import key_cache
+from tenants.directory import PRUNE_EVERY, directory, prune_feed
+
+logger = logging.getLogger(__name__)
+
+
+def sync_once() -> None:
+    """One round: apply tenant changes, follow key set changes, refresh what is due."""
+    try:
+        directory.sync()
+        key_cache.sync()
+        key_cache.refresh_due(worker_expected=not current_app.conf.task_always_eager)
+        _prune_now_and_then()
+    except Exception:
+        logger.exception("Background sync failed; the next round tries again.")
+    finally:
+        close_old_connections()
+
+
+_pruned_at = float("-inf")
+
+
+def _prune_now_and_then() -> None:
+    global _pruned_at
+    if time.monotonic() - _pruned_at >= PRUNE_EVERY:
+        _pruned_at = time.monotonic()
+        prune_feed()
+
+
+class BackgroundSync:
+    """Starts the thread once per process, and again in each forked child."""
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+        self._registered = False
+
+    def enable(self) -> None:
+        """Run the thread in this process and in every process forked from it."""
+        if not authz_settings.BACKGROUND_SYNC:
+            return
+        if not self._registered:
+            os.register_at_fork(after_in_child=self._after_fork)
+            self._registered = True
+        self._start()
+
+    def _after_fork(self) -> None:
+        directory.synced_in_background = key_cache.synced_in_background = False
+        self._pid = None
+        self._start()
+
+    def _start(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        threading.Thread(target=self._run, name="authz-sync", daemon=True).start()
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        sync_once()
+        directory.synced_in_background = key_cache.synced_in_background = True
+        stop = threading.Event()
+        while self._pid == pid and not stop.wait(authz_settings.CONFIG_RECHECK_INTERVAL):
+            sync_once()
+
+
+background_sync = BackgroundSync()

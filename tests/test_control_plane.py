@@ -1,0 +1,486 @@
+"""The control plane over real processes: every gunicorn worker sees every change, in both modes.
+
+"embedded": SQLite, the database cache as shared store, no Redis, eager Celery. "redis": the test
+PostgreSQL database, Redis, eager Celery (no worker). Each mode runs one development issuer and
+one ``gunicorn -w 2``; changes come from other processes (``manage.py tenants import``, ``shell``)
+and must reach both workers within the recheck interval.
+"""
+
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import jwt
+import pytest
+import redis
+import requests
+
+from authz.devissuer import DevKeyStore
+from tests.processes import ROOT, Answer, Check, Stack, gunicorn, platform, summary
+from tests.test_e2e import manage
+
+RECHECK = 0.5
+COOLDOWN = 1.0
+FETCH_DEADLINE = 2.0
+REFRESH = 2.0
+PROPAGATION = 3.0  # recheck interval, a feed query, and margin
+SETTINGS = {
+    "ENV_FILE": "",
+    "SECRET_KEY": "control-plane-tests-only-" + "k" * 32,
+    "DEBUG": "false",
+    "ALLOWED_HOSTS": "127.0.0.1,.localhost",
+    "SECURE_COOKIES": "false",  # the admin login over plain HTTP
+    "AUTHZ_CONFIG_RECHECK_INTERVAL": str(RECHECK),
+    "AUTHZ_ALLOW_INSECURE_ISSUERS": "true",
+    "AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED": "true",
+    "AUTHZ_UNKNOWN_KID_COOLDOWN": str(COOLDOWN),
+    "AUTHZ_JWKS_FETCH_DEADLINE": str(FETCH_DEADLINE),
+}
+INHERITED_OUT = ("REDIS_URL", "DATABASE_URL", "DEFAULT_TENANT", "ENV_FILE")
+PRIVATE = "/api/private"
+REDIS_DATABASE = 11
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def inherited_env() -> dict[str, str]:
+    """The test's environment without anything that chooses a store, a database or a setting."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in INHERITED_OUT and not name.startswith(("AUTHZ_", "CELERY_"))
+    }
+
+
+def database_url() -> str:
+    """The pytest-django PostgreSQL test database, as processes reach it."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def own_database(redis_url: str) -> str:
+    """The same Redis server, another database: every test's clean_state (tests/conftest.py),
+    in this run and in any run beside it, flushes the database of REDIS_URL, and with it the
+    cooldowns and locks this module's processes share."""
+    return urlunsplit(urlsplit(redis_url)._replace(path=f"/{REDIS_DATABASE}"))
+
+
+@pytest.fixture(
+    scope="module",
+    params=["embedded", pytest.param("redis", marks=pytest.mark.django_db(transaction=True))],
+)
+def mode(request: pytest.FixtureRequest) -> str:
+    """Which shared store the platform runs on."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def stack(
+    mode: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The devissuer and ``gunicorn -w 2`` of one mode, shared by the module's tests."""
+    home = tmp_path_factory.mktemp(f"control-plane-{mode}")
+    env = {**inherited_env(), **SETTINGS, "DEVISSUER_KEY_DIR": str(home / "keys")}
+    if mode == "embedded":
+        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
+        manage(env, "migrate", "--no-input")
+    else:
+        if not os.environ.get("REDIS_URL"):
+            pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
+        request.getfixturevalue("django_db_setup")
+        env.update(
+            DATABASE_URL=database_url(),
+            REDIS_URL=own_database(os.environ["REDIS_URL"]),
+            CELERY_TASK_ALWAYS_EAGER="true",
+        )
+    with platform(env, home) as running:
+        yield running
+
+
+def answered(status: int, code: str | None = None) -> Check:
+    """Answers with this status (and error code)."""
+    return lambda a: a.status == status and (code is None or a.code == code)
+
+
+OK = answered(200)
+NOT_FOUND = answered(404, "tenant_not_found")
+
+
+def realm_of(slug: str) -> Check:
+    """A 401 challenge naming this tenant: the tenant that answered a tokenless request."""
+    return lambda a: a.status == 401 and a.realm == slug
+
+
+def assert_every(answers: list[Answer], check: Check) -> None:
+    """Every worker answered and every answer passed."""
+    assert len({a.pid for a in answers}) >= 2, summary(answers)
+    assert all(check(a) for a in answers), summary(answers)
+
+
+def audience(item: dict) -> str:
+    """The first audience of an import item."""
+    return item["audiences"][0]
+
+
+def fresh_tokens(stack: Stack, issuer_name: str, aud: str) -> Callable[[], str]:
+    """A new token (never seen by any worker) at each call."""
+    return lambda: stack.token(issuer_name, aud, sub=f"client-{uuid.uuid4().hex}@clients")
+
+
+def warm_key_set(stack: Stack, path: str, host: str, token: str) -> None:
+    """One request, so that one worker has fetched the tenant's key set before a burst.
+
+    A worker whose first request for a URL arrives while another worker is fetching that URL
+    answers 503 issuer_unavailable at once, even from a healthy issuer; the tests of tenant
+    changes warm the key set first, so that they test the change.
+    """
+    stack.web.get(path, host=host, token=token)
+
+
+# 1. Tenant changes from another process reach every worker.
+
+
+def test_added_tenant_is_served_by_every_worker(stack: Stack) -> None:
+    assert_every(stack.web.everyone("/t/newco/api/public"), NOT_FOUND)
+
+    stack.import_tenants(stack.tenant("newco"))
+
+    assert stack.web.until(OK, "/t/newco/api/public", within=PROPAGATION) < PROPAGATION
+
+
+def test_deactivated_tenant_is_gone_from_every_worker(stack: Stack) -> None:
+    item = stack.tenant("byeco")
+    stack.import_tenants(item)
+    token = stack.token("byeco", audience(item))
+    stack.web.until(OK, "/t/byeco/api/private", token=token, within=PROPAGATION)
+
+    stack.import_tenants({**item, "active": False})
+
+    stack.web.until(NOT_FOUND, "/t/byeco/api/private", token=token, within=PROPAGATION)
+    assert_every(stack.web.everyone("/t/byeco/api/public"), NOT_FOUND)
+
+
+def test_repointed_issuer_is_trusted_by_every_worker(stack: Stack) -> None:
+    item = stack.tenant("movingco", "movingco-old")
+    old = stack.token("movingco-old", audience(item))
+    new = stack.token("movingco-new", audience(item))
+    stack.import_tenants(item)
+    stack.web.until(OK, "/t/movingco/api/private", token=old, within=PROPAGATION)
+    assert_every(stack.web.everyone("/t/movingco/api/private", token=new), answered(401))
+
+    stack.import_tenants({**item, "issuer": stack.issuer_url("movingco-new")})
+
+    stack.web.until(OK, "/t/movingco/api/private", token=new, within=PROPAGATION)
+    assert_every(stack.web.everyone("/t/movingco/api/private", token=old), answered(401))
+
+
+def test_moved_host_serves_its_new_tenant_in_every_worker(stack: Stack) -> None:
+    first, second = stack.tenant("hosta", hosts=["shared.localhost"]), stack.tenant("hostb")
+    stack.import_tenants(first, second)
+    token = stack.token("hostb", audience(second))
+    stack.web.until(realm_of("hosta"), PRIVATE, host="shared.localhost", within=PROPAGATION)
+    warm_key_set(stack, PRIVATE, "shared.localhost", token)
+    warm_key_set(stack, "/t/hostb/api/private", "127.0.0.1", token)
+    assert_every(stack.web.everyone(PRIVATE, host="shared.localhost", token=token), answered(401))
+
+    stack.import_tenants({**first, "hosts": []}, {**second, "hosts": ["shared.localhost"]})
+
+    stack.web.until(realm_of("hostb"), PRIVATE, host="shared.localhost", within=PROPAGATION)
+    assert_every(stack.web.everyone(PRIVATE, host="shared.localhost", token=token), OK)
+
+
+def test_deleted_tenant_is_gone_from_every_worker(stack: Stack) -> None:
+    stack.import_tenants(stack.tenant("goneco", hosts=["goneco.localhost"]))
+    stack.web.until(OK, "/api/public", host="goneco.localhost", within=PROPAGATION)
+
+    stack.shell("from tenants.models import Tenant; Tenant.objects.get(slug='goneco').delete()")
+
+    stack.web.until(NOT_FOUND, "/api/public", host="goneco.localhost", within=PROPAGATION)
+    assert_every(stack.web.everyone("/t/goneco/api/public"), NOT_FOUND)
+
+
+# 2. Key rotation at the issuer.
+
+
+def test_rotated_key_is_accepted_by_every_worker(stack: Stack) -> None:
+    item = stack.tenant("rotor")
+    stack.import_tenants(item)
+    before = stack.token("rotor", audience(item))
+    stack.web.until(OK, "/t/rotor/api/private", token=before, within=PROPAGATION)
+    # The cooldown of the first fetch is over (the database cache keeps whole seconds).
+    time.sleep(COOLDOWN + 1.2)
+
+    fetches = stack.jwks_fetches("rotor")
+
+    rotated = stack.rotate("rotor")
+    after = fresh_tokens(stack, "rotor", audience(item))
+
+    assert jwt.get_unverified_header(after())["kid"] == rotated["kid"]
+    assert stack.web.get("/t/rotor/api/private", token=after()).status == 200
+    assert stack.jwks_fetches("rotor") > fetches  # on demand: the refresh interval is 300 s
+    stack.web.until(OK, "/t/rotor/api/private", token=after, within=PROPAGATION)
+    assert_every(stack.web.everyone("/t/rotor/api/private", token=before), OK)
+
+
+def test_key_the_issuer_stopped_publishing_stops_verifying_in_every_worker(stack: Stack) -> None:
+    item = stack.tenant("retire")
+    stack.import_tenants(item)
+    repeated = stack.token("retire", audience(item))
+    kid, key = DevKeyStore(stack.key_dir).current("retire")
+
+    def removed_key_token() -> str:
+        now = int(time.time())
+        claims = {"iss": item["issuer"], "aud": audience(item), "iat": now, "exp": now + 600}
+        claims["sub"] = f"client-{uuid.uuid4().hex}@clients"
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+    env = {**stack.env, "AUTHZ_JWKS_REFRESH_INTERVAL": str(REFRESH)}
+    with gunicorn(env, stack.home, "web-refresh") as web:
+        web.until(OK, "/t/retire/api/private", token=removed_key_token, within=PROPAGATION)
+        assert_every(web.everyone("/t/retire/api/private", token=repeated), OK)
+
+        stack.rotate("retire")
+        stack.rotate("retire")  # only the two newer keys are published now
+
+        refused = answered(401, "unknown_key")
+        bound = REFRESH + RECHECK + 2
+        web.until(refused, "/t/retire/api/private", token=removed_key_token, within=bound)
+        assert_every(web.everyone("/t/retire/api/private", token=repeated), refused)
+
+
+# 3. A hanging issuer costs one worker for at most the fetch deadline.
+
+
+class DrippingJWKS(BaseHTTPRequestHandler):
+    """Sends the headers of a large key set, then one byte every half second, forever."""
+
+    server: "DripServer"
+
+    def do_GET(self) -> None:
+        """Drip until the client gives up or the server stops."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            self.wfile.write(b'{"keys": [')
+            while not self.server.stopping.wait(0.5):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            pass  # the fetch gave up and closed the connection
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+class DripServer(ThreadingHTTPServer):
+    """A threaded server of DrippingJWKS that can be stopped mid-drip."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), DrippingJWKS)
+        self.stopping = threading.Event()
+
+
+@pytest.fixture
+def dripping_jwks_url() -> Iterator[str]:
+    """The URL of a key set that never finishes arriving."""
+    server = DripServer()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    server.stopping.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_dripping_issuer_answers_503_within_the_deadline_and_others_stay_fast(
+    stack: Stack, dripping_jwks_url: str
+) -> None:
+    steady, drip = stack.tenant("steady"), stack.tenant("drip", jwks_url=dripping_jwks_url)
+    stack.import_tenants(steady, drip)
+    steady_token = stack.token("steady", audience(steady))
+    drip_token = stack.token("drip", audience(drip))
+    stack.web.until(OK, "/t/steady/api/private", token=steady_token, within=PROPAGATION)
+    stack.web.until(OK, "/t/drip/api/public", within=PROPAGATION)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hanging = pool.submit(stack.web.get, "/t/drip/api/private", token=drip_token)
+        time.sleep(0.3)  # one worker is now reading the drip
+        meanwhile = [stack.web.get("/t/steady/api/private", token=steady_token) for _ in range(10)]
+        second = stack.web.get("/t/drip/api/private", token=drip_token)
+        still_hanging = not hanging.done()
+        first = hanging.result()
+
+    assert still_hanging
+    assert (first.status, first.code) == (503, "issuer_unavailable")
+    assert first.seconds < FETCH_DEADLINE + 2, first
+    assert all(a.status == 200 and a.seconds < 1 for a in meanwhile), meanwhile
+    # The other worker does not wait on the same URL: one hanging issuer holds one worker.
+    assert (second.status, second.code) == (503, "issuer_unavailable"), second
+    assert second.pid != first.pid and second.seconds < 1, second
+    assert_every(stack.web.everyone("/t/steady/api/private", token=steady_token), OK)
+
+
+# 4. Slugs and hosts that look like the platform's own keys.
+
+HOSTILE_SLUGS = ("generation", "internal", "jwks-stamp", "tenants-config-version")
+ADMIN_LINK = re.compile(r'href="/admin/tenants/tenant/(\d+)/change/[^"]*">([^<]+)</a>')
+
+
+def admin_session(stack: Stack) -> requests.Session:
+    """A logged-in superuser session on the admin."""
+    env = {**stack.env, "DJANGO_SUPERUSER_PASSWORD": "control-plane-admin"}
+    manage(env, "createsuperuser", "--no-input", "--username", "root", "--email", "root@x.test")
+    session = requests.Session()
+    login = f"{stack.web.url}/admin/login/"
+    session.get(login, timeout=10).raise_for_status()
+    credentials = {"username": "root", "password": "control-plane-admin", "next": "/admin/"}
+    credentials["csrfmiddlewaretoken"] = session.cookies["csrftoken"]
+    response = session.post(login, data=credentials, timeout=10)
+    assert response.url.endswith("/admin/"), response.text[:500]
+    return session
+
+
+def test_hostile_slugs_and_hosts_each_work_without_disturbing_the_others(stack: Stack) -> None:
+    items = [stack.tenant(slug, hosts=[f"{slug}.localhost"]) for slug in HOSTILE_SLUGS]
+    items += [stack.tenant("dotted", hosts=["a.b.localhost"]), stack.tenant("plain")]
+    stack.import_tenants(*items)
+    tokens = {item["slug"]: stack.token(item["slug"], audience(item)) for item in items}
+
+    for item in items:
+        slug = item["slug"]
+        warm_key_set(stack, f"/t/{slug}/api/private", "127.0.0.1", tokens[slug])
+        assert_every(stack.web.everyone(f"/t/{slug}/api/private", token=tokens[slug]), OK)
+        for host in item.get("hosts", []):
+            assert_every(stack.web.everyone(PRIVATE, host=host, token=tokens[slug]), OK)
+    refused = stack.web.everyone("/t/internal/api/private", token=tokens["generation"])
+    assert_every(refused, answered(401))
+
+    session = admin_session(stack)
+    changelist = session.get(f"{stack.web.url}/admin/tenants/tenant/", timeout=10)
+    assert changelist.status_code == 200
+    ids = {slug: pk for pk, slug in ADMIN_LINK.findall(changelist.text)}
+    assert set(ids) >= {*HOSTILE_SLUGS, "dotted"}, changelist.text[:2000]
+    for slug in (*HOSTILE_SLUGS, "dotted"):
+        page = session.get(f"{stack.web.url}/admin/tenants/tenant/{ids[slug]}/change/", timeout=10)
+        assert page.status_code == 200, (slug, page.status_code)
+
+    stack.import_tenants(*({**item, "active": False} for item in items[:2]))
+
+    stack.web.until(NOT_FOUND, "/api/public", host="generation.localhost", within=PROPAGATION)
+    stack.web.until(NOT_FOUND, "/t/internal/api/public", within=PROPAGATION)
+    for item in items[2:]:
+        path = f"/t/{item['slug']}/api/private"
+        assert_every(stack.web.everyone(path, token=tokens[item["slug"]]), OK)
+
+
+# 5. Redis flushed, then stopped and started again.
+
+
+def platform_script(*args: str | Path) -> str:
+    """Run one of platform/'s scripts; its output."""
+    command = [str(ROOT / "platform" / str(args[0])), *map(str, args[1:])]
+    return subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "mode", [pytest.param("redis", marks=pytest.mark.django_db(transaction=True))], indirect=True
+)
+def test_redis_flush_and_restart_keep_serving_and_changes_still_arrive(
+    stack: Stack, mode: str, tmp_path: Path
+) -> None:
+    redis_dir = tmp_path / "redis"
+    url = platform_script("start-redis", redis_dir).strip()
+    try:
+        items = [stack.tenant(slug) for slug in ("kept", "dropped", "stopped", "restarted")]
+        stack.import_tenants(*items[:3])
+        kept = fresh_tokens(stack, "kept", audience(items[0]))
+        env = {**stack.env, "REDIS_URL": url}
+        with gunicorn(env, tmp_path, "web-own-redis") as web:
+            web.until(OK, "/t/kept/api/private", token=kept, within=PROPAGATION)
+            web.until(OK, "/t/dropped/api/public", within=PROPAGATION)
+            web.until(OK, "/t/stopped/api/public", within=PROPAGATION)
+
+            redis.Redis.from_url(url).flushall()
+            assert_every(web.everyone("/t/kept/api/private", token=kept), OK)
+            stack.import_tenants({**items[1], "active": False}, env=env)
+            web.until(NOT_FOUND, "/t/dropped/api/public", within=PROPAGATION)
+
+            platform_script("stop-redis", redis_dir)
+            assert_every(web.everyone("/t/kept/api/private", token=kept), OK)
+            stack.import_tenants({**items[2], "active": False}, env=env)
+            web.until(NOT_FOUND, "/t/stopped/api/public", within=PROPAGATION)
+
+            port = url.rsplit(":", 1)[1].split("/")[0]
+            platform_script("start-redis", redis_dir, port)
+            stack.import_tenants(items[3], env=env)
+            restarted = fresh_tokens(stack, "restarted", audience(items[3]))
+            web.until(OK, "/t/restarted/api/private", token=restarted, within=PROPAGATION)
+            assert_every(web.everyone("/t/kept/api/private", token=kept), OK)
+    finally:
+        platform_script("stop-redis", redis_dir)
+
+
+# 6. Without a worker, a key set fetched by one web process serves the others.
+
+
+def test_second_worker_uses_the_key_set_the_first_fetched(stack: Stack) -> None:
+    item = stack.tenant("solo")
+    stack.import_tenants(item)
+    stack.web.until(OK, "/t/solo/api/public", within=PROPAGATION)
+    assert stack.jwks_fetches("solo") == 0  # eager Celery: the import fetched nothing
+
+    first = stack.web.get("/t/solo/api/private", token=stack.token("solo", audience(item)))
+    assert first.status == 200
+    assert stack.jwks_fetches("solo") == 1
+    jwks_url = f"{item['issuer']}.well-known/jwks.json"
+    stored = stack.shell(
+        f"from authz.jwks import read_record; print(len(read_record({jwks_url!r}).keys))"
+    )
+    assert stored == "1"
+
+    answers = stack.web.everyone(
+        "/t/solo/api/private", token=fresh_tokens(stack, "solo", audience(item))
+    )
+
+    assert_every(answers, OK)
+    assert {a.pid for a in answers} - {first.pid}
+    assert stack.jwks_fetches("solo") == 1
+
+
+# 7. The embedded default, changed from another shell with no .env.
+
+
+def test_import_from_another_shell_reaches_every_worker_within_2_s(stack: Stack) -> None:
+    item = stack.tenant("shellco")
+    stack.import_tenants(item)
+    stack.web.until(OK, "/t/shellco/api/public", within=PROPAGATION)
+    another_shell = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(stack.home),
+        "ENV_FILE": "",
+        "DATABASE_URL": stack.env["DATABASE_URL"],
+        "SECRET_KEY": SETTINGS["SECRET_KEY"],
+        "AUTHZ_ALLOW_INSECURE_ISSUERS": "true",
+        "AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED": "true",
+        **{name: stack.env[name] for name in ("REDIS_URL",) if name in stack.env},
+    }
+
+    stack.import_tenants({**item, "active": False}, env=another_shell)
+
+    assert stack.web.until(NOT_FOUND, "/t/shellco/api/public", within=2) < 2

@@ -1,0 +1,89 @@
+"""Keys in the shared store (authz/store.py): derived from admin input, they never collide."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.db import connection
+from hypothesis import given
+from hypothesis import strategies as st
+
+from authz import jwks
+from authz.store import derived_key, internal_key
+from tests.fixtures import bearer
+
+NAMESPACES = ("jwks-record", "jwks-lock", "jwks-cooldown", "jwks-due", "check-issuer")
+INTERNAL_NAMES = ("jwks-stamp", "feed-prune")
+HOSTILE = ["generation", "internal", "jwks-stamp", "internal:jwks-stamp", "jwks:generation", ""]
+
+
+@given(st.text(), st.text())
+def test_derived_keys_of_different_values_or_namespaces_differ(first, second):
+    keys = {(ns, value): derived_key(ns, value) for ns in NAMESPACES for value in (first, second)}
+
+    expected = len(NAMESPACES) * len({first, second})
+    assert len(set(keys.values())) == expected
+
+
+@given(st.text())
+def test_no_derived_key_is_an_internal_key(value):
+    internal = {internal_key(name) for name in INTERNAL_NAMES}
+
+    assert not {derived_key(ns, value) for ns in NAMESPACES} & internal
+
+
+def test_hostile_values_stay_inside_their_namespace():
+    for value in HOSTILE:
+        key = derived_key("jwks-record", value)
+        namespace, digest = key.split(":")
+        assert namespace == "jwks-record"
+        assert len(digest) == 40
+        assert all(c in "0123456789abcdef" for c in digest)
+
+
+def test_a_tenant_named_like_an_internal_key_works_and_leaves_the_others_alone(
+    client, admin_client, make_tenant, tokens
+):
+    for slug in ("generation", "internal", "jwks-stamp", "acme"):
+        make_tenant(slug)
+    for slug in ("generation", "internal", "jwks-stamp", "acme"):
+        response = client.get(f"/t/{slug}/api/private", **bearer(tokens(slug).token()))
+        assert response.status_code == 200, slug
+
+    assert jwks.read_stamp() is not None
+    listing = admin_client.get("/admin/tenants/tenant/")
+    assert listing.status_code == 200
+    assert listing.content.count(b"OK \xc2\xb7 1 key(s)") == 4
+
+
+CLAIM_AT = """
+import time
+from authz.store import claim
+time.sleep(max(0, {at} - time.time()))
+print(claim("internal:race", 30))
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_process_wins_an_expired_claim_on_the_database_cache(tmp_path):
+    db = connection.settings_dict
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")},
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "ENV_FILE": "",
+    }
+    shell = [sys.executable, "manage.py", "shell", "--no-imports", "-c"]
+    subprocess.run([sys.executable, "manage.py", "createcachetable"], env=env, check=True)
+    subprocess.run([*shell, CLAIM_AT.format(at=0).replace("30", "1")], env=env, check=True)
+    time.sleep(2.1)  # the first claim has expired; its row is still there
+
+    at = time.time() + 3
+    racers = [
+        subprocess.Popen([*shell, CLAIM_AT.format(at=at)], env=env, stdout=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    answers = [racer.communicate(timeout=30)[0].decode().strip() for racer in racers]
+
+    assert sorted(answers) == ["False", "False", "False", "True"]

@@ -52,6 +52,8 @@ INSTALLED_APPS = [
     "tenants",
     "authz",
     "messages.apps.MessagesConfig",
+    # Development only (the demo, the tests, the compose dev profile); nothing else imports it.
+    "devissuer",
     "ops",
 ]
 

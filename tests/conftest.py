@@ -8,11 +8,11 @@ import pytest
 from django.core.cache import cache
 from django.core.cache.backends.db import DatabaseCache
 
-from authz.devissuer import DevIssuerServer, DevKeyStore, start_in_thread
 from authz.keys import key_cache
 from authz.token_cache import verified_tokens
 from authz.users import provisioned_user
 from config.celery import app as celery_app
+from devissuer.issuer import DevIssuerServer, DevKeyStore, start_in_thread
 from tenants.directory import directory
 from tests.fixtures import TokenFactory, create_tenant
 

@@ -4,8 +4,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from authz.devissuer import DevIssuerServer
 from authz.jwks import read_record
+from devissuer.issuer import DevIssuerServer
 from tenants.config_io import import_tenants
 from tenants.models import Tenant
 

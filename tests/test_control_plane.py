@@ -23,7 +23,7 @@ import pytest
 import redis
 import requests
 
-from authz.devissuer import DevKeyStore
+from devissuer.issuer import DevKeyStore
 from tests.processes import ROOT, Answer, Check, Stack, gunicorn, platform, summary
 from tests.test_e2e import manage
 

@@ -12,7 +12,7 @@ import jwt
 import pytest
 import requests
 
-from authz.devissuer import (
+from devissuer.issuer import (
     MAX_BODY_BYTES,
     DevIssuerServer,
     DevKeyStore,

@@ -8,10 +8,10 @@ import pytest
 import redis
 import requests
 
-from authz.devissuer import start_in_thread
 from authz.jwks import read_record
 from authz.keys import key_cache
 from authz.tasks import refresh_key_set
+from devissuer.issuer import start_in_thread
 from tenants.directory import jwks_urls
 from tests.fixtures import bearer, jwks_url_of
 

@@ -114,7 +114,7 @@ def test_periodic_fan_out_picks_up_a_rotated_key(worker, make_tenant, issuer):
 
 @pytest.mark.worker
 def test_unreachable_issuer_is_retried_then_recovers(worker, make_tenant, issuer_keys):
-    from authz.devissuer import start_in_thread
+    from devissuer.issuer import start_in_thread
 
     server = start_in_thread(issuer_keys)
     port = server.server_address[1]

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from authz.devissuer import public_jwk
 from authz.policy import IssuerPolicy
 from authz.tokens import (
     DisallowedAlgorithm,
@@ -33,6 +32,7 @@ from authz.tokens import (
     granted_scopes,
     verify_token,
 )
+from devissuer.issuer import public_jwk
 from tests.fixtures import bearer
 
 PRIVATE = "/t/acme/api/private"

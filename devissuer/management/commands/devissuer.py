@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from authz.devissuer import DevIssuerServer, DevKeyStore
+from devissuer.issuer import DevIssuerServer, DevKeyStore
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -8,7 +8,9 @@ and must reach both workers within the recheck interval.
 
 import os
 import re
+import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,8 +26,18 @@ import redis
 import requests
 
 from devissuer.issuer import DevKeyStore
-from tests.processes import ROOT, Answer, Check, Stack, gunicorn, platform, summary
-from tests.test_e2e import manage
+from tests.processes import (
+    ROOT,
+    Answer,
+    Check,
+    Stack,
+    gunicorn,
+    platform,
+    running,
+    summary,
+    wait_until_up,
+)
+from tests.test_e2e import free_port, manage
 
 RECHECK = 0.5
 COOLDOWN = 1.0
@@ -333,6 +345,32 @@ def test_dripping_issuer_answers_503_within_the_deadline_and_others_stay_fast(
     assert (second.status, second.code) == (503, "issuer_unavailable"), second
     assert second.pid != first.pid and second.seconds < 1, second
     assert_every(stack.web.everyone("/t/steady/api/private", token=steady_token), OK)
+
+
+def test_a_clean_stop_ends_within_the_graceful_timeout_while_a_fetch_hangs(
+    stack: Stack, dripping_jwks_url: str, tmp_path: Path
+) -> None:
+    hung = stack.tenant("hung", jwks_url=dripping_jwks_url)
+    stack.import_tenants(hung)
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "2", "--no-control-socket"]
+    command += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "10"]
+    with running(command, stack.env, tmp_path / "sigterm.log") as master:
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", master, tmp_path / "sigterm.log")
+        url = f"http://127.0.0.1:{port}/t/hung/api/private"
+        headers = {"Authorization": f"Bearer {stack.token('hung', audience(hung))}"}
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hanging = pool.submit(requests.get, url, headers=headers, timeout=30)
+            time.sleep(0.5)  # a worker is now reading the drip
+            stopped_at = time.monotonic()
+            master.send_signal(signal.SIGTERM)
+            exit_code = master.wait(timeout=30)
+            seconds = time.monotonic() - stopped_at
+            answer = hanging.result()
+
+    assert exit_code == 0
+    assert seconds < 10, f"took {seconds:.1f} s to stop"
+    assert (answer.status_code, answer.json()["code"]) == (503, "issuer_unavailable")
 
 
 # 4. Slugs and hosts that look like the platform's own keys.

@@ -196,9 +196,20 @@ class TenantAdmin(admin.ModelAdmin):
     def host_list(self, tenant: Tenant) -> str:
         return ", ".join(h.hostname for h in tenant.hosts.all())
 
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """The page's tenants, each with its key set record: one store read for the page."""
+        changelist = super().get_changelist_instance(request)
+        records = read_records(sorted({tenant.jwks_url for tenant in changelist.result_list}))
+        for tenant in changelist.result_list:
+            tenant.key_set_record = records.get(tenant.jwks_url)
+        return changelist
+
     @admin.display(description="key set")
     def key_set(self, tenant: Tenant) -> str:
-        health = health_of(tenant)
+        if hasattr(tenant, "key_set_record"):
+            health = key_set_health(tenant.key_set_record)
+        else:
+            health = health_of(tenant)
         if health.record is None or not health.record.keys:
             return health.label
         return f"{health.label} · {len(health.record.keys)} key(s)"

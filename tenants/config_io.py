@@ -1,13 +1,17 @@
 """Tenants as JSON: import (through the admin's own forms, all or nothing) and export."""
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import islice
+from typing import Any, TypeVar
 
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
 from django.forms import BaseInlineFormSet, ModelForm, inlineformset_factory
 
-from tenants.directory import changes_batched
+from tenants.directory import changes_batched, record_change
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
@@ -16,8 +20,10 @@ from tenants.forms import (
     ScopeRuleForm,
     TenantForm,
 )
-from tenants.models import Tenant
-from tenants.tasks import refreshes_batched
+from tenants.models import Tenant, TenantHost
+from tenants.tasks import queue_refresh, refreshes_batched
+
+T = TypeVar("T")
 
 # JSON name -> model field, for the fields whose names differ.
 RENAMED = {"issuer": "issuer_override", "jwks_url": "jwks_url_override"}
@@ -35,6 +41,46 @@ DEFAULTS: dict[str, Any] = {
 REQUIRED = ("slug", "name", "audiences")
 
 
+class BulkUniqueMixin:
+    """A model form whose one unique field is checked against values loaded in bulk.
+
+    The import loads every taken value of the file in one query per chunk (and adds each value a
+    valid tenant claims), instead of one ``exists()`` per form; the error is the form's own.
+    """
+
+    unique_field: str
+
+    def __init__(self, *args: Any, taken: set[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken = taken
+        # The value the row had before the import: a row never collides with itself.
+        self.own_value = getattr(self.instance, self.unique_field)
+
+    def validate_unique(self) -> None:
+        """Every other unique check as the form does it; ``unique_field`` against ``taken``."""
+        name, instance = self.unique_field, self.instance
+        try:
+            instance.validate_unique(exclude={*self._get_validation_exclusions(), name})
+        except ValidationError as error:
+            self._update_errors(error)
+        value = getattr(instance, name)
+        if name not in self._errors and value != self.own_value and value in self.taken:
+            error = instance.unique_error_message(type(instance), (name,))
+            self._update_errors(ValidationError({name: error}))
+
+
+class ImportTenantForm(BulkUniqueMixin, TenantForm):
+    """The admin's tenant form, its slug checked against the slugs loaded in bulk."""
+
+    unique_field = "slug"
+
+
+class ImportHostForm(BulkUniqueMixin, HostForm):
+    """The admin's host form, its hostname checked against the hostnames loaded in bulk."""
+
+    unique_field = "hostname"
+
+
 @dataclass(frozen=True)
 class InlineSpec:
     """How one JSON list maps onto an admin inline."""
@@ -43,9 +89,10 @@ class InlineSpec:
     formset: type[BaseInlineFormSet]
     min_num: int
 
-    def build(self, tenant: Tenant, rows: list[dict[str, str]]) -> BaseInlineFormSet:
-        """A bound formset that adds ``rows`` to a tenant with none."""
-        formset_class = inlineformset_factory(
+    @cached_property
+    def formset_class(self) -> type[BaseInlineFormSet]:
+        """The inline formset class, built once."""
+        return inlineformset_factory(
             Tenant,
             self.form._meta.model,
             form=self.form,
@@ -54,20 +101,28 @@ class InlineSpec:
             min_num=self.min_num,
             validate_min=True,
         )
-        prefix = formset_class.get_default_prefix()
+
+    def build(
+        self, tenant: Tenant, rows: list[dict[str, str]], **form_kwargs: Any
+    ) -> BaseInlineFormSet:
+        """A bound formset that adds ``rows`` to a tenant with none."""
+        prefix = self.formset_class.get_default_prefix()
         data = {f"{prefix}-TOTAL_FORMS": len(rows), f"{prefix}-INITIAL_FORMS": 0}
         for index, row in enumerate(rows):
             data.update({f"{prefix}-{index}-{name}": value for name, value in row.items()})
-        return formset_class(data, instance=tenant, prefix=prefix)
+        return self.formset_class(data, instance=tenant, prefix=prefix, form_kwargs=form_kwargs)
 
 
 INLINES = {
-    "hosts": InlineSpec(HostForm, BaseInlineFormSet, 0),
+    "hosts": InlineSpec(ImportHostForm, BaseInlineFormSet, 0),
     "audiences": InlineSpec(AudienceForm, RequiredInlineFormSet, 1),
     "scope_rules": InlineSpec(ScopeRuleForm, BaseInlineFormSet, 0),
     "cors_origins": InlineSpec(CorsOriginForm, BaseInlineFormSet, 0),
 }
 KNOWN_KEYS = {*DEFAULTS, *REQUIRED, *INLINES}
+# SQLite allows 999 variables per statement; every ``__in`` filter goes in chunks below that.
+CHUNK = 900
+CREATE_EVERY = 1000
 
 
 class TenantImportError(Exception):
@@ -88,26 +143,22 @@ def import_tenants(
     """
     items = _tenant_items(document)
     errors: list[str] = []
-    existing = set(Tenant.objects.filter(slug__in=_slugs(items)).values_list("slug", flat=True))
     with transaction.atomic(), refreshes_batched() as urls, changes_batched():
-        # The file is the whole truth for its tenants: clearing their parts first lets a host
-        # move from one tenant to another, whatever the order of the file.
-        for name in INLINES:
-            INLINES[name].form._meta.model.objects.filter(
-                tenant__slug__in=[item.get("slug") for item in items]
-            ).delete()
+        batch = ImportBatch.load(items)
         for index, item in enumerate(items):
             label = f"tenants[{index}]" + (f" ({item['slug']})" if "slug" in item else "")
-            errors += [f"{label}: {message}" for message in _import_one(item)]
+            # Once a tenant is refused nothing is saved: the transaction is rolled back anyway.
+            errors += [f"{label}: {message}" for message in _import_one(item, batch, not errors)]
             if progress and (index + 1) % PROGRESS_EVERY == 0:
                 progress(index + 1, len(items))
         if errors:
             transaction.set_rollback(True)
+        else:
+            batch.create()
     if errors:
         raise TenantImportError(errors)
-    slugs = [item["slug"] for item in items]
-    created = len(set(slugs) - existing)
-    return ImportSummary(created, len(slugs) - created, len(urls))
+    created = sum(_slug_key(item) not in batch.existing for item in items)
+    return ImportSummary(created, len(items) - created, len(urls))
 
 
 PROGRESS_EVERY = 1000
@@ -122,8 +173,97 @@ class ImportSummary:
     key_sets: int
 
 
-def _slugs(items: list[dict[str, Any]]) -> list[str]:
-    return [item["slug"] for item in items if isinstance(item.get("slug"), str)]
+@dataclass
+class ImportBatch:
+    """One import's view of the database: tenants to update, values taken, tenants to create."""
+
+    existing: dict[str, Tenant]
+    slugs: set[str]
+    hosts: set[str]
+    new: list[tuple[Tenant, list[models.Model]]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, items: list[dict[str, Any]]) -> "ImportBatch":
+        """Read the file's tenants, clear their parts, and note the slugs and hosts taken."""
+        keys = {_slug_key(item) for item in items} - {None}
+        # Slugs as looked up (the upsert) and as the form cleans them (their uniqueness).
+        found = _in_chunks(Tenant.objects.all(), "slug", {*keys, *map(str.strip, keys)})
+        existing = {tenant.slug: tenant for tenant in found if tenant.slug in keys}
+        _clear_parts([tenant.pk for tenant in existing.values()])
+        hosts = TenantHost.objects.values_list("hostname", flat=True)
+        return cls(
+            existing=existing,
+            slugs={tenant.slug for tenant in found},
+            hosts=set(_in_chunks(hosts, "hostname", _hostnames(items))),
+        )
+
+    def claim(self, tenant: Tenant, parts: list[models.Model]) -> None:
+        """A valid tenant takes its slug and hostnames: later tenants of the file may not."""
+        self.slugs.add(tenant.slug)
+        self.hosts.update(part.hostname for part in parts if isinstance(part, TenantHost))
+
+    def save(self, tenant: Tenant, parts: list[models.Model]) -> None:
+        """Save an updated tenant now, as admin does; queue a new one for creation in bulk."""
+        if tenant.pk is not None:
+            tenant.save()
+            for row in parts:
+                row.save()
+            return
+        self.new.append((tenant, parts))
+        if len(self.new) >= CREATE_EVERY:
+            self.create()
+
+    def create(self) -> None:
+        """Insert the queued tenants and their parts; do what tenants/signals.py does on save."""
+        tenants = Tenant.objects.bulk_create([tenant for tenant, _ in self.new])
+        parts: dict[type[models.Model], list[models.Model]] = {}
+        for _, rows in self.new:
+            for row in rows:
+                parts.setdefault(type(row), []).append(row)
+        for model, rows in parts.items():
+            model.objects.bulk_create(rows)
+        for tenant in tenants:
+            record_change(tenant.pk)
+        queue_refresh({tenant.jwks_url for tenant in tenants if tenant.active})
+        self.new = []
+
+
+def _clear_parts(tenant_ids: list[int]) -> None:
+    """Delete the hosts, audiences, rules and origins of these tenants."""
+    # The file is the whole truth for its tenants: clearing their parts first lets a host
+    # move from one tenant to another, whatever the order of the file.
+    for spec in INLINES.values():
+        for chunk in _chunked(tenant_ids):
+            spec.form._meta.model.objects.filter(tenant_id__in=chunk).delete()
+
+
+def _in_chunks(queryset: models.QuerySet, name: str, values: set[str]) -> list[Any]:
+    """The rows whose ``name`` is one of ``values``, read CHUNK values at a time."""
+    found: list[Any] = []
+    for chunk in _chunked(sorted(values)):
+        found += queryset.filter(**{f"{name}__in": chunk})
+    return found
+
+
+def _chunked(values: Sequence[T]) -> Iterator[list[T]]:
+    """``values`` in lists of at most CHUNK."""
+    iterator = iter(values)
+    while chunk := list(islice(iterator, CHUNK)):
+        yield chunk
+
+
+def _hostnames(items: list[dict[str, Any]]) -> set[str]:
+    """Every hostname of the file as HostForm cleans it, to look up which are taken."""
+    lists = [item.get("hosts") for item in items]
+    return {
+        str(host).strip().lower() for hosts in lists if isinstance(hosts, list) for host in hosts
+    }
+
+
+def _slug_key(item: dict[str, Any]) -> str | None:
+    """The slug a tenant is looked up by, as the database compares it: a number as its text."""
+    slug = item.get("slug")
+    return None if slug is None else str(slug)
 
 
 def _tenant_items(document: object) -> list[dict[str, Any]]:
@@ -133,41 +273,57 @@ def _tenant_items(document: object) -> list[dict[str, Any]]:
     problems = [
         f"tenants[{i}]: must be an object" for i, t in enumerate(items) if not isinstance(t, dict)
     ]
-    slugs = [item.get("slug") for item in items if isinstance(item, dict)]
+    slugs = Counter(item.get("slug") for item in items if isinstance(item, dict))
     problems += [
         f"slug {slug!r} appears more than once"
-        for slug in sorted(set(slugs), key=str)
-        if slug is not None and slugs.count(slug) > 1
+        for slug in sorted(slugs, key=str)
+        if slug is not None and slugs[slug] > 1
     ]
     if problems:
         raise TenantImportError(problems)
     return items
 
 
-def _import_one(item: dict[str, Any]) -> list[str]:
-    """Validate and save one tenant the way admin does; return every problem found."""
-    problems = _shape_problems(item)
+def _import_one(item: dict[str, Any], batch: ImportBatch, save: bool) -> list[str]:
+    """Validate one tenant the way admin does, and save it if ``save``; return every problem."""
+    problems, tenant, parts = _validated(item, batch)
     if problems:
         return problems
-    form = TenantForm(
-        _tenant_form_data(item), instance=Tenant.objects.filter(slug=item["slug"]).first()
+    batch.claim(tenant, parts)
+    if save:
+        batch.save(tenant, parts)
+    return []
+
+
+def _validated(
+    item: dict[str, Any], batch: ImportBatch
+) -> tuple[list[str], Tenant, list[models.Model]]:
+    """Every problem of one tenant, else none and its unsaved tenant and parts."""
+    problems = _shape_problems(item)
+    if problems:
+        return problems, Tenant(), []
+    form = ImportTenantForm(
+        _tenant_form_data(item), instance=batch.existing.get(_slug_key(item)), taken=batch.slugs
     )
     tenant_valid = form.is_valid()
     tenant = form.save(commit=False) if tenant_valid else form.instance
+    # An empty list with no minimum is valid and adds nothing: it needs no formset.
     formsets = {
-        name: spec.build(tenant, _inline_rows(name, item.get(name, [])))
+        name: spec.build(tenant, _inline_rows(name, item[name]), **_form_kwargs(name, batch))
         for name, spec in INLINES.items()
+        if item.get(name) or spec.min_num
     }
     problems = _form_errors(form.errors)
     for name, formset in formsets.items():
         if not formset.is_valid():
             problems += _formset_errors(name, formset)
     if problems or not tenant_valid:
-        return problems
-    tenant.save()
-    for formset in formsets.values():
-        formset.save()
-    return []
+        return problems, tenant, []
+    return [], tenant, [row for formset in formsets.values() for row in formset.save(commit=False)]
+
+
+def _form_kwargs(name: str, batch: ImportBatch) -> dict[str, Any]:
+    return {"taken": batch.hosts} if name == "hosts" else {}
 
 
 def _shape_problems(item: dict[str, Any]) -> list[str]:

@@ -3,6 +3,8 @@
 import io
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from django.core.management import CommandError, call_command
 
 from tenants import config_io
 from tenants.config_io import ImportSummary, TenantImportError, export_tenants, import_tenants
-from tenants.models import Tenant
+from tenants.models import Tenant, TenantChange
 from tests.fixtures import TokenFactory, bearer
 
 pytestmark = pytest.mark.django_db
@@ -542,3 +544,203 @@ def test_command_refuses_a_file_that_is_not_json(run_import):
         run_import('{"tenants": [')
 
     assert not Tenant.objects.exists()
+
+
+# A file large enough to be created in bulk, in several batches.
+BULK = 300
+HOST_TAKEN = "hostname: Tenant host with this Hostname already exists."
+
+
+def bulk_entry(index: int) -> dict[str, Any]:
+    """Tenant ``index`` of a large file, as export writes it: every inline and option varies."""
+    slug = f"bulk{index:04d}"
+    issuer = (
+        {"issuer": f"https://login{index % 7}.bulk.test/"}
+        if index % 3
+        else {"domain": f"bulk{index % 5}.auth0.com"}
+    )
+    jwks_url = {"jwks_url": f"https://keys.bulk.test/{index % 3}.json"} if index % 4 == 0 else {}
+    return {
+        "slug": slug,
+        "name": f"Bulk {index}",
+        "active": index % 5 != 0,
+        **issuer,
+        **jwks_url,
+        "audiences": [f"https://api.{slug}.test", f"https://billing.{slug}.test"][: 1 + index % 2],
+        "hosts": [f"api.{slug}.localhost", f"{slug}.localhost"][2 - index % 3 :][: index % 3],
+        "scope_rules": (
+            [{"endpoint": "messages:private-scoped", "scopes": ["read:messages"]}]
+            if index % 2
+            else []
+        ),
+        "algorithms": ["ES256", "RS256"] if index % 6 == 0 else ["RS256"],
+        "leeway": index % 601,
+        "scope_claims": ["scope", "permissions", "both"][index % 3],
+        "provision_users": index % 7 == 0,
+        "admin_scope": "admin:messages" if index % 8 == 0 else "",
+        "cors_origins": [f"https://app{index % 3}.bulk.test"] if index % 4 == 1 else [],
+    }
+
+
+def bulk_entries(count: int = BULK) -> list[dict[str, Any]]:
+    """The first ``count`` tenants of a large file."""
+    return [bulk_entry(index) for index in range(count)]
+
+
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The JWKS URLs that imports put in their batch of refreshes (queued once each)."""
+    urls: set[str] = set()
+    batched = config_io.refreshes_batched
+
+    @contextmanager
+    def recording() -> Iterator[set[str]]:
+        with batched() as batch:
+            yield batch
+            urls.update(batch)
+
+    monkeypatch.setattr(config_io, "refreshes_batched", recording)
+    return urls
+
+
+def changed_slugs(after: int) -> list[str | None]:
+    """The slug of each change written after change ``after`` (None: a deleted tenant), sorted."""
+    slugs = dict(Tenant.objects.values_list("pk", "slug"))
+    ids = TenantChange.objects.filter(id__gt=after).values_list("tenant_id", flat=True)
+    return sorted((slugs.get(tenant_id) for tenant_id in ids), key=str)
+
+
+def last_change() -> int:
+    """The id of the latest change, 0 when there is none."""
+    return TenantChange.objects.order_by("id").values_list("id", flat=True).last() or 0
+
+
+def active_jwks_urls() -> set[str]:
+    """The JWKS URLs of the active tenants."""
+    return {tenant.jwks_url for tenant in Tenant.objects.filter(active=True)}
+
+
+def test_new_tenants_created_in_bulk_are_what_saving_them_one_by_one_writes(queued):
+    document = {"tenants": bulk_entries()}
+    placeholders = [
+        {"slug": e["slug"], "name": "-", "domain": "old.auth0.com", "audiences": ["https://old"]}
+        for e in document["tenants"]
+    ]
+    import_tenants({"tenants": placeholders})
+    mark = last_change()
+    queued.clear()
+
+    # Every tenant exists: each is saved through its forms, as admin saves it.
+    one_by_one = import_tenants(document)
+    saved = (export_tenants(), changed_slugs(mark), set(queued))
+    Tenant.objects.all().delete()
+    mark = last_change()
+    queued.clear()
+
+    in_bulk = import_tenants(document)
+
+    slugs = [entry["slug"] for entry in document["tenants"]]
+    assert (export_tenants(), changed_slugs(mark), queued) == saved
+    assert saved == (document, slugs, active_jwks_urls())
+    assert (in_bulk.created, in_bulk.updated) == (BULK, 0)
+    assert (one_by_one.created, one_by_one.updated) == (0, BULK)
+    assert in_bulk.key_sets == one_by_one.key_sets == len(active_jwks_urls()) < BULK
+
+
+def test_a_bulk_import_writes_one_change_per_tenant_and_queues_each_url_once(queued):
+    mark = last_change()
+
+    summary = import_tenants({"tenants": bulk_entries()})
+
+    assert changed_slugs(mark) == [entry["slug"] for entry in bulk_entries()]
+    assert queued == active_jwks_urls()
+    assert summary == ImportSummary(created=BULK, updated=0, key_sets=len(queued))
+
+
+def test_inactive_tenants_created_in_bulk_queue_no_refresh(queued):
+    entries = [{**entry, "active": False} for entry in bulk_entries(20)]
+
+    summary = import_tenants({"tenants": entries})
+
+    assert (summary, queued) == (ImportSummary(created=20, updated=0, key_sets=0), set())
+
+
+def test_in_a_large_file_a_host_claimed_earlier_is_refused(monkeypatch):
+    monkeypatch.setattr(config_io, "CREATE_EVERY", 50)  # the first tenants are inserted already
+    entries = bulk_entries()
+    entries[250]["hosts"] = [" BULK0001.localhost"]  # tenant 1's host, as HostForm cleans it
+
+    reported = problems({"tenants": entries})
+
+    assert reported == [f"tenants[250] (bulk0250): hosts[0]: {HOST_TAKEN}"]
+    assert not Tenant.objects.exists()
+
+
+def test_in_a_large_file_a_host_of_a_tenant_outside_it_is_refused():
+    import_tenants(README_DOCUMENT)
+    entries = bulk_entries()
+    entries[-1]["hosts"] = ["bulk0299.localhost", "ACME.localhost"]
+
+    reported = problems({"tenants": entries})
+
+    assert reported == [f"tenants[299] (bulk0299): hosts[1]: {HOST_TAKEN}"]
+    assert list(Tenant.objects.values_list("slug", flat=True)) == ["acme"]
+
+
+def test_a_refused_tenant_does_not_take_its_hosts():
+    # As when tenants were saved one by one: a host is taken by a tenant that is saved.
+    document = {
+        "tenants": [
+            item(slug="globex", hosts=["shared.localhost"], leeway=601),
+            item(slug="initech", hosts=["shared.localhost"]),
+        ]
+    }
+
+    reported = problems(document)
+
+    assert reported == [
+        "tenants[0] (globex): leeway: Ensure this value is less than or equal to 600."
+    ]
+
+
+def test_a_host_moves_from_an_updated_tenant_to_a_new_one_in_a_large_file():
+    import_tenants(README_DOCUMENT)
+    entries = bulk_entries()
+    entries[0]["hosts"] = ["acme.localhost"]  # a new tenant takes acme's host...
+
+    summary = import_tenants({"tenants": [*entries, item(hosts=[])]})  # ...which acme gives up
+
+    assert (summary.created, summary.updated) == (BULK, 1)
+    assert Tenant.objects.get(hosts__hostname="acme.localhost").slug == "bulk0000"
+
+
+def test_a_slug_that_cleans_to_an_existing_one_is_refused():
+    import_tenants(README_DOCUMENT)
+
+    reported = problems({"tenants": [item(slug=" acme ", hosts=[])]})
+
+    assert reported == ["tenants[0] ( acme ): slug: Tenant with this Slug already exists."]
+
+
+def test_large_files_are_read_and_cleared_in_chunks(monkeypatch):
+    monkeypatch.setattr(config_io, "CHUNK", 7)  # every ``__in`` filter takes several queries
+    import_tenants(README_DOCUMENT)
+    outside = export_tenants()["tenants"]
+    import_tenants({"tenants": bulk_entries(40)})
+    changed = [{**entry, "hosts": [f"new.{entry['slug']}.localhost"]} for entry in bulk_entries(40)]
+
+    summary = import_tenants({"tenants": changed})
+    refused = problems({"tenants": [*changed[:39], {**changed[39], "hosts": ["acme.localhost"]}]})
+
+    assert (summary.created, summary.updated) == (0, 40)
+    assert export_tenants() == {"tenants": outside + changed}
+    assert refused == [f"tenants[39] (bulk0039): hosts[0]: {HOST_TAKEN}"]
+
+
+def test_a_number_slug_is_the_slug_of_its_text():
+    import_tenants({"tenants": [item(slug="5")]})
+
+    summary = import_tenants({"tenants": [item(slug=5, name="Five")]})
+
+    assert (summary.created, summary.updated) == (0, 1)
+    assert list(Tenant.objects.values_list("slug", "name")) == [("5", "Five")]

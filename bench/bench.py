@@ -1,8 +1,10 @@
 """The request-path benchmark (issue 6): what token validation costs over an open endpoint.
 
-Starts PostgreSQL, Redis, the development issuer, a Celery worker and gunicorn (2 sync workers)
-on loopback, imports tenants through the tenants JSON, warms up, then drives each scenario from
-a separate process (wrk, else pyload.py) for a fixed time. Prints a table and one ``BENCH {json}``
+Starts one deployment on loopback (``redis``: PostgreSQL, Redis, a Celery worker; ``embedded``:
+SQLite and the database cache, no worker), the development issuer and gunicorn (2 sync workers),
+imports tenants through the tenants JSON, warms up, then drives each scenario from a separate
+process (wrk, else pyload.py) for a fixed time. Then the scale measurements, the control plane's
+at 100,000 tenants among them (``bench/control.py``). Prints a table and one ``BENCH {json}``
 line; stops everything it started. Run it as ``bench/run`` (see README).
 """
 
@@ -11,300 +13,92 @@ import json
 import math
 import os
 import platform
-import resource
+import shutil
 import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from authz.devissuer import DevKeyStore
-from bench import load
+from bench import control, load
+from bench.counters import Counters
+from bench.fixtures import (
+    STARTED,
+    Tokens,
+    issuer_name,
+    public_path,
+    say,
+    scoped_path,
+    tenant_document,
+)
 from bench.stack import (
-    PYTHON,
+    HELD_PATH,
+    PROBE_APP,
     ROOT,
+    Platform,
     Stack,
-    free_port,
+    helper,
     http_get,
     import_tenants,
-    manage,
-    platform_env,
+    rss_mib,
+    start_platform,
+    start_web,
     wait_until,
+    worker_pids,
 )
 
-ISSUERS = 10  # tenants share a few issuers, so signing distinct tokens stays cheap
-SCOPE = "read:messages"
 WARMUP_SECONDS = 2
-REFRESH_TENANTS = 1_000
+REFRESH_URLS = 1_000
 MEMORY_TENANTS = 10_000
 MAX_DISTINCT_TOKENS = 100_000
-STARTED = time.monotonic()
+MODES = ("redis", "embedded")
 
 
-def say(message: str) -> None:
-    """A progress line, with the seconds since the start."""
-    print(f"bench: [{time.monotonic() - STARTED:5.0f} s] {message}", flush=True)
-
-
-def slug(index: int) -> str:
-    """The slug of tenant number ``index``."""
-    return f"t{index:05d}"
-
-
-def tenant_document(index: int, issuer_base: str) -> dict[str, Any]:
-    """Tenant ``index`` as the tenants JSON describes it."""
-    return {
-        "slug": slug(index),
-        "name": f"Tenant {index}",
-        "issuer": f"{issuer_base}/iss{index % ISSUERS}/",
-        "audiences": [f"https://api.{slug(index)}.test"],
-        "hosts": [f"{slug(index)}.localhost"],
-    }
-
-
-def scoped_path(index: int) -> str:
-    """The private-scoped endpoint of tenant ``index``."""
-    return f"/t/{slug(index)}/api/private-scoped"
-
-
-class Tokens:
-    """Signs tokens for the tenants with the development issuer's own keys (same key dir)."""
-
-    def __init__(self, key_dir: Path, issuer_base: str) -> None:
-        self.store = DevKeyStore(key_dir)
-        self.issuer_base = issuer_base
-        self.serial = 0
-
-    def claims(self, index: int, scope: str) -> dict[str, Any]:
-        """Fresh claims for tenant ``index``: a new subject each time, so every token differs."""
-        self.serial += 1
-        now = int(time.time())
-        return {
-            "iss": f"{self.issuer_base}/iss{index % ISSUERS}/",
-            "aud": f"https://api.{slug(index)}.test",
-            "sub": f"auth0|bench-{self.serial}",
-            "iat": now,
-            "exp": now + 3600,
-            "scope": scope,
-        }
-
-    def bearer(self, index: int, scope: str = SCOPE) -> str:
-        """An ``Authorization`` value with a valid token of tenant ``index``."""
-        return f"Bearer {self.store.sign(f'iss{index % ISSUERS}', self.claims(index, scope))}"
-
-    def bad_signature(self, index: int) -> str:
-        """A token naming the tenant's real key but signed by another key: 401."""
-        foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        kid = self.store.current(f"iss{index % ISSUERS}")[0]
-        claims = self.claims(index, SCOPE)
-        return f"Bearer {jwt.encode(claims, foreign, algorithm='RS256', headers={'kid': kid})}"
-
-
-@dataclass
-class Platform:
-    """The running services and the environment of the platform's processes."""
-
-    stack: Stack
-    env: dict[str, str]
-    issuer_url: str
-    redis_url: str
-    postgres_log: Path
-    tenants: int = 0
-
-
-def start_platform(stack: Stack) -> Platform:
-    """PostgreSQL, Redis, migrations, the development issuer and a Celery worker."""
-    database_url, postgres_dir = stack.service("postgres")
-    redis_url, _ = stack.service("redis")
-    env = platform_env(database_url, redis_url, stack.workdir / "keys")
-    os.environ.update({**env, "DJANGO_SETTINGS_MODULE": "config.settings"})
-    import django
-
-    django.setup()
-    manage(env, "migrate", "--no-input", "-v", "0")
-    port = free_port()
-    issuer = stack.spawn("devissuer", [PYTHON, "manage.py", "devissuer", "--port", str(port)], env)
-    stack.wait_http("devissuer", issuer, f"http://127.0.0.1:{port}/_stats")
-    start_worker(stack, env)
-    return Platform(
-        stack, env, f"http://127.0.0.1:{port}", redis_url, postgres_dir / "postgres.log"
-    )
-
-
-def start_worker(stack: Stack, env: dict[str, str]) -> None:
-    """A real Celery worker (2 processes) consuming the Redis broker."""
-    from config.celery import app
-
-    argv = [PYTHON, "-m", "celery", "-A", "config", "worker", "--concurrency", "2"]
-    argv += ["--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    stack.spawn("worker", argv, env)
-    wait_until(lambda: app.control.ping(timeout=0.5), "the Celery worker answering")
+def jwks_url(plat: Platform, issuer: str) -> str:
+    """The JWKS URL of one development issuer name, as tenants derive it."""
+    return f"{plat.issuer_url}/{issuer}/.well-known/jwks.json"
 
 
 def add_tenants(plat: Platform, total: int) -> float:
-    """Import tenants up to ``total``; wait until the worker stored all their key sets."""
+    """Import tenants up to ``total``; in redis mode, wait until the worker stored their keys."""
     new = range(plat.tenants, total)
     say(f"importing {len(new)} tenants ({total} in all)")
     seconds = import_tenants(
         plat.env, plat.stack.workdir, [tenant_document(i, plat.issuer_url) for i in new]
     )
     plat.tenants = total
-    say(f"imported in {seconds:.1f} s; waiting for the worker to store their key sets")
-    lost = wait_for_key_sets(total)
-    if lost:
-        say(f"{lost} refreshes queued on save found no tenant in the worker; queued them again")
+    if plat.mode == "redis":  # the import queued one refresh per distinct URL after commit
+        say(f"imported in {seconds:.1f} s; waiting for the worker to store their key sets")
+        urls = sorted({jwks_url(plat, issuer_name(i)) for i in range(total)})
+        wait_for_key_sets(urls)
     return seconds
 
 
-def wait_for_key_sets(total: int) -> int:
-    """Wait until the worker stored the key sets of tenants 0..total-1; return refreshes lost.
+def wait_for_key_sets(urls: list[str], timeout: float = 120) -> None:
+    """Wait until the shared store holds a record with keys for every URL."""
 
-    The worker's tenant directory may still be the one it read up to AUTHZ_CONFIG_RECHECK_INTERVAL
-    seconds before the import committed; a refresh queued on save then finds no tenant and is
-    dropped. Once the worker has gone quiet, the missing tenants are queued again.
-    """
-    from authz.tasks import refresh_key_set
+    def stored() -> bool:
+        return len(records(urls)) == len(urls)
 
-    deadline, lost = time.monotonic() + 60 + total * 0.05, 0
-    progress = (-1, time.monotonic())
-    while (found := len(records(range(total)))) < total:
-        now = time.monotonic()
-        if now > deadline:
-            raise TimeoutError(f"only {found} of {total} key sets were stored")
-        if found != progress[0]:
-            progress = (found, now)
-        elif now - progress[1] > 5:
-            missing = set(map(slug, range(total))) - set(records(range(total)))
-            for name in missing:
-                refresh_key_set.delay(name)
-            lost, progress = lost + len(missing), (found, now)
-        time.sleep(0.5)
-    return lost
+    wait_until(stored, f"the key sets of {len(urls)} URLs stored", timeout)
 
 
-def records(indexes: range) -> dict[str, Any]:
-    """The stored key set records (with keys) of tenants ``indexes``."""
+def records(urls: list[str]) -> dict[str, Any]:
+    """The stored key set records (with keys) of these JWKS URLs, by URL."""
     from authz.jwks import read_records
 
-    slugs = [slug(i) for i in indexes]
     found: dict[str, Any] = {}
-    for start in range(0, len(slugs), 1000):
-        found.update(read_records(slugs[start : start + 1000]))
-    return {name: record for name, record in found.items() if record.keys}
-
-
-def start_web(plat: Platform, app: str = "config.wsgi") -> tuple[str, Any]:
-    """gunicorn with 2 sync workers on loopback; return its URL and process."""
-    port = free_port()
-    argv = [PYTHON, "-m", "gunicorn", app, "-w", "2", "-b", f"127.0.0.1:{port}"]
-    web = plat.stack.spawn("web", argv, plat.env)
-    # A path no route serves: answering it touches neither tenants nor keys.
-    plat.stack.wait_http("web", web, f"http://127.0.0.1:{port}/bench-not-found")
-    return f"http://127.0.0.1:{port}", web
-
-
-def worker_pids(master: int) -> list[int]:
-    """The gunicorn workers: the master's children."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return sorted(int(pid) for pid in children)
-
-
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of a process in MiB: now (VmRSS) or at its peak (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no {field} for pid {pid}")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU time of processes, in seconds."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def busy_cpu_seconds() -> float:
-    """CPU time all processes on this machine used since boot, in seconds."""
-    # user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
-    ticks = [int(field) for field in Path("/proc/stat").read_text().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the load generator)."""
-    own, children = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-class Counters:
-    """SQL statements (PostgreSQL's statement log), issuer fetches, Redis commands, CPU time."""
-
-    def __init__(self, plat: Platform, web_pids: list[int]) -> None:
-        import redis
-
-        self.log = plat.postgres_log
-        self.stats_url = f"{plat.issuer_url}/_stats"
-        self.redis = redis.Redis.from_url(plat.redis_url)
-        self.web_pids = web_pids
-
-    @staticmethod
-    def log_statements(setting: str) -> None:
-        """Set PostgreSQL's ``log_statement`` for every session, open ones included."""
-        from django.db import connection
-
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER SYSTEM SET log_statement = '{setting}'")
-            cursor.execute("SELECT pg_reload_conf()")
-        connection.close()
-        time.sleep(0.5)  # sessions apply the reload before their next statement
-
-    def read(self) -> dict[str, float]:
-        """Current totals."""
-        stats = json.loads(http_get(self.stats_url)[2])
-        return {
-            "wall": time.monotonic(),
-            "server_cpu": cpu_seconds(self.web_pids),
-            "own_cpu": own_cpu_seconds(),
-            "busy_cpu": busy_cpu_seconds(),
-            "log_offset": self.log.stat().st_size,
-            "fetches": sum(n for key, n in stats.items() if "/.well-known/" in key),
-            "redis": self.redis.info("stats")["total_commands_processed"],
-        }
-
-    def since(self, before: dict[str, float], requests: int) -> dict[str, Any]:
-        """What the last ``requests`` requests cost since ``before``."""
-        after = self.read()
-        delta = {key: after[key] - before[key] for key in after}
-        time.sleep(0.3)  # let the statement log catch up
-        with self.log.open("rb") as log:
-            log.seek(int(before["log_offset"]))
-            statements = log.read().count(b" LOG:  statement: ")
-        others = delta["busy_cpu"] - delta["server_cpu"] - delta["own_cpu"]
-        return {
-            "sql_queries": statements,
-            "http_fetches": int(delta["fetches"]),
-            "server_cpu_ms": round(delta["server_cpu"] * 1000 / max(requests, 1), 3),
-            "others_cpu_pct": round(max(others, 0) * 100 / (delta["wall"] * os.cpu_count()), 1),
-            "redis_per_request": round((delta["redis"] - 1) / max(requests, 1), 3),  # less INFO
-        }
+    for start in range(0, len(urls), 1000):
+        found.update(read_records(urls[start : start + 1000]))
+    return {url: record for url, record in found.items() if record.keys}
 
 
 def run_scenario(
     name: str, expect: int, lines: list, base: str, seconds: int, counters: Counters, workdir: Path
 ) -> dict[str, Any]:
     """One timed run of a scenario, with its SQL, fetch, Redis and CPU counts."""
-    before = counters.read()
+    before = counters.start()
     measured = load.drive(base, lines, expect, seconds, workdir)
     return {
         "scenario": name,
@@ -335,7 +129,7 @@ SCENARIOS = ("public", "scoped_repeat", "scoped_distinct", "invalid", "insuffici
 def scenario_requests(tokens: Tokens, tenants: int, distinct: int) -> dict[str, tuple[int, list]]:
     """Each scenario's expected status and its (path, Authorization) lines, in run order."""
     return {
-        "public": (200, [(f"/t/{slug(0)}/api/public", "")]),
+        "public": (200, [(public_path(0), "")]),
         "scoped_repeat": (200, [(scoped_path(0), tokens.bearer(0))]),
         "scoped_distinct": (200, distinct_lines(tokens, tenants, distinct)),
         "invalid": (401, [(scoped_path(0), tokens.bad_signature(0))]),
@@ -353,7 +147,7 @@ def timed_scenarios(
     for expect, lines in scenarios.values():
         load.drive(base, lines, expect, WARMUP_SECONDS, workdir)
     counters = Counters(plat, pids)
-    counters.log_statements("all")
+    counters.log_statements(True)
     results = []
     for name in SCENARIOS:
         if name == "scoped_distinct":  # tokens never sent before, as many as the run can use
@@ -362,29 +156,64 @@ def timed_scenarios(
         expect, lines = scenarios[name]
         say(f"{name}: {seconds} s")
         results.append(run_scenario(name, expect, lines, base, seconds, counters, workdir))
-    counters.log_statements("none")
+    counters.log_statements(False)
     return results
 
 
-def time_refresh_all(tenants: int) -> float:
-    """Seconds from queuing the periodic fan-out until the worker stored every tenant's keys."""
-    from authz.tasks import refresh_all_key_sets
+def copy_issuer_keys(plat: Platform, names: list[str]) -> None:
+    """Give new development issuer names the keys of ``iss0``, before the issuer first serves them.
+
+    The issuer makes a 2048-bit RSA key for a name on first use (70 ms each here); for 1,000
+    names that is a minute spent before the figure, not in it. Its key directory is plain files.
+    """
+    keys = Path(plat.env["DEVISSUER_KEY_DIR"])
+    for name in names:
+        if not (keys / name).exists():
+            shutil.copytree(keys / issuer_name(0), keys / name)
+
+
+def seed(plat: Platform, documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Create tenants with ``bulk_create`` (control_helper seed); return what it reported."""
+    path = plat.stack.workdir / f"{name}.json"
+    path.write_text(json.dumps({"tenants": documents}))
+    try:
+        return helper(plat, "seed", str(path))
+    finally:
+        path.unlink()
+
+
+def time_refresh_all(urls: list[str]) -> float:
+    """Seconds from queuing the periodic fan-out until the worker stored every URL's keys."""
+    from tenants.tasks import refresh_all_key_sets
 
     started = time.time()
     refresh_all_key_sets.delay()
 
     def refreshed() -> dict[str, Any] | None:
-        found = records(range(tenants))
-        done = len(found) == tenants and all(r.fetched_at >= started for r in found.values())
+        found = records(urls)
+        done = len(found) == len(urls) and all(r.fetched_at >= started for r in found.values())
         return found if done else None
 
-    found = wait_until(refreshed, f"refresh of {tenants} key sets", timeout=180)
+    found = wait_until(refreshed, f"refresh of {len(urls)} key sets", timeout=180)
     return max(record.fetched_at for record in found.values()) - started
+
+
+def refresh_scale(plat: Platform) -> dict[str, Any]:
+    """The fan-out over 1,000 distinct JWKS URLs: tenants on 1,000 issuer names, timed."""
+    names = [f"iss{number}" for number in range(REFRESH_URLS)]
+    copy_issuer_keys(plat, names)
+    say(f"adding {REFRESH_URLS} tenants on {REFRESH_URLS} issuer names")
+    documents = [tenant_document(j, plat.issuer_url, names[j], "k") for j in range(REFRESH_URLS)]
+    seed(plat, documents, "refresh-tenants")
+    urls = [jwks_url(plat, name) for name in names]
+    time_refresh_all(urls)  # the first fetch of each new URL, untimed
+    say(f"timing the refresh of {len(urls)} key sets (distinct JWKS URLs)")
+    return {"key_sets": len(urls), "seconds": round(time_refresh_all(urls), 2)}
 
 
 def warm_every_worker(base: str, lines: list[tuple[str, str]], pids: set[int]) -> int:
     """Send each line until every gunicorn worker has served it; return the requests sent."""
-    # Bounded by time, not tries: while one worker loads the directory the other serves all.
+    # Bounded by time, not tries: which worker accepts a connection is up to the kernel.
     deadline = time.monotonic() + 300
 
     def warm(line: tuple[str, str]) -> int:
@@ -404,35 +233,35 @@ def warm_every_worker(base: str, lines: list[tuple[str, str]], pids: set[int]) -
         return sum(pool.map(warm, lines))
 
 
-def scale(plat: Platform, tokens: Tokens, seconds: int, repeat_rps: float) -> dict[str, Any]:
-    """Key set refresh of 1,000 tenants; memory and warm-path counts with 10,000 tenants."""
-    add_tenants(plat, max(plat.tenants, REFRESH_TENANTS))
-    say(f"timing the refresh of {plat.tenants} key sets")
-    refresh = {"tenants": plat.tenants, "seconds": round(time_refresh_all(plat.tenants), 2)}
-    add_tenants(plat, max(plat.tenants, MEMORY_TENANTS))
-    base, web = start_web(plat, "bench.probe_wsgi:application")
+def memory_scale(plat: Platform, tokens: Tokens, seconds: int, repeat_rps: float) -> dict[str, Any]:
+    """Memory and warm-path counts with 10,000 tenants held by each web worker."""
+    control.fill(plat, MEMORY_TENANTS)
+    base, web = start_web(plat, PROBE_APP)
     pids = worker_pids(web.pid)
-    everyone = range(plat.tenants)
-    say(f"warming both web workers with all {plat.tenants} tenants")
+    everyone = range(MEMORY_TENANTS)
+    say(f"warming both web workers with {MEMORY_TENANTS} tenants")
     rss = {"idle": [rss_mib(pid) for pid in pids]}
-    warm_every_worker(base, [(f"/t/{slug(0)}/api/public", "")], set(pids))  # loads the directory
-    rss["configs"] = [rss_mib(pid) for pid in pids]
     lines = [(scoped_path(i), tokens.bearer(i)) for i in everyone]
     warm_requests = warm_every_worker(base, lines, set(pids))
     rss["warm"] = [rss_mib(pid) for pid in pids]
     rss["peak"] = [rss_mib(pid, "VmHWM") for pid in pids]
+    held = control.per_worker(base + HELD_PATH, pids)
     check_seconds = min(seconds, 5)
-    count = max(plat.tenants, tokens_needed(repeat_rps, check_seconds))
-    fresh = distinct_lines(tokens, plat.tenants, count)  # never seen: each verified anew
+    count = max(MEMORY_TENANTS, tokens_needed(repeat_rps, check_seconds))
+    fresh = distinct_lines(tokens, MEMORY_TENANTS, count)  # never seen: each verified anew
     counters = Counters(plat, pids)
-    counters.log_statements("all")
-    name, workdir = f"scoped_distinct@{plat.tenants}", plat.stack.workdir
+    counters.log_statements(True)
+    name, workdir = f"scoped_distinct@{MEMORY_TENANTS}", plat.stack.workdir
     check = run_scenario(name, 200, fresh, base, check_seconds, counters, workdir)
-    counters.log_statements("none")
+    counters.log_statements(False)
     plat.stack.stop(web)
     return {
-        "refresh": refresh,
-        "memory": {"tenants": plat.tenants, "worker_rss_mib": rss, "warm_requests": warm_requests},
+        "memory": {
+            "tenants": MEMORY_TENANTS,
+            "worker_rss_mib": rss,
+            "held": [held[pid]["held"] for pid in pids],
+            "warm_requests": warm_requests,
+        },
         "warm_check": check,
     }
 
@@ -474,6 +303,7 @@ COLUMNS = (
     ("p99 ms", "p99_ms", ">6.2f"),
     ("errors", "errors", ">6"),
     ("SQL", "sql_queries", ">3"),
+    ("sync SQL", "sync_sql_queries", ">8"),
     ("fetches", "http_fetches", ">7"),
     ("redis/req", "redis_per_request", ">9.2f"),
     ("CPU ms/req", "server_cpu_ms", ">10.2f"),
@@ -482,55 +312,82 @@ COLUMNS = (
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The scenarios as a fixed-width table."""
+    """The scenarios as a fixed-width table ("-": not measured in this mode)."""
     header = "  ".join(f"{title:{spec.split('.')[0]}}" for title, _, spec in COLUMNS)
     lines = [header, "-" * len(header)]
     for row in rows:
-        lines.append("  ".join(format(row[key], spec) for _, key, spec in COLUMNS))
+        cells = []
+        for _, key, spec in COLUMNS:
+            value = row[key]
+            cells.append(format("-", spec.split(".")[0]) if value is None else format(value, spec))
+        lines.append("  ".join(cells))
     return "\n".join(lines)
+
+
+RATIOS = ("scoped_repeat_over_public", "scoped_distinct_over_public")
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Throughput of the scoped scenarios over the public one."""
     rps = {row["scenario"]: row["rps"] for row in rows}
-    return {
-        f"{name}_over_public": round(rps[name] / rps["public"], 3)
-        for name in ("scoped_repeat", "scoped_distinct")
-    }
+    return {key: round(rps[key.removesuffix("_over_public")] / rps["public"], 3) for key in RATIOS}
 
 
 def report_scale(figures: dict[str, Any]) -> str:
-    """The scale measurements, as sentences."""
-    refresh, memory, check = figures["refresh"], figures["memory"], figures["warm_check"]
+    """The 1,000 and 10,000 measurements, as sentences."""
+    lines = []
+    if "refresh" in figures:
+        refresh = figures["refresh"]
+        lines.append(
+            f"key set refresh: {refresh['key_sets']} distinct JWKS URLs in "
+            f"{refresh['seconds']:.2f} s (refresh_all_key_sets fan-out, one Celery worker of "
+            "2 processes; target <= 20 s)"
+        )
+    memory, check = figures["memory"], figures["warm_check"]
     rss = {stage: " and ".join(map(str, mib)) for stage, mib in memory["worker_rss_mib"].items()}
-    return "\n".join(
-        [
-            f"key set refresh: {refresh['tenants']} tenants in {refresh['seconds']:.2f} s "
-            "(refresh_all_key_sets fan-out, one Celery worker of 2 processes; target <= 20 s)",
-            f"web worker RSS with {memory['tenants']} tenants: {rss['warm']} MiB warm "
-            f"(target <= 200 MiB; peak {rss['peak']} MiB); {rss['idle']} MiB before any request, "
-            f"{rss['configs']} MiB with the tenant configs loaded; "
-            f"warmed with {memory['warm_requests']} requests",
-            f"warm requests at {memory['tenants']} tenants (a fresh token per tenant): "
-            f"{check['rps']:.1f} req/s, p50 {check['p50_ms']:.2f} ms, "
-            f"p99 {check['p99_ms']:.2f} ms, errors {check['errors']}, "
-            f"SQL {check['sql_queries']}, fetches {check['http_fetches']}, "
-            f"Redis commands per request {check['redis_per_request']}",
-        ]
-    )
+    lines += [
+        f"web worker RSS with {memory['tenants']} tenants served: {rss['warm']} MiB warm "
+        f"(target <= 200 MiB; peak {rss['peak']} MiB; {rss['idle']} MiB before any request); "
+        f"warmed with {memory['warm_requests']} requests; "
+        f"{' and '.join(map(str, memory['held']))} tenants held",
+        f"warm requests at {memory['tenants']} tenants (a fresh token per tenant): "
+        f"{check['rps']:.1f} req/s, p50 {check['p50_ms']:.2f} ms, "
+        f"p99 {check['p99_ms']:.2f} ms, errors {check['errors']}, "
+        f"SQL {check['sql_queries']} (background: {check['sync_sql_queries']}), "
+        f"fetches {check['http_fetches']}, "
+        f"Redis commands per request {check['redis_per_request']}",
+    ]
+    return "\n".join(lines)
 
 
 def parse_args() -> argparse.Namespace:
-    """Command line: tenants, seconds per scenario, and whether to skip the scale measurements."""
+    """Command line: mode, tenants, seconds per scenario, and which scale measurements run."""
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=[*MODES, "both"], default="redis")
     parser.add_argument("--tenants", type=int, default=100, help="tenants served (default 100)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--skip-scale", action="store_true", help="no scale measurement at all")
+    scale.add_argument(
+        "--scale-control-plane",
+        action="store_true",
+        help="of the scale measurements, only the control plane's",
+    )
     parser.add_argument(
-        "--skip-scale", action="store_true", help="skip the 1,000 and 10,000 tenant measurements"
+        "--control-tenants", type=int, default=100_000, help="tenants in the control-plane run"
+    )
+    parser.add_argument(
+        "--import-tenants",
+        type=int,
+        default=control.IMPORT_SAMPLE,
+        help="tenants imported through the command for the import time (the rest are "
+        "created directly; the time for all of them is extrapolated from the rate)",
     )
     args = parser.parse_args()
     if args.tenants < 1 or args.duration < 1:
         parser.error("--tenants and --duration must be at least 1")
+    if args.control_tenants < MEMORY_TENANTS + args.tenants:
+        parser.error(f"--control-tenants must be at least {MEMORY_TENANTS + args.tenants}")
     return args
 
 
@@ -539,34 +396,62 @@ def stop_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def request_path(plat: Platform, tokens: Tokens, args: argparse.Namespace) -> dict[str, Any]:
+    """The five scenarios with ``--tenants`` tenants; prints their table."""
+    add_tenants(plat, args.tenants)
+    say(f"starting gunicorn, 2 sync workers ({plat.mode} mode)")
+    base, web = start_web(plat)
+    rows = timed_scenarios(plat, base, worker_pids(web.pid), tokens, args.duration)
+    figures: dict[str, Any] = {"worker_rss_mib": [rss_mib(pid) for pid in worker_pids(web.pid)]}
+    plat.stack.stop(web)
+    figures["scenarios"] = {row.pop("scenario"): row for row in map(dict, rows)}
+    figures.update(ratios(rows))
+    print(table(rows))
+    print(", ".join(f"{key} = {value:.3f}" for key, value in ratios(rows).items()))
+    rss = " and ".join(map(str, figures["worker_rss_mib"]))
+    print(f"web worker RSS with {args.tenants} tenants warm: {rss} MiB", flush=True)
+    return figures
+
+
+def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Everything measured in one deployment mode, with its own services."""
+    figures: dict[str, Any] = {"mode": mode}
+    with Stack() as stack:
+        say(f"{mode} mode: starting the database, the store, the issuer (and a worker)")
+        plat = start_platform(stack, mode)
+        tokens = Tokens(stack.workdir / "keys", plat.issuer_url)
+        figures.update(request_path(plat, tokens, args))
+        if args.skip_scale:
+            return figures
+        old_scale = mode == "redis" and not args.scale_control_plane
+        imported = control.time_import(plat, args) if mode == "redis" else {}
+        if old_scale:
+            repeat_rps = figures["scenarios"]["scoped_repeat"]["rps"]
+            figures["scale"] = memory_scale(plat, tokens, args.duration, repeat_rps)
+        figures["control_plane"] = {**imported, **control.run(plat, tokens, args)}
+        if old_scale:
+            figures["scale"]["refresh"] = refresh_scale(plat)
+            print(report_scale(figures["scale"]))
+        print(control.report(figures["control_plane"]), flush=True)
+    return figures
+
+
 def main() -> None:
-    """Set up, measure, report, tear down."""
+    """Set up, measure, report, tear down; one deployment mode after the other."""
     args = parse_args()
     signal.signal(signal.SIGTERM, stop_on_signal)
     signal.signal(signal.SIGHUP, stop_on_signal)
+    say(f"measuring on {machine()}")
     summary: dict[str, Any] = {"machine": machine(), "tenants": args.tenants}
     summary["duration_s"] = args.duration
-    with Stack() as stack:
-        say(f"starting PostgreSQL, Redis, the issuer and a worker on {summary['machine']}")
-        plat = start_platform(stack)
-        add_tenants(plat, args.tenants)
-        tokens = Tokens(stack.workdir / "keys", plat.issuer_url)
-        say("starting gunicorn, 2 sync workers")
-        base, web = start_web(plat)
-        rows = timed_scenarios(plat, base, worker_pids(web.pid), tokens, args.duration)
-        summary["worker_rss_mib"] = [rss_mib(pid) for pid in worker_pids(web.pid)]
-        stack.stop(web)
-        summary.update(scenarios={row.pop("scenario"): row for row in map(dict, rows)})
-        summary.update(ratios(rows))
-        print(table(rows))
-        print(", ".join(f"{key} = {value:.3f}" for key, value in ratios(rows).items()))
-        rss = " and ".join(map(str, summary["worker_rss_mib"]))
-        print(f"web worker RSS with {args.tenants} tenants warm: {rss} MiB", flush=True)
-        if not args.skip_scale:
-            say("scale: 1,000 tenants' key set refresh, then 10,000 tenants in the web workers")
-            repeat_rps = summary["scenarios"]["scoped_repeat"]["rps"]
-            summary["scale"] = scale(plat, tokens, args.duration, repeat_rps)
-            print(report_scale(summary["scale"]))
+    modes = MODES if args.mode == "both" else (args.mode,)
+    results = [run_mode(mode, args) for mode in modes]
+    summary.update(results[0])
+    if len(results) > 1:
+        summary["embedded"] = results[1]
+        for result in results:
+            ratio = ", ".join(f"{key} = {result[key]:.3f}" for key in RATIOS)
+            print(f"{result['mode']} mode: {ratio}")
     summary["run_seconds"] = round(time.monotonic() - STARTED, 1)
     say("done; everything started was stopped")
     print("BENCH " + json.dumps(summary), flush=True)

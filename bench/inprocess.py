@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.bench import SCENARIOS, Tokens, add_tenants, say, scenario_requests, start_platform
-from bench.stack import Stack
+from bench.bench import SCENARIOS, add_tenants, scenario_requests
+from bench.fixtures import Tokens, say
+from bench.stack import Stack, start_platform
 
 
 def environ(path: str, authorization: str) -> dict[str, Any]:
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--sort", default="cumulative", help="pstats order of --profile")
     args = parser.parse_args()
     with Stack() as stack:
-        plat = start_platform(stack)
+        plat = start_platform(stack, "redis")
         add_tenants(plat, args.tenants)
         tokens = Tokens(stack.workdir / "keys", plat.issuer_url)
         say(f"signing {2 * args.requests} distinct tokens")

@@ -1,6 +1,7 @@
 """Driving one scenario from a separate process: Debian's wrk when installed, else pyload.py."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -47,24 +48,49 @@ def drive(
     base_url: str, lines: list[tuple[str, str]], expect: int, seconds: int, workdir: Path
 ) -> Load:
     """Send ``lines`` (path, Authorization) in a loop for ``seconds``; expect ``expect``."""
+    requests_file = write_requests(workdir, lines)
+    if generator() == "wrk":
+        argv = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
+        argv += ["-s", str(HERE / "scenario.lua"), base_url]
+    else:
+        argv = pyload_argv(base_url, requests_file, expect, seconds)
+    return run(argv, requests_file, expect, seconds + 60)
+
+
+def drive_once(
+    base_url: str, lines: list[tuple[str, str]], expect: int, workdir: Path, timeout: int = 900
+) -> Load:
+    """Send every line once (pyload.py: each connection sends its share once), then stop."""
+    requests_file = write_requests(workdir, lines)
+    argv = pyload_argv(base_url, requests_file, expect, timeout)
+    argv += ["--most", str(math.ceil(len(lines) / CONNECTIONS))]
+    return run(argv, requests_file, expect, timeout + 60)
+
+
+def write_requests(workdir: Path, lines: list[tuple[str, str]]) -> Path:
+    """The request file the load generators read: one "path<TAB>authorization" a line."""
     requests_file = workdir / "requests.tsv"
     requests_file.write_text("".join(f"{path}\t{auth}\n" for path, auth in lines))
+    return requests_file
+
+
+def pyload_argv(base_url: str, requests_file: Path, expect: int, seconds: int) -> list[str]:
+    """The command line of the Python load generator."""
+    argv = [PYTHON, str(HERE / "pyload.py"), base_url, "--requests-file", str(requests_file)]
+    return [*argv, "--expect", str(expect), "--seconds", str(seconds), "--connections", "4"]
+
+
+def run(argv: list[str], requests_file: Path, expect: int, timeout: int) -> Load:
+    """Run a load generator to completion; return the RESULT line it printed."""
     env = {
         **os.environ,
         "BENCH_REQUESTS": str(requests_file),
         "BENCH_EXPECT": str(expect),
         "BENCH_THREADS": str(WRK_THREADS),
     }
-    if generator() == "wrk":
-        argv = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
-        argv += ["-s", str(HERE / "scenario.lua"), base_url]
-    else:
-        argv = [PYTHON, str(HERE / "pyload.py"), base_url, "--requests-file", str(requests_file)]
-        argv += ["--expect", str(expect), "--seconds", str(seconds), "--connections"]
-        argv += [str(CONNECTIONS)]
     # Our own argv: wrk or this interpreter, with paths and numbers we made.
     done = subprocess.run(  # noqa: S603
-        argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
+        argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -1,0 +1,86 @@
+"""The benchmark's tenants and tokens: how tenant number N is configured, and its tokens signed."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devissuer.issuer import DevKeyStore
+
+ISSUERS = 10  # tenants share a few issuers, so signing distinct tokens stays cheap
+SCOPE = "read:messages"
+STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    """A progress line, with the seconds since the start."""
+    print(f"bench: [{time.monotonic() - STARTED:5.0f} s] {message}", flush=True)
+
+
+def slug(index: int, prefix: str = "t") -> str:
+    """The slug of tenant number ``index``."""
+    return f"{prefix}{index:05d}"
+
+
+def issuer_name(index: int) -> str:
+    """The development issuer name of tenant ``index``: one of ISSUERS."""
+    return f"iss{index % ISSUERS}"
+
+
+def tenant_document(
+    index: int, issuer_base: str, issuer: str | None = None, prefix: str = "t"
+) -> dict[str, Any]:
+    """Tenant ``index`` as the tenants JSON describes it (one audience, one host)."""
+    name = slug(index, prefix)
+    return {
+        "slug": name,
+        "name": f"Tenant {name}",
+        "issuer": f"{issuer_base}/{issuer or issuer_name(index)}/",
+        "audiences": [f"https://api.{name}.test"],
+        "hosts": [f"{name}.localhost"],
+    }
+
+
+def scoped_path(index: int) -> str:
+    """The private-scoped endpoint of tenant ``index``."""
+    return f"/t/{slug(index)}/api/private-scoped"
+
+
+def public_path(index: int) -> str:
+    """The open endpoint of tenant ``index``."""
+    return f"/t/{slug(index)}/api/public"
+
+
+class Tokens:
+    """Signs tokens for the tenants with the development issuer's own keys (same key dir)."""
+
+    def __init__(self, key_dir: Path, issuer_base: str) -> None:
+        self.store = DevKeyStore(key_dir)
+        self.issuer_base = issuer_base
+        self.serial = 0
+
+    def claims(self, index: int, scope: str) -> dict[str, Any]:
+        """Fresh claims for tenant ``index``: a new subject each time, so every token differs."""
+        self.serial += 1
+        now = int(time.time())
+        return {
+            "iss": f"{self.issuer_base}/{issuer_name(index)}/",
+            "aud": f"https://api.{slug(index)}.test",
+            "sub": f"auth0|bench-{self.serial}",
+            "iat": now,
+            "exp": now + 3600,
+            "scope": scope,
+        }
+
+    def bearer(self, index: int, scope: str = SCOPE) -> str:
+        """An ``Authorization`` value with a valid token of tenant ``index``."""
+        return f"Bearer {self.store.sign(issuer_name(index), self.claims(index, scope))}"
+
+    def bad_signature(self, index: int) -> str:
+        """A token naming the tenant's real key but signed by another key: 401."""
+        foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        kid = self.store.current(issuer_name(index))[0]
+        claims = self.claims(index, SCOPE)
+        return f"Bearer {jwt.encode(claims, foreign, algorithm='RS256', headers={'kid': kid})}"

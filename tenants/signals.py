@@ -31,26 +31,27 @@ for part in PARTS:
 
 @receiver(pre_save, sender=Tenant)
 @receiver(pre_delete, sender=Tenant)
-def remember_key_set_url(sender: type, instance: Tenant, **kwargs: object) -> None:
-    """Note the JWKS URL the tenant used before this save or delete."""
-    if instance.pk is None:
-        return
-    before = Tenant.objects.filter(pk=instance.pk).first()
-    instance._jwks_url_before = before.jwks_url if before else None
+def remember_key_set_source(sender: type, instance: Tenant, **kwargs: object) -> None:
+    """Note the JWKS URL and the active flag the tenant had before this save or delete."""
+    before = Tenant.objects.filter(pk=instance.pk).first() if instance.pk is not None else None
+    instance._key_set_before = (before.jwks_url, before.active) if before else None
 
 
 @receiver(post_save, sender=Tenant)
 def refresh_keys_after_save(sender: type, instance: Tenant, **kwargs: object) -> None:
-    """Queue the (possibly new) issuer's refresh once the save commits; drop a dropped URL."""
-    before = getattr(instance, "_jwks_url_before", None)
-    if instance.active:
+    """Queue a refresh once the save commits, when the tenant's keys may be new to us: it was
+    created, reactivated or repointed. A save of anything else fetches nothing (the Refresh keys
+    button and the schedule remain); the URL it no longer uses is dropped when unused."""
+    before = getattr(instance, "_key_set_before", None)
+    if instance.active and before != (instance.jwks_url, True):
         queue_refresh({instance.jwks_url})
-    if before and before != instance.jwks_url:
-        transaction.on_commit(lambda: forget_unused_key_sets({before}))
+    if before and before[0] != instance.jwks_url:
+        transaction.on_commit(lambda: forget_unused_key_sets({before[0]}))
 
 
 @receiver(post_delete, sender=Tenant)
 def forget_keys_after_delete(sender: type, instance: Tenant, **kwargs: object) -> None:
     """The last tenant of a URL takes its record with it."""
-    url = getattr(instance, "_jwks_url_before", None) or instance.jwks_url
+    before = getattr(instance, "_key_set_before", None)
+    url = before[0] if before else instance.jwks_url
     transaction.on_commit(lambda: forget_unused_key_sets({url}))

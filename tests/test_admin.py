@@ -173,16 +173,31 @@ def test_operator_edits_name_and_audiences_but_not_slug_or_hosts(operated):
     assert [h.hostname for h in acme.hosts.all()] == ["acme.localhost"]
 
 
-def test_saving_a_tenant_fetches_its_keys_once_the_save_commits(
+def test_repointing_a_tenant_fetches_the_new_keys_once_the_save_commits(
     operated, issuer, django_capture_on_commit_callbacks
 ):
     client, acme, _globex = operated
+    new_issuer = issuer.url_for("acme-moved")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(change_url(acme), change_post(acme, issuer_override=new_issuer))
+
+    assert response.status_code == 302
+    acme.refresh_from_db()
+    assert issuer.store.current("acme-moved")[0] in kids_of(acme.jwks_url)
+
+
+def test_saving_a_tenant_without_issuer_changes_fetches_nothing(
+    operated, issuer, django_capture_on_commit_callbacks
+):
+    client, acme, _globex = operated
+    before = issuer.hits("/acme/.well-known/jwks.json")
 
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(change_url(acme), change_post(acme, name="Acme Saved"))
 
     assert response.status_code == 302
-    assert issuer.store.current("acme")[0] in kids_of(acme.jwks_url)
+    assert issuer.hits("/acme/.well-known/jwks.json") == before
 
 
 def test_every_change_is_recorded_in_the_admin_history(operated):

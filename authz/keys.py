@@ -101,6 +101,7 @@ class KeyCache:
     def held_key(self, jwks_url: str, kid: str) -> SigningKey | None:
         """The usable key with this kid that this process holds now; never fetches."""
         self._sync_inline_when_due()
+        self._used_at[jwks_url] = time.monotonic()  # a repeated token is a use too
         entry = self._entries.get(jwks_url)
         if entry is None or not entry.usable():
             return None
@@ -108,7 +109,6 @@ class KeyCache:
 
     def signing_key(self, jwks_url: str, kid: str) -> SigningKey:
         """The public key with this kid, fetching once per cooldown when missing."""
-        self._used_at[jwks_url] = time.monotonic()
         key = self.held_key(jwks_url, kid)
         if key is not None:
             return key
@@ -165,9 +165,11 @@ class KeyCache:
         now, refreshed = time.monotonic(), 0
         due_after = interval * (2 if worker_expected else 1)
         for url, entry in list(self._entries.items()):
+            # A URL no request here used lately is left to others: refreshing it could bring back
+            # the record of an issuer no tenant uses any more. Its keys stay, in case it returns.
             if now - self._used_at.get(url, float("-inf")) > 2 * interval:
-                self._forget(url)  # no request of this process needs it any more
-            elif self._older_than(url, entry, due_after) and self._claim(url, interval):
+                continue
+            if self._older_than(url, entry, due_after) and self._claim(url, interval):
                 refreshed += self._refresh_in_background(url)
         return refreshed
 
@@ -215,11 +217,6 @@ class KeyCache:
                 self._entries.pop(jwks_url, None)
             else:
                 self._entries[jwks_url] = entry
-
-    def _forget(self, jwks_url: str) -> None:
-        with self._lock:
-            self._entries.pop(jwks_url, None)
-            self._used_at.pop(jwks_url, None)
 
     def _may_fetch(self, jwks_url: str) -> bool:
         """One on-demand fetch per URL per cooldown: checked here, then across processes."""

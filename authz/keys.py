@@ -15,7 +15,7 @@ the issuer, and a hanging issuer holds at most one worker per URL.
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from authz.conf import authz_settings
 from authz.jwks import (
@@ -72,18 +72,20 @@ def _parse(record: KeySetRecord, now: float, stamp: object) -> _Entry:
 def _updated(entry: _Entry | None, record: KeySetRecord | None, now: float, stamp: object):
     """The entry after reading ``record``; a flushed store never drops keys already held."""
     if record is None or (record.fetched_at is None and entry is not None):
-        return entry and _Entry(*_fields(entry)[:4], now, UNREAD)
+        return entry and replace(entry, read_at=now, stamp=UNREAD)
     if entry is not None and entry.version == record.version:
-        return _Entry(entry.version, record.fetched_at, record.attempted_at, entry.keys, now, stamp)
+        return replace(
+            entry,
+            fetched_at=record.fetched_at,
+            attempted_at=record.attempted_at,
+            read_at=now,
+            stamp=stamp,
+        )
     return _parse(record, now, stamp)
 
 
 def _has(entry: _Entry | None, kid: str) -> bool:
     return entry is not None and entry.usable() and kid in entry.keys
-
-
-def _fields(entry: _Entry) -> tuple:
-    return (entry.version, entry.fetched_at, entry.attempted_at, entry.keys)
 
 
 class KeyCache:

@@ -251,7 +251,6 @@ CHILD_TABLES = (  # kind, table, its one or two value columns
 WHERE = {
     "slug": "slug = %s",
     "host": "id = (SELECT tenant_id FROM tenants_tenanthost WHERE hostname = %s)",
-    "id": "id = %s",
 }
 
 
@@ -275,8 +274,8 @@ def _tenant_sql(kind: str) -> str:
 TENANT_SQL = {kind: _tenant_sql(kind) for kind in WHERE}
 
 
-def load_tenant(kind: str, value: str | int) -> TenantConfig | None:
-    """The active tenant with this slug, host or id, read in one query; None when there is none."""
+def load_tenant(kind: str, value: str) -> TenantConfig | None:
+    """The active tenant with this slug or host, read in one query; None when there is none."""
     with connection.cursor() as cursor:
         cursor.execute(TENANT_SQL[kind], [value, True])
         rows = cursor.fetchall()

@@ -1,4 +1,4 @@
-"""DRF authentication: a tenant's RS256 bearer token becomes a stateless principal."""
+"""DRF authentication: a tenant's access token, Bearer or DPoP-bound, becomes a principal."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -6,14 +6,25 @@ from typing import Any
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from authz.errors import InvalidRequest, InvalidToken, IssuerUnavailable
+from authz import dpop
+from authz.challenges import challenges
+from authz.conf import authz_settings
+from authz.errors import (
+    InvalidDPoPProof,
+    InvalidRequest,
+    InvalidToken,
+    IssuerUnavailable,
+    ReplayCheckUnavailable,
+    UseDPoPNonce,
+)
 from authz.keys import KeySetUnavailable, key_cache
-from authz.policy import IssuerPolicy
-from authz.token_cache import verified_tokens
+from authz.policy import DPOP_DISABLED, DPOP_REQUIRED, IssuerPolicy
+from authz.token_cache import refused_tokens, token_digest, verified_tokens
 from authz.tokens import Claims, SigningKey, TokenError, verify_token
 from authz.users import provisioned_user
 
-BEARER_SCHEME = b"bearer"
+BEARER, DPOP = "Bearer", "DPoP"
+SCHEMES = {"bearer": BEARER, "dpop": DPOP}  # scheme names are case-insensitive (RFC 9110)
 
 
 @dataclass(frozen=True)
@@ -37,27 +48,114 @@ class Principal:
         """Scopes granted by the claims the tenant chose."""
         return self.claims.scopes
 
+    @property
+    def organization(self) -> str | None:
+        """The Auth0 organization (``org_id``) the token was issued for, if any."""
+        organization = self.claims.payload.get("org_id")
+        return organization if isinstance(organization, str) else None
+
 
 class TenantTokenAuthentication(BaseAuthentication):
-    """Verifies ``Authorization: Bearer <token>`` against the resolved tenant's issuer policy.
+    """Verifies ``Authorization: Bearer <token>`` or ``DPoP <token>`` with its ``DPoP`` proof.
 
     The tenant is whatever the resolver put on ``request.tenant``: anything with a ``slug``, a
-    ``policy`` and ``provision_users``; this module does not know where tenants come from.
+    ``policy`` and ``provision_users``; this module does not know where tenants come from. The
+    scheme used is left on ``request.authorization_scheme`` so the error handler answers with
+    the right challenge, and a tenant that issues DPoP nonces gets ``request.dpop_nonce`` set.
     """
 
     def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
-        """Return (user, principal), None without a bearer header, or raise for a bad one."""
-        token = self.bearer_token(request)
-        if token is None:
+        """Return (user, principal), None without a credential, or raise for a bad one."""
+        credential = self.credential(request)
+        if credential is None:
             return None
+        scheme, token = credential
         tenant = request.tenant
-        claims = verified_tokens.get(token, tenant.policy) or self.verify(token, tenant.policy)
+        policy = tenant.policy
+        self.check_scheme(scheme, policy)
+        claims = self.claims_of(token, policy)
+        bound_to = confirmation_key(claims)
+        if scheme == BEARER and bound_to is not None:
+            raise InvalidToken(
+                "The access token is bound to a DPoP key: send it as DPoP with a proof.",
+                code="dpop_bound_token",
+            )
+        if scheme == DPOP:
+            self.check_proof(request, token, tenant.slug, policy, bound_to)
         user = provisioned_user(tenant.slug, claims.subject) if tenant.provision_users else None
         principal = Principal(tenant.slug, claims, user)
         return (user or principal), principal
 
-    def verify(self, token: str, policy: IssuerPolicy) -> Claims:
-        """Full verification; remembered so the same token skips it next time."""
+    def credential(self, request: Request) -> tuple[str, str] | None:
+        """(scheme, token) of a Bearer or DPoP header; None for another; 400 when malformed."""
+        parts = get_authorization_header(request).split()
+        scheme = SCHEMES.get(parts[0].decode("latin-1").lower()) if parts else None
+        if scheme is None:
+            return None
+        request.authorization_scheme = scheme
+        malformed = f"The Authorization header must be: {scheme} <access token>."
+        if len(parts) != 2:
+            raise InvalidRequest(malformed)
+        try:
+            return scheme, parts[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidRequest(malformed) from None
+
+    def check_scheme(self, scheme: str, policy: IssuerPolicy) -> None:
+        """Refuse the scheme the tenant does not take, before any token work."""
+        if scheme == DPOP and policy.dpop == DPOP_DISABLED:
+            raise InvalidToken(
+                "This API does not accept DPoP: send the access token as Bearer.",
+                code="dpop_not_accepted",
+            )
+        if scheme == BEARER and policy.dpop == DPOP_REQUIRED:
+            raise InvalidToken(
+                "This API accepts DPoP-bound access tokens only, each with a DPoP proof.",
+                code="dpop_required",
+            )
+
+    def check_proof(
+        self, request: Request, token: str, realm: str, policy: IssuerPolicy, bound_to: str | None
+    ) -> None:
+        """The one DPoP proof must describe this request and come from the token's key, once."""
+        if bound_to is None:
+            raise InvalidToken(
+                "The access token is not bound to a DPoP key (no cnf.jkt): send it as Bearer.",
+                code="token_not_bound",
+            )
+        proofs = request.META.get("HTTP_DPOP", "")
+        if not proofs or "," in proofs or proofs != proofs.strip():
+            raise InvalidDPoPProof("Send exactly one DPoP proof in one DPoP header.")
+        context = dpop.ProofContext(
+            request.method, request.build_absolute_uri(request.path), token, realm
+        )
+        if policy.dpop_nonce:
+            request.dpop_nonce = dpop.current_nonce(realm)
+        try:
+            proof = dpop.verify_proof(proofs, context, policy)
+            if proof.jkt != bound_to:
+                raise dpop.ProofError("The DPoP proof key is not the key the token is bound to.")
+            dpop.check_unused(proof, realm)
+        except dpop.NonceRequired as exc:
+            raise UseDPoPNonce(exc.description, dpop.current_nonce(realm)) from exc
+        except dpop.ProofError as exc:
+            raise InvalidDPoPProof(exc.description, code=exc.code) from exc
+        except dpop.ReplayCheckUnavailable as exc:
+            raise ReplayCheckUnavailable() from exc
+
+    def claims_of(self, token: str, policy: IssuerPolicy) -> Claims:
+        """The token's claims: remembered, refused as remembered, or verified now."""
+        digest = token_digest(token)
+        claims = verified_tokens.get(token, policy, digest)
+        if claims is not None:
+            return claims
+        refusal = refused_tokens.get(policy, digest)
+        if refusal is not None:
+            raise InvalidToken(refusal.description, code=refusal.code)
+        return self.verify(token, policy, digest)
+
+    def verify(self, token: str, policy: IssuerPolicy, digest: bytes) -> Claims:
+        """Full verification; remembered, pass or lasting failure, so a repeat skips it."""
         used: list[SigningKey] = []
 
         def key_for_kid(kid: str) -> SigningKey:
@@ -67,25 +165,29 @@ class TenantTokenAuthentication(BaseAuthentication):
         try:
             claims = verify_token(token, policy, key_for_kid)
         except TokenError as exc:
+            if exc.lasting and len(token) <= authz_settings.MAX_TOKEN_BYTES:
+                refused_tokens.put(policy, digest, used[-1] if used else None, exc)
             raise InvalidToken(exc.description, code=exc.code) from exc
         except KeySetUnavailable as exc:
             raise IssuerUnavailable(retry_after=exc.retry_after) from exc
         verified_tokens.put(token, policy, used[-1], claims)
         return claims
 
-    def bearer_token(self, request: Request) -> str | None:
-        """The token of a bearer header; None for another scheme; 400 when malformed."""
-        parts = get_authorization_header(request).split()
-        if not parts or parts[0].lower() != BEARER_SCHEME:
-            return None
-        if len(parts) != 2:
-            raise InvalidRequest()
-        try:
-            return parts[1].decode("ascii")
-        except UnicodeDecodeError:
-            raise InvalidRequest() from None
-
     def authenticate_header(self, request: Request) -> str:
-        """The bare challenge for a request that sent no token."""
+        """The bare challenges for a request that sent no token."""
         tenant = getattr(request, "tenant", None)
-        return f'Bearer realm="{tenant.slug if tenant else "api"}"'
+        return challenges(tenant, None, {}) if tenant else 'Bearer realm="api"'
+
+
+def confirmation_key(claims: Claims) -> str | None:
+    """The thumbprint a token is bound to (``cnf.jkt``, RFC 9449 section 6), if any."""
+    confirmation = claims.payload.get("cnf")
+    if confirmation is None:
+        return None
+    jkt = confirmation.get("jkt") if isinstance(confirmation, dict) else None
+    if not isinstance(jkt, str) or not jkt:
+        raise InvalidToken(
+            "The access token confirmation (cnf) must hold a key thumbprint (jkt).",
+            code="invalid_claims",
+        )
+    return jkt

@@ -33,8 +33,20 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between two "Check issuer" runs of one tenant.
     "CHECK_ISSUER_COOLDOWN": 10.0,
     "MAX_TOKEN_BYTES": 8 * 1024,
-    # Verified tokens remembered per process (each a few KiB), so a repeated token skips RSA.
+    # DPoP proofs: accepted up to this many seconds after their iat, and this many before it
+    # (client clocks run fast); their jti is remembered for the sum of the two.
+    "DPOP_PROOF_MAX_AGE": 60.0,
+    "DPOP_PROOF_MAX_FUTURE": 5.0,
+    "DPOP_MAX_PROOF_BYTES": 8 * 1024,
+    # Seconds each DPoP nonce is issued for; it is still accepted for one more such period.
+    "DPOP_NONCE_PERIOD": 300.0,
+    # Verified tokens remembered per process, so a repeated token skips RSA: at most this many,
+    # and at most this many bytes (an entry costs its payload's length and about 400 bytes).
     "VERIFIED_TOKEN_CACHE_SIZE": 4096,
+    "VERIFIED_TOKEN_CACHE_BYTES": 8 * 1024 * 1024,
+    # Refused tokens remembered per process, for failures that last (authz/token_cache.py).
+    "REFUSED_TOKEN_CACHE_SIZE": 4096,
+    "REFUSED_TOKEN_CACHE_BYTES": 2 * 1024 * 1024,
 }
 
 

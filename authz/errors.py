@@ -41,3 +41,30 @@ class IssuerUnavailable(exceptions.APIException):
     def __init__(self, retry_after: int = 30) -> None:
         super().__init__()
         self.retry_after_seconds = retry_after
+
+
+class InvalidDPoPProof(exceptions.AuthenticationFailed):
+    """The DPoP proof is refused (RFC 9449 section 7.1); ``code`` says why."""
+
+    default_code = "invalid_dpop_proof"
+    bearer_error = "invalid_dpop_proof"
+
+
+class UseDPoPNonce(InvalidDPoPProof):
+    """The proof lacks the nonce this API issues; the answer carries a fresh ``DPoP-Nonce``."""
+
+    default_code = "use_dpop_nonce"
+    bearer_error = "use_dpop_nonce"
+
+    def __init__(self, detail: str, nonce: str) -> None:
+        super().__init__(detail, code=self.default_code)
+        self.nonce = nonce
+
+
+class ReplayCheckUnavailable(exceptions.APIException):
+    """The shared store cannot tell a new DPoP proof from a replay: refused, not risked."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "DPoP proofs cannot be checked for replay right now; try again shortly."
+    default_code = "dpop_replay_check_unavailable"
+    retry_after_seconds = 5

@@ -1,31 +1,28 @@
-"""RFC 6750 error responses: one place that turns every API failure into JSON and a challenge."""
+"""RFC 6750 and RFC 9449 error responses: every API failure as JSON with its challenges."""
 
-import re
 from typing import Any
 
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from authz.errors import InsufficientScope, InvalidRequest, InvalidToken, IssuerUnavailable
-
-# RFC 6750 section 3: error_description and scope may not carry '"' or backslash.
-UNQUOTABLE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
-
-
-def bearer_challenge(realm: str, **params: str) -> str:
-    """A ``WWW-Authenticate: Bearer`` value with quoted, sanitized parameters."""
-    pairs = {"realm": realm, **params}
-    return "Bearer " + ", ".join(
-        f'{name}="{UNQUOTABLE.sub("", value)}"' for name, value in pairs.items()
-    )
+from authz.challenges import challenges
+from authz.errors import (
+    InsufficientScope,
+    InvalidDPoPProof,
+    InvalidRequest,
+    InvalidToken,
+    IssuerUnavailable,
+    ReplayCheckUnavailable,
+    UseDPoPNonce,
+)
 
 
 def _challenge_params(exc: Exception) -> dict[str, str] | None:
-    """The RFC 6750 parameters for an exception, or None if it carries no challenge."""
+    """The error parameters for an exception, or None if it carries no challenge."""
     if isinstance(exc, InsufficientScope):
         return {"error": exc.bearer_error, "scope": " ".join(exc.required_scopes)}
-    if isinstance(exc, InvalidToken | InvalidRequest):
+    if isinstance(exc, InvalidToken | InvalidRequest | InvalidDPoPProof):
         return {"error": exc.bearer_error, "error_description": str(exc.detail)}
     if isinstance(exc, exceptions.NotAuthenticated):
         return {}
@@ -39,15 +36,19 @@ def _body(exc: exceptions.APIException) -> dict[str, Any]:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, with the quickstart's ``{"message"}`` body and RFC 6750 challenges."""
+    """DRF's handler, with the quickstart's ``{"message"}`` body and the right challenges."""
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     response.data = _body(exc)
     params = _challenge_params(exc)
-    tenant = getattr(context.get("request"), "tenant", None)
+    request = context.get("request")
+    tenant = getattr(request, "tenant", None)
     if params is not None and tenant is not None:
-        response["WWW-Authenticate"] = bearer_challenge(tenant.slug, **params)
-    if isinstance(exc, IssuerUnavailable):
+        scheme = getattr(request, "authorization_scheme", None)
+        response["WWW-Authenticate"] = challenges(tenant, scheme, params)
+    if isinstance(exc, UseDPoPNonce):
+        response["DPoP-Nonce"] = exc.nonce
+    if isinstance(exc, IssuerUnavailable | ReplayCheckUnavailable):
         response["Retry-After"] = str(exc.retry_after_seconds)
     return response

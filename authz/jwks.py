@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from authz import fetch
 from authz.conf import authz_settings
+from authz.jose import public_key_of
 from authz.store import claim, derived_key, internal_key, shared_store
 
 logger = logging.getLogger(__name__)
@@ -187,10 +189,37 @@ def _usable_public_key(candidate: object) -> dict[str, Any] | None:
         return None
     public = {name: value for name, value in candidate.items() if name not in PRIVATE_MEMBERS}
     try:
-        jwt.PyJWK(public)
+        parsed = public_key_of(public)
     except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
         return None
-    return public
+    return public if is_sound_key(parsed, public) else None
+
+
+# RSA: 2048 to 8192 bits and a small odd public exponent, or a garbage token naming the key
+# costs milliseconds of CPU. EC: the named curves of ES256/384/512. OKP: the signing curves only.
+RSA_BITS = (2048, 8192)
+RSA_EXPONENTS = (3, 65537)
+EC_CURVES = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
+CURVE_OF_ALGORITHM = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+OKP_CURVES = ("Ed25519", "Ed448")
+
+
+def is_sound_key(key: Any, jwk: dict[str, Any]) -> bool:
+    """Whether a parsed public key is one this platform will ever verify with."""
+    if isinstance(key, rsa.RSAPublicKey):
+        exponent = key.public_numbers().e
+        return (
+            RSA_BITS[0] <= key.key_size <= RSA_BITS[1]
+            and exponent % 2 == 1
+            and RSA_EXPONENTS[0] <= exponent <= RSA_EXPONENTS[1]
+        )
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        curve = jwk.get("crv")
+        declared = CURVE_OF_ALGORITHM.get(jwk.get("alg"), curve)
+        return EC_CURVES.get(curve) == key.curve.name and declared == curve
+    return jwk.get("crv") in OKP_CURVES and isinstance(
+        key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+    )
 
 
 def _version_of(keys: tuple[dict[str, Any], ...]) -> str:

@@ -6,12 +6,19 @@ identity (an edited tenant gets a new policy, and its earlier verifications no l
 """
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
+
+AUTH0_PROFILE = "auth0"
+RFC9068_PROFILE = "rfc9068"
+TOKEN_PROFILES = (AUTH0_PROFILE, RFC9068_PROFILE)
+DPOP_DISABLED, DPOP_ALLOWED, DPOP_REQUIRED = "disabled", "allowed", "required"
+DPOP_MODES = (DPOP_DISABLED, DPOP_ALLOWED, DPOP_REQUIRED)
 
 
 @dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class IssuerPolicy:
-    """Issuer, audiences, algorithms, leeway and scope claims of one trust relationship."""
+    """Issuer, audiences, algorithms, leeway, scope claims, token profile, organizations, DPoP."""
 
     issuer: str
     jwks_url: str
@@ -19,30 +26,35 @@ class IssuerPolicy:
     algorithms: tuple[str, ...]
     leeway: int
     scope_claims: str
+    token_profile: str = AUTH0_PROFILE
+    # Auth0 organization ids a token's org_id must be one of; empty: org_id is not checked.
+    organizations: frozenset[str] = frozenset()
+    # DPoP (RFC 9449): whether the scheme is refused, taken beside Bearer, or the only one taken;
+    # the proof algorithms accepted; whether proofs must carry a nonce this API issued.
+    dpop: str = DPOP_ALLOWED
+    dpop_algorithms: tuple[str, ...] = ("ES256",)
+    dpop_nonce: bool = False
+
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        """The authorization schemes taken, in the order the challenges name them."""
+        return {DPOP_DISABLED: ("Bearer",), DPOP_REQUIRED: ("DPoP",)}.get(
+            self.dpop, ("Bearer", "DPoP")
+        )
+
+    def values(self) -> dict[str, Any]:
+        """The fields by name, as ``shared_policy`` takes them."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
     def identity(self) -> tuple:
         """The values that make two policies the same."""
-        return (
-            self.issuer,
-            self.jwks_url,
-            self.audiences,
-            self.algorithms,
-            self.leeway,
-            self.scope_claims,
-        )
+        return tuple(self.values().values())
 
 
 _shared: "weakref.WeakValueDictionary[tuple, IssuerPolicy]" = weakref.WeakValueDictionary()
 
 
-def shared_policy(
-    issuer: str,
-    jwks_url: str,
-    audiences: tuple[str, ...],
-    algorithms: tuple[str, ...],
-    leeway: int,
-    scope_claims: str,
-) -> IssuerPolicy:
+def shared_policy(**values: Any) -> IssuerPolicy:
     """The one live policy with these values, created when none is held."""
-    candidate = IssuerPolicy(issuer, jwks_url, audiences, algorithms, leeway, scope_claims)
+    candidate = IssuerPolicy(**values)
     return _shared.setdefault(candidate.identity(), candidate)

@@ -20,9 +20,11 @@ ERROR_SCHEMA = {
 ERRORS_EVERYWHERE = {"404": "No tenant at this address (`tenant_not_found`), or no such row."}
 ERRORS_WHEN_PROTECTED = {
     "400": "Malformed Authorization header or invalid input.",
-    "401": "No token, or an invalid, expired or foreign token (RFC 6750 `WWW-Authenticate`).",
+    "401": "No token, or an invalid, expired or foreign token, or a bad DPoP proof "
+    "(RFC 6750 and RFC 9449 `WWW-Authenticate`).",
     "403": "The token lacks a required scope (`insufficient_scope`).",
-    "503": "The tenant's issuer is unreachable and no key is cached.",
+    "503": "The tenant's issuer is unreachable and no key is cached, or DPoP replays cannot "
+    "be checked right now.",
 }
 
 
@@ -38,7 +40,10 @@ class TenantTokenScheme(OpenApiAuthenticationExtension):
             "type": "http",
             "scheme": "bearer",
             "bearerFormat": "JWT",
-            "description": "An RS256 access token minted by the tenant's issuer for its audience.",
+            "description": "An access token minted by the tenant's issuer for its audience. A "
+            "token bound to a key (cnf.jkt) goes as `Authorization: DPoP <token>` with a "
+            "`DPoP` proof header instead (RFC 9449); the 401 challenge names the proof "
+            "algorithms the tenant accepts.",
         }
 
 

@@ -6,12 +6,16 @@ and fixed internal keys live in the ``internal`` namespace with plain names, so 
 URL can ever produce a key that another tenant's data or an internal key uses.
 """
 
+import base64
+import datetime
 import hashlib
+import math
+import pickle
 from typing import Any
 
 from django.core.cache import BaseCache, caches
 from django.core.cache.backends.db import DatabaseCache
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 INTERNAL = "internal"
@@ -37,21 +41,44 @@ def claim(key: str, timeout: float, value: Any = 1) -> bool:
     """True for the one process that sets ``key`` now; it expires after ``timeout`` seconds.
 
     Redis ``add`` is atomic. The database cache's ``add`` updates an expired row without a
-    condition, so two processes could both win it: an expired row is deleted first, and then only
-    one insert can succeed (the key is unique).
+    condition, so two processes could both win it, and it counts the whole table first (a cost
+    per DPoP proof): here an expired row is deleted, then one insert that does nothing on a
+    conflict decides, in the backend's own row format, so ``get`` reads the value as usual.
     """
     store = shared_store()
-    if isinstance(store, DatabaseCache):
-        _delete_if_expired(store, key)
-    return bool(store.add(key, value, timeout=timeout))
+    if not isinstance(store, DatabaseCache):
+        return bool(store.add(key, value, timeout=timeout))
+    connection = connections[router.db_for_write(store.cache_model_class)]
+    quote = connection.ops.quote_name
+    table, cache_key, expires = (
+        quote(store._table),
+        store.make_and_validate_key(key),
+        quote("expires"),
+    )
+    now = timezone.now().replace(microsecond=0)
+    expiry = now + datetime.timedelta(seconds=math.ceil(timeout))
+    encoded = base64.b64encode(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)).decode("latin1")
+    delete = f"DELETE FROM {table} WHERE cache_key = %s AND {expires} < %s"  # noqa: S608
+    insert = (
+        f"INSERT INTO {table} (cache_key, value, {expires}) VALUES (%s, %s, %s) "  # noqa: S608
+        "ON CONFLICT (cache_key) DO NOTHING"
+    )
+    adapt = connection.ops.adapt_datetimefield_value
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(delete, [cache_key, adapt(now)])
+        cursor.execute(insert, [cache_key, encoded, adapt(expiry)])
+        return cursor.rowcount == 1
 
 
-def _delete_if_expired(store: DatabaseCache, key: str) -> None:
-    """Compare as Django's own cull does: whole seconds, the backend's datetime form."""
+def prune_expired() -> int:
+    """Delete the database cache's expired rows (Redis expires keys itself); how many went."""
+    store = shared_store()
+    if not isinstance(store, DatabaseCache):
+        return 0
     connection = connections[router.db_for_write(store.cache_model_class)]
     quote = connection.ops.quote_name
     now = connection.ops.adapt_datetimefield_value(timezone.now().replace(microsecond=0))
-    table, expires = quote(store._table), quote("expires")
-    sql = f"DELETE FROM {table} WHERE cache_key = %s AND {expires} < %s"  # noqa: S608 - quoted names
+    sql = f"DELETE FROM {quote(store._table)} WHERE {quote('expires')} < %s"  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [store.make_and_validate_key(key), now])
+        cursor.execute(sql, [now])
+        return cursor.rowcount

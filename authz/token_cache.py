@@ -1,98 +1,204 @@
-"""A bounded per-process cache of verified tokens, so a repeated token skips the signature check.
+"""Bounded per-process caches of verified and refused tokens, so a repeated token skips RSA.
 
-An entry is served only while the token has not expired (``exp``, without leeway), the issuer
-policy is the very one it was verified against, and this process still holds the very key that
-verified it: a rotated-out key, a stale key set or an edited tenant all force a full check.
+A verified entry is served only while the token has not expired (``exp``, without leeway), the
+issuer policy is the very one it was verified against, and this process still holds the very key
+that verified it: a rotated-out key, a stale key set or an edited tenant all force a full check.
+
+A refused entry is kept only for failures that cannot turn into success while the policy and the
+key set stay as they are: a malformed token, a disallowed algorithm or type, a bad signature under
+a key still held, claims that can never pass (expired, another issuer or audience, missing or
+mistyped claims, a foreign organization). An unknown key (a refetch may bring it), a token not
+valid yet (time passes) and an unreachable issuer are never remembered.
+
+Both caches are bounded in bytes as well as entries. A verified entry keeps the token's payload
+segment as text (its size is known and it holds no objects the garbage collector walks) and
+rebuilds the claims on a hit: a payload of a thousand empty lists costs its length, not a hundred
+kilobytes of parsed objects. Both are shared fairly: entries are grouped by policy, and a group
+holding its fair share or more makes room by evicting its own least recent entry, never another's.
 """
 
+import base64
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from authz.conf import authz_settings
 from authz.keys import key_cache
 from authz.policy import IssuerPolicy
-from authz.tokens import Claims, SigningKey
+from authz.tokens import Claims, SigningKey, TokenError, claims_of
+
+# What an entry costs besides its payload text: the entry, its digest and the dict slots.
+ENTRY_OVERHEAD = 400
 
 
-@dataclass(frozen=True, slots=True)
+def token_digest(token: str) -> bytes:
+    """The key both caches file a token under."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(slots=True)
 class _Verified:
-    """One remembered token, as few garbage-collected objects as possible.
-
-    A full garbage collection walks every entry: four objects per entry (claims, scopes,
-    payload proxy, entry) made the collector the largest cost of a first-seen token. Scopes as
-    a tuple of strings and the payload as a plain dict of JSON values are not tracked at all.
-    """
+    """One token that passed, with what it takes to rebuild its claims."""
 
     policy: IssuerPolicy
     key: SigningKey
-    subject: str
-    issuer: str
-    scopes: tuple[str, ...]
     expires_at: int
-    payload: dict[str, Any]
+    payload_segment: str
 
-    @classmethod
-    def of(cls, claims: Claims, policy: IssuerPolicy, key: SigningKey) -> "_Verified":
-        """The entry for claims verified with ``key``."""
-        scopes = tuple(claims.scopes)
-        payload = dict(claims.payload)
-        return cls(policy, key, claims.subject, claims.issuer, scopes, claims.expires_at, payload)
-
-    def claims(self) -> Claims:
-        """The claims, rebuilt (a read-only view of the payload, as verification returns)."""
-        return Claims(
-            self.subject,
-            self.issuer,
-            frozenset(self.scopes),
-            self.expires_at,
-            MappingProxyType(self.payload),
-        )
+    @property
+    def size(self) -> int:
+        return ENTRY_OVERHEAD + len(self.payload_segment)
 
 
-class VerifiedTokenCache:
-    """Least-recently-used verified tokens, keyed by the token's SHA-256 and checked by policy."""
+@dataclass(slots=True)
+class _Refused:
+    """One token that failed for good, and the key it failed under (None: no key was involved)."""
 
-    def __init__(self) -> None:
-        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+    policy: IssuerPolicy
+    key: SigningKey | None
+    error: type[TokenError]
+    description: str
+    size = ENTRY_OVERHEAD
+
+
+@dataclass(slots=True)
+class _Group:
+    """The entries of one policy, least recent first, and their bytes."""
+
+    digests: OrderedDict = field(default_factory=OrderedDict)
+    size: int = 0
+
+
+Entry = TypeVar("Entry", _Verified, _Refused)
+
+
+class FairCache(Generic[Entry]):
+    """Least-recently-used entries by token digest, bounded in count and bytes, fair by policy."""
+
+    def __init__(self, entries_setting: str, bytes_setting: str) -> None:
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self._groups: dict[IssuerPolicy, _Group] = {}
+        self._size = 0
+        self._settings = (entries_setting, bytes_setting)
         self._lock = threading.Lock()
 
-    def get(self, token: str, policy: IssuerPolicy) -> Claims | None:
-        """The claims of a token verified earlier under this policy, if still trustworthy."""
-        cache_key = hashlib.sha256(token.encode()).digest()
+    def lookup(self, digest: bytes) -> Entry | None:
+        """The entry filed under a digest, now the most recent; None when there is none."""
         with self._lock:
-            entry = self._entries.get(cache_key)
+            entry = self._entries.get(digest)
             if entry is not None:
-                self._entries.move_to_end(cache_key)
+                self._entries.move_to_end(digest)
+                self._groups[entry.policy].digests.move_to_end(digest)
+            return entry
+
+    def store(self, digest: bytes, entry: Entry) -> None:
+        """File an entry, replacing any under the same digest, and make room fairly."""
+        with self._lock:
+            self._remove(digest)
+            self._entries[digest] = entry
+            group = self._groups.setdefault(entry.policy, _Group())
+            group.digests[digest] = None
+            group.size += entry.size
+            self._size += entry.size
+            self._make_room(group)
+
+    def discard(self, digest: bytes) -> None:
+        """Forget one entry."""
+        with self._lock:
+            self._remove(digest)
+
+    def held(self) -> tuple[int, int]:
+        """Entries and bytes held now."""
+        return len(self._entries), self._size
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
+            self._groups.clear()
+            self._size = 0
+
+    def _make_room(self, group: _Group) -> None:
+        """Evict until within bounds: from ``group`` while it holds its fair share or more."""
+        max_entries, max_bytes = (getattr(authz_settings, name) for name in self._settings)
+        while len(self._entries) > max_entries or self._size > max_bytes:
+            groups = len(self._groups)
+            fair = len(group.digests) * groups > max_entries or group.size * groups > max_bytes
+            self._remove(next(iter(group.digests if fair else self._entries)))
+
+    def _remove(self, digest: bytes) -> None:
+        entry = self._entries.pop(digest, None)
+        if entry is None:
+            return
+        group = self._groups[entry.policy]
+        del group.digests[digest]
+        group.size -= entry.size
+        self._size -= entry.size
+        if not group.digests:
+            del self._groups[entry.policy]
+
+
+def _payload(segment: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+def _key_still_held(policy: IssuerPolicy, key: SigningKey | None) -> bool:
+    return key is None or key_cache.held_key(policy.jwks_url, key.kid) is key
+
+
+class VerifiedTokenCache(FairCache[_Verified]):
+    """Tokens that passed full verification."""
+
+    def __init__(self) -> None:
+        super().__init__("VERIFIED_TOKEN_CACHE_SIZE", "VERIFIED_TOKEN_CACHE_BYTES")
+
+    def get(self, token: str, policy: IssuerPolicy, digest: bytes | None = None) -> Claims | None:
+        """The claims of a token verified earlier under this policy, if still trustworthy."""
+        digest = digest or token_digest(token)
+        entry = self.lookup(digest)
         if entry is None:
             return None
         if (
             entry.policy is not policy
             or time.time() >= entry.expires_at
-            or key_cache.held_key(policy.jwks_url, entry.key.kid) is not entry.key
+            or not _key_still_held(policy, entry.key)
         ):
-            with self._lock:
-                self._entries.pop(cache_key, None)
+            self.discard(digest)
             return None
-        return entry.claims()
+        return claims_of(_payload(entry.payload_segment), policy)
 
     def put(self, token: str, policy: IssuerPolicy, key: SigningKey, claims: Claims) -> None:
         """Remember a token that just passed full verification with ``key``."""
-        cache_key = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            self._entries[cache_key] = _Verified.of(claims, policy, key)
-            self._entries.move_to_end(cache_key)
-            while len(self._entries) > authz_settings.VERIFIED_TOKEN_CACHE_SIZE:
-                self._entries.popitem(last=False)
+        entry = _Verified(policy, key, claims.expires_at, token.split(".")[1])
+        self.store(token_digest(token), entry)
 
-    def clear(self) -> None:
-        """Forget every verified token."""
-        with self._lock:
-            self._entries.clear()
+
+class RefusedTokenCache(FairCache[_Refused]):
+    """Tokens that failed for a reason that holds while the policy and key set do."""
+
+    def __init__(self) -> None:
+        super().__init__("REFUSED_TOKEN_CACHE_SIZE", "REFUSED_TOKEN_CACHE_BYTES")
+
+    def get(self, policy: IssuerPolicy, digest: bytes) -> TokenError | None:
+        """The failure of a token refused earlier under this policy, raised afresh by the caller."""
+        entry = self.lookup(digest)
+        if entry is None:
+            return None
+        if entry.policy is not policy or not _key_still_held(policy, entry.key):
+            self.discard(digest)
+            return None
+        return entry.error(entry.description)
+
+    def put(
+        self, policy: IssuerPolicy, digest: bytes, key: SigningKey | None, error: TokenError
+    ) -> None:
+        """Remember a lasting failure (the caller decides which are)."""
+        self.store(digest, _Refused(policy, key, type(error), error.description))
 
 
 verified_tokens = VerifiedTokenCache()
+refused_tokens = RefusedTokenCache()

@@ -18,10 +18,23 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from authz.conf import authz_settings
-from authz.policy import IssuerPolicy
+from authz.jose import public_key_of
+from authz.policy import RFC9068_PROFILE, IssuerPolicy
 
 REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub"]
+# RFC 9068 section 2.2 adds these (iat and exp are already required).
+RFC9068_CLAIMS = ["client_id", "jti"]
+# The header typ of an access token (RFC 7515: media types are case-insensitive, and the
+# "application/" prefix may be left out). Auth0's own tokens carry none, JWT or at+jwt.
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+AUTH0_TOKEN_TYPES = frozenset({None, "jwt", "application/jwt", *ACCESS_TOKEN_TYPES})
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), separated by one space.
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# A subject with control characters could not be stored (PostgreSQL refuses NUL) or logged safely.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 KEY_TYPE_OF_ALGORITHM = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+# RFC 7518 section 3.4: each ES algorithm has its one curve.
+CURVE_OF_ALGORITHM = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 
 class TokenError(Exception):
@@ -29,6 +42,9 @@ class TokenError(Exception):
 
     code = "invalid_token"
     description = "The access token is invalid."
+    # Whether the failure holds for as long as the policy and key set stay the same: only such
+    # failures may be remembered, so a repeated refusal skips the work.
+    lasting = True
 
     def __init__(self, description: str | None = None) -> None:
         super().__init__(description or self.description)
@@ -54,6 +70,7 @@ class UnknownKey(TokenError):
 
     code = "unknown_key"
     description = "The access token was signed by a key this API does not know."
+    lasting = False
 
 
 class InvalidSignature(TokenError):
@@ -75,6 +92,7 @@ class TokenNotYetValid(TokenError):
 
     code = "token_not_yet_valid"
     description = "The access token is not valid yet."
+    lasting = False
 
 
 class InvalidIssuer(TokenError):
@@ -89,6 +107,20 @@ class InvalidAudience(TokenError):
 
     code = "invalid_audience"
     description = "The access token is not meant for this API."
+
+
+class InvalidTokenType(TokenError):
+    """The header ``typ`` says this is not an access token, or the profile wants another."""
+
+    code = "invalid_token_type"
+    description = "The access token type (typ) is not one this API accepts."
+
+
+class InvalidOrganization(TokenError):
+    """``org_id`` is missing or names an organization the tenant does not trust."""
+
+    code = "invalid_organization"
+    description = "The access token was issued for an organization this API does not trust."
 
 
 class InvalidClaims(TokenError):
@@ -110,7 +142,7 @@ class SigningKey:
     @classmethod
     def from_jwk(cls, jwk: dict[str, Any]) -> "SigningKey":
         """Parse one JWK (already validated by the fetcher)."""
-        return cls(jwk["kid"], jwk["kty"], jwk.get("alg"), jwt.PyJWK(jwk).key)
+        return cls(jwk["kid"], jwk["kty"], jwk.get("alg"), public_key_of(jwk))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +164,7 @@ ALGORITHMS = get_default_algorithms()
 BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-def _base64url(segment: str) -> bytes:
+def base64url(segment: str) -> bytes:
     """A segment decoded only when it is canonical base64url (its alphabet, at most 2 ``=``)."""
     data = segment.rstrip("=")
     padding = len(segment) - len(data)
@@ -147,13 +179,14 @@ def _base64url(segment: str) -> bytes:
     return decoded
 
 
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object; ``what`` names it in the error, as in "The access token header"."""
     try:
         value = json.loads(data)
     except (ValueError, RecursionError) as exc:
-        raise MalformedToken(f"The access token {what} is not valid JSON.") from exc
+        raise MalformedToken(f"{what} is not valid JSON.") from exc
     if not isinstance(value, dict):
-        raise MalformedToken(f"The access token {what} is not a JSON object.")
+        raise MalformedToken(f"{what} is not a JSON object.")
     return value
 
 
@@ -169,7 +202,7 @@ def _segments(token: str) -> list[str]:
 
 def read_header(header_segment: str) -> dict[str, Any]:
     """The unverified JOSE header, shape-checked."""
-    header = _json_object(_base64url(header_segment), "header")
+    header = json_object(base64url(header_segment), "The access token header")
     if not isinstance(header.get("kid", ""), str):
         raise MalformedToken("The access token key id (kid) must be a string.")
     if "crit" in header:
@@ -192,6 +225,9 @@ def _checked_key(key: SigningKey, algorithm: str) -> Any:
     declared = key.declared_algorithm
     if (declared and declared != algorithm) or key.key_type != KEY_TYPE_OF_ALGORITHM[algorithm[:2]]:
         raise DisallowedAlgorithm("The access token algorithm does not match its key.")
+    curve = CURVE_OF_ALGORITHM.get(algorithm)
+    if curve is not None and key.public_key.curve.name != curve:
+        raise DisallowedAlgorithm("The access token algorithm does not match its key's curve.")
     try:
         return ALGORITHMS[algorithm].prepare_key(key.public_key)
     except (jwt.InvalidKeyError, TypeError, ValueError) as exc:
@@ -205,16 +241,32 @@ def verify_token(
     header_segment, payload_segment, signature_segment = _segments(token)
     header = read_header(header_segment)
     algorithm = _checked_algorithm(header, policy)
+    _check_type(header, policy)
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise UnknownKey("The access token has no key id (kid).")
     public_key = _checked_key(key_for_kid(kid), algorithm)
-    payload_json = _base64url(payload_segment)
-    signature = _base64url(signature_segment)
+    payload_json = base64url(payload_segment)
+    signature = base64url(signature_segment)
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
     if not _signature_verifies(algorithm, signing_input, public_key, signature):
         raise InvalidSignature()
-    return _claims(_json_object(payload_json, "payload"), policy)
+    return _claims(json_object(payload_json, "The access token payload"), policy)
+
+
+def _check_type(header: dict[str, Any], policy: IssuerPolicy) -> None:
+    """RFC 8725 section 3.11: a JWT of another type (a DPoP proof, an ID token) is never taken."""
+    typ = header.get("typ")
+    if typ is not None and not isinstance(typ, str):
+        raise InvalidTokenType()
+    typ = typ and typ.lower()
+    accepted = ACCESS_TOKEN_TYPES if policy.token_profile == RFC9068_PROFILE else AUTH0_TOKEN_TYPES
+    if typ not in accepted:
+        raise InvalidTokenType(
+            "The access token must be typed at+jwt (RFC 9068)."
+            if policy.token_profile == RFC9068_PROFILE
+            else None
+        )
 
 
 def _signature_verifies(algorithm: str, signing_input: bytes, key: Any, signature: bytes) -> bool:
@@ -226,7 +278,10 @@ def _signature_verifies(algorithm: str, signing_input: bytes, key: Any, signatur
 
 def _claims(payload: dict[str, Any], policy: IssuerPolicy) -> Claims:
     """The payload's claims, checked in jwt.decode's order, then typed."""
-    for name in REQUIRED_CLAIMS:
+    required = REQUIRED_CLAIMS
+    if policy.token_profile == RFC9068_PROFILE:
+        required = REQUIRED_CLAIMS + RFC9068_CLAIMS
+    for name in required:
         if payload.get(name) is None:
             raise InvalidClaims(f'The access token has no "{name}" claim.')
     now, leeway = time.time(), policy.leeway
@@ -238,10 +293,17 @@ def _claims(payload: dict[str, Any], policy: IssuerPolicy) -> Claims:
     if payload["iss"] != policy.issuer:
         raise InvalidIssuer()
     _check_audience(payload["aud"], policy.audiences)
-    if not isinstance(payload["sub"], str) or not payload["sub"]:
-        raise InvalidClaims("The access token subject (sub) must be a non-empty string.")
-    if not isinstance(payload.get("jti", ""), str):
-        raise InvalidClaims("The access token id (jti) must be a string.")
+    _check_subject(payload["sub"])
+    for name in ("jti", "client_id"):
+        if not isinstance(payload.get(name, ""), str):
+            raise InvalidClaims(f"The access token {name} claim must be a string.")
+    if policy.organizations:
+        _check_organization(payload.get("org_id"), policy.organizations)
+    return claims_of(payload, policy)
+
+
+def claims_of(payload: dict[str, Any], policy: IssuerPolicy) -> Claims:
+    """The typed claims of a payload that passed every check."""
     return Claims(
         subject=payload["sub"],
         issuer=payload["iss"],
@@ -249,6 +311,20 @@ def _claims(payload: dict[str, Any], policy: IssuerPolicy) -> Claims:
         expires_at=int(payload["exp"]),
         payload=MappingProxyType(payload),
     )
+
+
+def _check_subject(subject: Any) -> None:
+    if not isinstance(subject, str) or not subject:
+        raise InvalidClaims("The access token subject (sub) must be a non-empty string.")
+    if CONTROL_CHARACTER.search(subject):
+        raise InvalidClaims("The access token subject (sub) contains control characters.")
+
+
+def _check_organization(organization: Any, trusted: frozenset[str]) -> None:
+    if not isinstance(organization, str) or organization not in trusted:
+        raise InvalidOrganization(
+            None if organization is not None else "The access token has no organization (org_id)."
+        )
 
 
 def _seconds(payload: dict[str, Any], name: str) -> int:
@@ -277,11 +353,11 @@ def granted_scopes(payload: Mapping[str, Any], scope_claims: str) -> frozenset[s
         scope = payload.get("scope", "")
         if not isinstance(scope, str):
             raise InvalidClaims("The scope claim must be a space-separated string.")
-        scopes.update(scope.split())
+        scopes.update(scope.split(" "))  # only the space separates (RFC 6749 section 3.3)
     if scope_claims in ("permissions", "both"):
         permissions = payload.get("permissions", [])
         if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
             raise InvalidClaims("The permissions claim must be a list of strings.")
         scopes.update(permissions)
-    scopes.discard("")
-    return frozenset(scopes)
+    # A name outside the scope-token syntax can match no rule (rules are validated): drop it.
+    return frozenset(name for name in scopes if SCOPE_TOKEN.fullmatch(name))

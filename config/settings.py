@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from corsheaders.defaults import default_headers as default_cors_headers
 from django.core.exceptions import ImproperlyConfigured
 
 from ops.logging import logging_config
@@ -131,8 +132,10 @@ else:
         "default": {
             "BACKEND": "django.core.cache.backends.db.DatabaseCache",
             "LOCATION": "authz_cache",
-            # Django's default of 300 entries would cull key-set records and stamps of live tenants.
-            "OPTIONS": {"MAX_ENTRIES": 100_000},
+            # Django's default of 300 entries would cull key-set records and stamps of live tenants
+            # (and DPoP proof ids, so replays). Expired rows are deleted every minute instead
+            # (tenants/sync.py), far below this.
+            "OPTIONS": {"MAX_ENTRIES": 1_000_000},
         }
     }
 
@@ -204,6 +207,9 @@ SPECTACULAR_SETTINGS = {
 # Browser consumers: each tenant lists its origins (tenants/cors.py); none are allowed globally.
 CORS_URLS_REGEX = r"^(/t/[^/]+)?/api/"
 CORS_ALLOWED_ORIGINS: list[str] = []
+# DPoP (RFC 9449): browsers may send the proof, and scripts may read the nonce and challenges.
+CORS_ALLOW_HEADERS = (*default_cors_headers, "dpop")
+CORS_EXPOSE_HEADERS = ["DPoP-Nonce", "WWW-Authenticate"]
 
 # Celery: with no Redis the embedded default runs tasks eagerly in the calling process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://localhost/")
@@ -238,6 +244,14 @@ AUTHZ = {
     "JWKS_BACKGROUND_FETCH_DEADLINE": env.float("AUTHZ_JWKS_BACKGROUND_FETCH_DEADLINE", default=15),
     "DIRECTORY_SIZE": env.int("AUTHZ_DIRECTORY_SIZE", default=20_000),
     "CHECK_ISSUER_COOLDOWN": env.float("AUTHZ_CHECK_ISSUER_COOLDOWN", default=10),
+    "MAX_TOKEN_BYTES": env.int("AUTHZ_MAX_TOKEN_BYTES", default=8 * 1024),
+    "VERIFIED_TOKEN_CACHE_SIZE": env.int("AUTHZ_VERIFIED_TOKEN_CACHE_SIZE", default=4096),
+    "VERIFIED_TOKEN_CACHE_BYTES": env.int("AUTHZ_VERIFIED_TOKEN_CACHE_BYTES", default=8 << 20),
+    "REFUSED_TOKEN_CACHE_SIZE": env.int("AUTHZ_REFUSED_TOKEN_CACHE_SIZE", default=4096),
+    "REFUSED_TOKEN_CACHE_BYTES": env.int("AUTHZ_REFUSED_TOKEN_CACHE_BYTES", default=2 << 20),
+    "DPOP_PROOF_MAX_AGE": env.float("AUTHZ_DPOP_PROOF_MAX_AGE", default=60),
+    "DPOP_PROOF_MAX_FUTURE": env.float("AUTHZ_DPOP_PROOF_MAX_FUTURE", default=5),
+    "DPOP_NONCE_PERIOD": env.float("AUTHZ_DPOP_NONCE_PERIOD", default=300),
 }
 
 DEVISSUER_KEY_DIR = Path(env.str("DEVISSUER_KEY_DIR", default=str(BASE_DIR / "var" / "devissuer")))

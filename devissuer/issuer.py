@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from devissuer.dpop import ProofRefused, check_token_request_proof
+
 logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -46,6 +48,10 @@ ROUTE_RE = re.compile(
 
 class BadRequest(Exception):
     """Client input the server rejects with 400 invalid_request."""
+
+
+class InvalidProof(Exception):
+    """A token request's DPoP proof the server rejects with 400 invalid_dpop_proof."""
 
 
 def validate_name(name: str) -> str:
@@ -316,6 +322,8 @@ class DevIssuerHandler(BaseHTTPRequestHandler):
         self.server.record_hit(method, path)
         try:
             self._route(method, path)
+        except InvalidProof as exc:
+            self._error(HTTPStatus.BAD_REQUEST, "invalid_dpop_proof", str(exc))
         except BadRequest as exc:
             self._error(HTTPStatus.BAD_REQUEST, "invalid_request", str(exc))
         except Exception:
@@ -373,15 +381,31 @@ class DevIssuerHandler(BaseHTTPRequestHandler):
             return
         request = TokenRequest.parse(body, self.headers.get("Content-Type", ""), name)
         claims = request.claims(self.server.url_for(name), int(time.time()))
-        token = self.server.store.sign(name, claims)
+        bound = self._dpop_thumbprint(name)
+        if bound is not None:
+            claims["cnf"] = {"jkt": bound}
+        headers = {"typ": "at+jwt"} if request.profile == "rfc9068" else None
+        token = self.server.store.sign(name, claims, headers=headers)
         response: dict[str, Any] = {
             "access_token": token,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if bound else "Bearer",
             "expires_in": request.expires_in,
         }
         if request.scope is not None:
             response["scope"] = request.scope
         self._json(HTTPStatus.OK, response, {"Cache-Control": "no-store"})
+
+    def _dpop_thumbprint(self, name: str) -> str | None:
+        """The key a DPoP proof on this token request binds the token to (RFC 9449 section 5)."""
+        proofs = self.headers.get_all("DPoP") or []
+        if not proofs:
+            return None
+        if len(proofs) != 1:
+            raise BadRequest("Send exactly one DPoP proof.")
+        try:
+            return check_token_request_proof(proofs[0], f"{self.server.url_for(name)}oauth/token")
+        except ProofRefused as exc:
+            raise InvalidProof(str(exc)) from exc
 
     def _read_body(self) -> bytes | None:
         """Return the request body, or None after answering 413 for an oversized one."""
@@ -438,12 +462,16 @@ class TokenRequest:
         expires_in: int,
         scope: str | None,
         permissions: list[str] | None,
+        org_id: str | None = None,
+        profile: str | None = None,
     ) -> None:
         self.audience = audience
         self.sub = sub
         self.expires_in = expires_in
         self.scope = scope
         self.permissions = permissions
+        self.org_id = org_id
+        self.profile = profile
 
     @classmethod
     def parse(cls, body: bytes, content_type: str, name: str) -> "TokenRequest":
@@ -460,6 +488,8 @@ class TokenRequest:
             expires_in=_expires_in(fields.get("expires_in")),
             scope=_scope(fields.get("scope")),
             permissions=_permissions(fields.get("permissions")),
+            org_id=_optional_string(fields, "org_id"),
+            profile=_profile(fields.get("profile")),
         )
 
     def claims(self, issuer: str, now: int) -> dict[str, Any]:
@@ -477,6 +507,11 @@ class TokenRequest:
             claims["scope"] = self.scope
         if self.permissions is not None:
             claims["permissions"] = self.permissions
+        if self.org_id is not None:
+            claims["org_id"] = self.org_id
+        if self.profile == "rfc9068":  # RFC 9068 section 2.2: client_id and jti too
+            claims["client_id"] = claims["azp"]
+            claims["jti"] = secrets.token_urlsafe(16)
         return claims
 
 
@@ -530,6 +565,12 @@ def _scope(value: object) -> str | None:
     if not isinstance(value, str):
         raise BadRequest("scope must be a space-separated string.")
     return " ".join(value.split()) or None
+
+
+def _profile(value: object) -> str | None:
+    if value not in (None, "auth0", "rfc9068"):
+        raise BadRequest("profile must be auth0 or rfc9068.")
+    return value
 
 
 def _permissions(value: object) -> list[str] | None:

@@ -60,7 +60,7 @@ class Message(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
     text = models.CharField(max_length=MAX_TEXT_LENGTH)
-    author = models.CharField(max_length=255, help_text="The token subject that posted it.")
+    author = models.TextField(help_text="The token subject that posted it.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     objects = TenantScopedManager()

@@ -148,7 +148,18 @@ class TenantAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple]:
         """In the order an operator thinks: who, which issuer, then the fine print."""
-        advanced = ["algorithms", "leeway", "scope_claims", "provision_users", "admin_scope"]
+        advanced = [
+            "algorithms",
+            "leeway",
+            "scope_claims",
+            "token_profile",
+            "organizations",
+            "dpop",
+            "dpop_algorithms",
+            "dpop_nonce",
+            "provision_users",
+            "admin_scope",
+        ]
         if request.user.is_superuser:
             advanced.append("operators")
         return [
@@ -280,6 +291,7 @@ class TenantAdmin(admin.ModelAdmin):
         tenant = self.get_object(request, object_id) if object_id else None
         if tenant is not None:
             extra["key_set"] = key_set_panel(health_of(tenant))
+            extra["proofs"] = proof_panel(tenant)
         return super().changeform_view(request, object_id, form_url, extra)
 
 
@@ -301,6 +313,15 @@ def key_set_panel(health: KeySetHealth) -> dict[str, Any]:
         "version": record.version if record else "",
         "last_error": record.last_error if record else None,
         "error_at": _when(record.error_at) if record else None,
+    }
+
+
+def proof_panel(tenant: Tenant) -> dict[str, Any]:
+    """What the key set panel says about DPoP: the schemes taken and the proof algorithms."""
+    return {
+        "mode": tenant.get_dpop_display(),
+        "algorithms": list(tenant.dpop_algorithms) if tenant.dpop != "disabled" else [],
+        "nonce": tenant.dpop_nonce and tenant.dpop != "disabled",
     }
 
 

@@ -16,6 +16,7 @@ from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
     HostForm,
+    ListField,
     RequiredInlineFormSet,
     ScopeRuleForm,
     TenantForm,
@@ -37,6 +38,11 @@ DEFAULTS: dict[str, Any] = {
     "scope_claims": "scope",
     "provision_users": False,
     "admin_scope": "",
+    "token_profile": "auth0",
+    "organizations": [],
+    "dpop": "allowed",
+    "dpop_algorithms": ["ES256"],
+    "dpop_nonce": False,
 }
 REQUIRED = ("slug", "name", "audiences")
 
@@ -73,6 +79,7 @@ class ImportTenantForm(BulkUniqueMixin, TenantForm):
     """The admin's tenant form, its slug checked against the slugs loaded in bulk."""
 
     unique_field = "slug"
+    organizations = ListField(required=False, text=False)  # JSON gives a list, never text
 
 
 class ImportHostForm(BulkUniqueMixin, HostForm):
@@ -407,5 +414,10 @@ def _export_one(tenant: Tenant) -> dict[str, Any]:
         "scope_claims": tenant.scope_claims,
         "provision_users": tenant.provision_users,
         "admin_scope": tenant.admin_scope,
+        "token_profile": tenant.token_profile,
+        "organizations": list(tenant.organizations),
+        "dpop": tenant.dpop,
+        "dpop_algorithms": list(tenant.dpop_algorithms),
+        "dpop_nonce": tenant.dpop_nonce,
         "cors_origins": [o.origin for o in tenant.cors_origins.all()],
     }

@@ -240,6 +240,11 @@ TENANT_COLUMNS = (
     "scope_claims",
     "provision_users",
     "admin_scope",
+    "token_profile",
+    "organizations",
+    "dpop",
+    "dpop_algorithms",
+    "dpop_nonce",
 )
 PADDING = ", ".join(["NULL"] * (len(TENANT_COLUMNS) - 3))
 CHILD_TABLES = (  # kind, table, its one or two value columns
@@ -293,16 +298,18 @@ def _config(row: dict, parts: dict[str, list]) -> TenantConfig:
     from tenants.models import derive_issuer, derive_jwks_url
 
     issuer = derive_issuer(row["domain"], row["issuer_override"])
-    algorithms = row["algorithms"]
-    if isinstance(algorithms, str):  # SQLite hands JSON back as text
-        algorithms = json.loads(algorithms)
     policy = shared_policy(
         issuer=issuer,
         jwks_url=derive_jwks_url(issuer, row["jwks_url_override"]),
         audiences=tuple(sorted(parts["audience"])),
-        algorithms=tuple(algorithms),
+        algorithms=tuple(_json(row["algorithms"])),
         leeway=row["leeway"],
         scope_claims=row["scope_claims"],
+        token_profile=row["token_profile"],
+        organizations=frozenset(_json(row["organizations"])),
+        dpop=row["dpop"],
+        dpop_algorithms=tuple(_json(row["dpop_algorithms"])),
+        dpop_nonce=bool(row["dpop_nonce"]),
     )
     rules = [rule if isinstance(rule, tuple) else (rule, "") for rule in parts["rule"]]
     return TenantConfig(
@@ -316,6 +323,11 @@ def _config(row: dict, parts: dict[str, list]) -> TenantConfig:
         cors_origins=frozenset(parts["origin"]),
         scope_rules=_rules(rules) if rules else EMPTY_RULES,
     )
+
+
+def _json(value: object) -> object:
+    """A JSON column's value: SQLite hands JSON back as text."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _rules(rows: list[tuple[str, str]]) -> MappingProxyType:

@@ -1,5 +1,7 @@
 """Forms shared by the admin and the JSON import, so both validate tenants identically."""
 
+from typing import Any
+
 from django import forms
 from django.forms.models import BaseInlineFormSet
 
@@ -16,6 +18,28 @@ def endpoint_choices() -> list[tuple[str, str]]:
     ]
 
 
+class ListField(forms.Field):
+    """A list of names: a JSON list from the import, one per line (or space) from the admin."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def __init__(self, *args: Any, text: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.text = text
+
+    def to_python(self, value: object) -> list | object:
+        """A list for text (when taken) or a list; anything else is left for the validator."""
+        if value in self.empty_values:
+            return []
+        if isinstance(value, str) and self.text:
+            return value.replace(",", " ").split()
+        return value
+
+    def prepare_value(self, value: object) -> object:
+        """One name per line in the admin's text box."""
+        return "\n".join(value) if isinstance(value, list) else value
+
+
 class TenantForm(forms.ModelForm):
     """A tenant's own fields."""
 
@@ -23,6 +47,16 @@ class TenantForm(forms.ModelForm):
         choices=[(name, name) for name in ASYMMETRIC_ALGORITHMS],
         initial=["RS256"],
         widget=forms.CheckboxSelectMultiple,
+    )
+    dpop_algorithms = forms.MultipleChoiceField(
+        label="DPoP proof algorithms",
+        choices=[(name, name) for name in ASYMMETRIC_ALGORITHMS],
+        initial=["ES256"],
+        widget=forms.CheckboxSelectMultiple,
+    )
+    organizations = ListField(
+        required=False,
+        help_text=Tenant._meta.get_field("organizations").help_text,
     )
 
     class Meta:
@@ -39,6 +73,11 @@ class TenantForm(forms.ModelForm):
             "scope_claims",
             "provision_users",
             "admin_scope",
+            "token_profile",
+            "organizations",
+            "dpop",
+            "dpop_algorithms",
+            "dpop_nonce",
         ]
 
     def clean_domain(self) -> str:

@@ -6,13 +6,23 @@ from django.core.validators import MaxValueValidator
 from django.db import models
 
 from authz.endpoints import get_endpoint
+from authz.policy import (
+    AUTH0_PROFILE,
+    DPOP_ALLOWED,
+    DPOP_DISABLED,
+    DPOP_REQUIRED,
+    RFC9068_PROFILE,
+)
 from tenants.validation import (
     validate_algorithms,
     validate_domain,
+    validate_dpop_algorithms,
     validate_hostname,
     validate_issuer_url,
+    validate_organizations,
     validate_origin,
     validate_scopes,
+    validate_single_scope,
 )
 
 
@@ -31,12 +41,32 @@ def default_algorithms() -> list[str]:
     return ["RS256"]
 
 
+def default_dpop_algorithms() -> list[str]:
+    """Auth0's SDKs make DPoP proofs with ES256."""
+    return ["ES256"]
+
+
+class DPoPMode(models.TextChoices):
+    """Whether DPoP-bound tokens (RFC 9449) are refused, taken beside Bearer, or demanded."""
+
+    DISABLED = DPOP_DISABLED, "disabled: Bearer only"
+    ALLOWED = DPOP_ALLOWED, "allowed: Bearer or DPoP"
+    REQUIRED = DPOP_REQUIRED, "required: DPoP only"
+
+
 class ScopeClaims(models.TextChoices):
     """Which token claims carry the granted scopes."""
 
     SCOPE = "scope", "scope (space-separated string)"
     PERMISSIONS = "permissions", "permissions (Auth0 RBAC array)"
     BOTH = "both", "both scope and permissions"
+
+
+class TokenProfile(models.TextChoices):
+    """How access tokens are typed and which claims they must carry."""
+
+    AUTH0 = AUTH0_PROFILE, "Auth0 (typ absent, JWT or at+jwt)"
+    RFC9068 = RFC9068_PROFILE, "RFC 9068 (typ at+jwt; client_id, jti and iat required)"
 
 
 class Tenant(models.Model):
@@ -74,14 +104,45 @@ class Tenant(models.Model):
     scope_claims = models.CharField(
         max_length=12, choices=ScopeClaims.choices, default=ScopeClaims.SCOPE
     )
+    dpop = models.CharField(
+        "DPoP",
+        max_length=8,
+        choices=DPoPMode.choices,
+        default=DPoPMode.ALLOWED,
+        help_text="A token bound to a key (cnf.jkt) is never taken as Bearer, whatever this is.",
+    )
+    dpop_algorithms = models.JSONField(
+        "DPoP proof algorithms",
+        default=default_dpop_algorithms,
+        validators=[validate_dpop_algorithms],
+    )
+    dpop_nonce = models.BooleanField(
+        "DPoP nonces",
+        default=False,
+        help_text="Proofs must carry a nonce this API issued (DPoP-Nonce header); costs clients "
+        "one extra round trip when the nonce rotates.",
+    )
     provision_users = models.BooleanField(
         default=False, help_text="Create a Django user for each token subject."
     )
     admin_scope = models.CharField(
         max_length=200,
         blank=True,
-        validators=[validate_scopes],
-        help_text="A token with this scope may delete any message of the tenant; blank: none.",
+        validators=[validate_single_scope],
+        help_text="One scope: a token with it may delete any message of the tenant; blank: none.",
+    )
+    token_profile = models.CharField(
+        max_length=10,
+        choices=TokenProfile.choices,
+        default=TokenProfile.AUTH0,
+        help_text="RFC 9068 also demands typ at+jwt and the claims client_id, jti and iat.",
+    )
+    organizations = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_organizations],
+        help_text="Auth0 organization ids (org_...), one per line: a token's org_id must be one "
+        "of them. Blank: org_id is not checked.",
     )
     operators = models.ManyToManyField(
         settings.AUTH_USER_MODEL,

@@ -18,6 +18,7 @@ from django.db import close_old_connections
 
 from authz.conf import authz_settings
 from authz.keys import key_cache
+from authz.store import prune_expired
 from tenants.directory import PRUNE_EVERY, directory, prune_feed
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,20 @@ def sync_once() -> None:
         close_old_connections()
 
 
-_pruned_at = float("-inf")
+# The database cache's expired rows (DPoP proof ids, mostly) are deleted this often per process,
+# long before its MAX_ENTRIES could make Django cull live entries.
+EXPIRE_EVERY = 60.0
+_pruned_at = _expired_at = float("-inf")
 
 
 def _prune_now_and_then() -> None:
-    global _pruned_at
-    if time.monotonic() - _pruned_at >= PRUNE_EVERY:
-        _pruned_at = time.monotonic()
+    global _pruned_at, _expired_at
+    now = time.monotonic()
+    if now - _expired_at >= EXPIRE_EVERY:
+        _expired_at = now
+        prune_expired()
+    if now - _pruned_at >= PRUNE_EVERY:
+        _pruned_at = now
         prune_feed()
 
 

@@ -26,6 +26,9 @@ BARE_DOMAIN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^/?#@\\\s:\[\]]*)(:[0-9]+)?")
 HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+# Auth0 organization ids: org_ and letters or digits.
+ORGANIZATION_ID = re.compile(r"^org_[A-Za-z0-9]{1,64}$")
+MAX_ORGANIZATIONS = 1000
 
 
 def validate_hostname(value: str) -> None:
@@ -116,6 +119,37 @@ def validate_scopes(value: str) -> None:
             )
 
 
+def validate_single_scope(value: str) -> None:
+    """Require one RFC 6749 scope token (or nothing)."""
+    if " " in value.strip():
+        raise ValidationError(
+            "Enter one scope; a token with this one scope may moderate every message.",
+            code="one_scope",
+        )
+    validate_scopes(value)
+
+
+def validate_organizations(value: object) -> None:
+    """Require a list of distinct Auth0 organization ids (org_...)."""
+    if not isinstance(value, list):
+        raise ValidationError("Enter a list of organization ids.", code="invalid_organizations")
+    if len(value) > MAX_ORGANIZATIONS:
+        raise ValidationError(
+            "Enter at most %(limit)d organizations.",
+            code="too_many_organizations",
+            params={"limit": MAX_ORGANIZATIONS},
+        )
+    for name in value:
+        if not isinstance(name, str) or not ORGANIZATION_ID.match(name):
+            raise ValidationError(
+                "%(name)s is not an Auth0 organization id such as org_W8rUvXaAQ1o6BGRy.",
+                code="invalid_organization",
+                params={"name": name if isinstance(name, str) else repr(name)},
+            )
+    if len(set(value)) != len(value):
+        raise ValidationError("An organization is listed twice.", code="duplicate_organization")
+
+
 def validate_algorithms(value: object) -> None:
     """Require a non-empty list of asymmetric JWS algorithms."""
     if not isinstance(value, list) or not value:
@@ -127,6 +161,13 @@ def validate_algorithms(value: object) -> None:
                 code="invalid_algorithm",
                 params={"name": name, "allowed": ", ".join(ASYMMETRIC_ALGORITHMS)},
             )
+
+
+def validate_dpop_algorithms(value: object) -> None:
+    """Require a non-empty list of asymmetric JWS algorithms for DPoP proofs."""
+    if not isinstance(value, list) or not value:
+        raise ValidationError("Choose at least one proof algorithm.", code="no_algorithms")
+    validate_algorithms(value)
 
 
 def validate_origin(value: str) -> None:

@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tenants.resolution import resolve_tenant
@@ -22,6 +23,15 @@ class TenantResolutionMixin:
         if method not in self.http_method_names or not hasattr(self, method):
             raise MethodNotAllowed(request.method)
         super().initial(request, *args, **kwargs)
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        """DRF's, and the current DPoP nonce for a tenant that issues them (RFC 9449 section 9)."""
+        nonce = getattr(request, "dpop_nonce", None)
+        if nonce is not None and "DPoP-Nonce" not in response:
+            response["DPoP-Nonce"] = nonce
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def endpoint_key_for(self, method: str) -> str | None:
         """The endpoint key whose scope rule guards requests of this method."""

@@ -9,8 +9,8 @@ from django.core.cache import cache
 from django.core.cache.backends.db import DatabaseCache
 
 from authz.keys import key_cache
-from authz.token_cache import verified_tokens
-from authz.users import provisioned_user
+from authz.token_cache import refused_tokens, verified_tokens
+from authz.users import provisioned_users
 from config.celery import app as celery_app
 from devissuer.issuer import DevIssuerServer, DevKeyStore, start_in_thread
 from tenants.directory import directory
@@ -53,9 +53,9 @@ def clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None]
     # Without Redis the store is the database cache, which a test without the database cannot use.
     if not isinstance(cache, DatabaseCache) or uses_database(request):
         cache.clear()
-    for holder in (directory, key_cache, verified_tokens):
+    for holder in (directory, key_cache, verified_tokens, refused_tokens):
         holder.clear()
-    provisioned_user.cache_clear()
+    provisioned_users.forget()
     yield
     celery_app.conf.task_always_eager = True
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from devissuer import dpop
 from tests.test_e2e import ROOT, free_port, manage
 
 PROBE = "X-Probe"
@@ -81,6 +82,7 @@ class Answer:
 
 Check = Callable[[Answer], bool]
 TokenSource = str | Callable[[], str] | None
+HeaderSource = dict[str, str] | Callable[[], dict[str, str]] | None
 
 
 def summary(answers: list[Answer]) -> str:
@@ -101,22 +103,36 @@ class Web:
         return self.ask(path, host=host, token=token, n=1)[0]
 
     def ask(
-        self, path: str, *, host: str = "127.0.0.1", token: TokenSource = None, n: int = 20
+        self,
+        path: str,
+        *,
+        host: str = "127.0.0.1",
+        token: TokenSource = None,
+        n: int = 20,
+        headers: HeaderSource = None,
     ) -> list[Answer]:
         """``n`` requests, four at a time so that every worker gets some, each connection new."""
         probes = [uuid.uuid4().hex for _ in range(n)]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            results = list(pool.map(lambda probe: self._send(path, host, token, probe), probes))
+            results = list(
+                pool.map(lambda probe: self._send(path, host, token, probe, headers), probes)
+            )
         pids = self._pids(probes)
         return [Answer(pids[probe], *result) for probe, result in zip(probes, results, strict=True)]
 
     def everyone(
-        self, path: str, *, host: str = "127.0.0.1", token: TokenSource = None, n: int = 20
+        self,
+        path: str,
+        *,
+        host: str = "127.0.0.1",
+        token: TokenSource = None,
+        n: int = 20,
+        headers: HeaderSource = None,
     ) -> list[Answer]:
         """Batches of ``n`` requests until every worker has answered some; all the answers."""
         answers: list[Answer] = []
         for _ in range(10):
-            answers += self.ask(path, host=host, token=token, n=n)
+            answers += self.ask(path, host=host, token=token, n=n, headers=headers)
             if len({a.pid for a in answers}) >= WORKERS:
                 return answers
         pytest.fail(f"Not every worker answered: {summary(answers)}")
@@ -129,11 +145,12 @@ class Web:
         within: float,
         host: str = "127.0.0.1",
         token: TokenSource = None,
+        headers: HeaderSource = None,
     ) -> float:
         """Seconds until a round where every worker answers and every answer passes ``check``."""
         started = time.monotonic()
         while True:
-            answers = self.everyone(path, host=host, token=token)
+            answers = self.everyone(path, host=host, token=token, headers=headers)
             elapsed = time.monotonic() - started
             if all(check(a) for a in answers):
                 return elapsed
@@ -142,9 +159,10 @@ class Web:
             time.sleep(0.05)
 
     def _send(
-        self, path: str, host: str, token: TokenSource, probe: str
+        self, path: str, host: str, token: TokenSource, probe: str, extra: HeaderSource = None
     ) -> tuple[int, str | None, str, float]:
         headers = {"Host": host, "Connection": "close", PROBE: probe}
+        headers.update((extra() if callable(extra) else extra) or {})
         bearer = token() if callable(token) else token
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
@@ -224,10 +242,14 @@ class Stack:
         """``manage.py shell -c CODE`` in a process of its own."""
         return manage(self.env, "shell", "--no-imports", "-c", code)
 
-    def token(self, issuer_name: str, audience: str, sub: str = "client@clients") -> str:
-        """A token minted by the development issuer over HTTP."""
+    def token(
+        self, issuer_name: str, audience: str, sub: str = "client@clients", dpop_key: Any = None
+    ) -> str:
+        """A token minted by the development issuer over HTTP (bound to ``dpop_key`` if given)."""
         url = f"{self.issuer}/{issuer_name}/oauth/token"
-        response = requests.post(url, json={"audience": audience, "sub": sub}, timeout=10)
+        headers = {"DPoP": dpop.make_proof(dpop_key, "POST", url)} if dpop_key else {}
+        body = {"audience": audience, "sub": sub}
+        response = requests.post(url, json=body, headers=headers, timeout=10)
         response.raise_for_status()
         return response.json()["access_token"]
 

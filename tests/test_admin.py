@@ -29,6 +29,10 @@ def tenant_post(**overrides: str) -> dict[str, str]:
         "algorithms": "RS256",
         "leeway": "60",
         "scope_claims": "scope",
+        "token_profile": "auth0",
+        "organizations": "",
+        "dpop": "allowed",
+        "dpop_algorithms": "ES256",
         **inline_management("hosts", 1),
         "hosts-0-hostname": "Initech.localhost",
         **inline_management("audiences", 1),
@@ -102,6 +106,10 @@ def change_post(tenant, **overrides: str) -> dict[str, str]:
         "algorithms": "RS256",
         "leeway": "60",
         "scope_claims": "scope",
+        "token_profile": tenant.token_profile,
+        "organizations": "\n".join(tenant.organizations),
+        "dpop": tenant.dpop,
+        "dpop_algorithms": tenant.dpop_algorithms,
         "audiences-TOTAL_FORMS": "1",
         "audiences-INITIAL_FORMS": "1",
         "audiences-0-id": str(audience.pk),
@@ -253,3 +261,23 @@ def test_check_issuer_twice_within_the_cooldown_warns_and_fetches_nothing(
     assert [(m.level_tag, m.message) for m in get_messages(second.wsgi_request)] == [
         ("warning", "The issuer of checked was checked less than 10 s ago; try again in a moment.")
     ]
+
+
+def test_the_key_set_panel_names_the_dpop_mode_and_proof_algorithms(admin_client, make_tenant):
+    tenant = make_tenant("acme", dpop_algorithms=["ES256", "EdDSA"], dpop_nonce=True)
+
+    page = admin_client.get(f"/admin/tenants/tenant/{tenant.pk}/change/").content.decode()
+
+    assert "allowed: Bearer or DPoP; proofs signed with ES256, EdDSA, carrying a nonce" in page
+    for field in ("token_profile", "organizations", "dpop", "dpop_algorithms", "dpop_nonce"):
+        assert f'name="{field}"' in page, field
+
+
+def test_organizations_are_entered_one_per_line_and_validated(operator):
+    saved = operator.post(ADD_URL, tenant_post(organizations="org_A1\r\norg_B2, org_C3"))
+    refused = operator.post(ADD_URL, tenant_post(slug="other", organizations="org_A1 acme"))
+
+    assert saved.status_code == 302
+    assert Tenant.objects.get(slug="initech").organizations == ["org_A1", "org_B2", "org_C3"]
+    assert refused.status_code == 200
+    assert "acme is not an Auth0 organization id" in refused.content.decode()

@@ -15,10 +15,11 @@ from tenants.directory import directory
 from tests.fixtures import bearer
 
 PRIVATE = "/t/acme/api/private"
-BARE_CHALLENGE = 'Bearer realm="acme"'
+BARE_CHALLENGE = 'Bearer realm="acme", DPoP algs="ES256"'
 INVALID_REQUEST_CHALLENGE = (
     'Bearer realm="acme", error="invalid_request", '
-    'error_description="The Authorization header must be: Bearer <access token>."'
+    'error_description="The Authorization header must be: Bearer <access token>.", '
+    'DPoP algs="ES256"'
 )
 
 
@@ -188,11 +189,11 @@ def test_provisioning_namespaces_users_by_tenant(client, make_tenant, tokens):
 
 
 def test_provisioning_reuses_the_user_of_a_known_subject(client, make_tenant, acme_tokens):
-    from authz.users import provisioned_user
+    from authz.users import provisioned_users
 
     make_tenant("acme", provision_users=True)
     client.get(PRIVATE, **bearer(acme_tokens.token()))
-    provisioned_user.cache_clear()
+    provisioned_users.forget()
 
     response = client.get(PRIVATE, **bearer(acme_tokens.token()))
 
@@ -214,8 +215,44 @@ def test_a_subject_too_long_for_a_username_is_hashed(client, make_tenant, acme_t
     response = client.get(PRIVATE, **bearer(acme_tokens.token(sub=subject)))
 
     assert response.status_code == 200
-    expected = f"acme:sha256.{hashlib.sha256(subject.encode()).hexdigest()}"
+    expected = f"acme:#{hashlib.sha256(subject.encode()).hexdigest()}"
     assert list(get_user_model().objects.values_list("username", flat=True)) == [expected]
+
+
+def test_usernames_are_one_per_subject(client, make_tenant, tokens):
+    make_tenant("acme", provision_users=True)
+    subjects = ["auth0|alice", "auth0.alice", "auth0%7Calice", "auth0%2Ealice", "a:b", "a b"]
+
+    for subject in subjects:
+        response = client.get(PRIVATE, **bearer(tokens("acme").token(sub=subject)))
+        assert response.status_code == 200
+
+    usernames = set(get_user_model().objects.values_list("username", flat=True))
+    assert len(usernames) == len(subjects)
+    assert "acme:auth0.alice" in usernames  # the quickstart's | to . where no . could clash
+
+
+@pytest.mark.parametrize(
+    ("subject", "other"),
+    [("sha256|" + "0" * 64, "x" * 200), ("auth0|alice", "auth0.alice"), ("a.b", "a|b")],
+)
+def test_username_for_is_injective_where_mappings_usually_clash(subject, other):
+    from authz.users import username_for
+
+    assert username_for("acme", subject) != username_for("acme", other)
+
+
+def test_a_deleted_user_is_provisioned_again_not_served_from_memory(
+    client, make_tenant, acme_tokens
+):
+    make_tenant("acme", provision_users=True)
+    token = acme_tokens.token()
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+    get_user_model().objects.get(username="acme:auth0.user-1").delete()
+
+    user, _ = authenticate(bearer(token))
+
+    assert user.pk is not None and get_user_model().objects.filter(pk=user.pk).exists()
 
 
 @pytest.mark.parametrize("provision_users", [True, False])

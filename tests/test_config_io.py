@@ -51,6 +51,11 @@ FULL_DOCUMENT = {
             "scope_claims": "both",
             "provision_users": True,
             "admin_scope": "admin:messages",
+            "token_profile": "rfc9068",
+            "organizations": ["org_W8rUvXaAQ1o6BGRy", "org_b"],
+            "dpop": "required",
+            "dpop_algorithms": ["ES256", "PS256"],
+            "dpop_nonce": True,
             "cors_origins": ["http://localhost:3000", "https://app.globex.test"],
         },
         {
@@ -66,6 +71,11 @@ FULL_DOCUMENT = {
             "scope_claims": "permissions",
             "provision_users": False,
             "admin_scope": "",
+            "token_profile": "auth0",
+            "organizations": [],
+            "dpop": "allowed",
+            "dpop_algorithms": ["ES256"],
+            "dpop_nonce": False,
             "cors_origins": [],
         },
     ]
@@ -410,6 +420,27 @@ def test_problems_of_every_tenant_are_reported():
             {"issuer": "https://login.acme.test/?tenant=1"},
             "tenants[0] (acme): issuer: Remove credentials, query string and fragment",
         ),
+        (
+            {"admin_scope": "admin:messages delete:messages"},
+            "tenants[0] (acme): admin_scope: Enter one scope",
+        ),
+        ({"token_profile": "jwt"}, "tenants[0] (acme): token_profile: Select a valid choice."),
+        (
+            {"organizations": ["org_ok", "acme"]},
+            "tenants[0] (acme): organizations: acme is not an Auth0 organization id",
+        ),
+        (
+            {"organizations": ["org_a", "org_a"]},
+            "tenants[0] (acme): organizations: An organization is listed twice.",
+        ),
+        (
+            {"organizations": "org_a"},
+            "tenants[0] (acme): organizations: Enter a list of organization ids.",
+        ),
+        (
+            {"organizations": [7]},
+            "tenants[0] (acme): organizations: 7 is not an Auth0 organization id",
+        ),
     ],
     ids=[
         "unknown-field",
@@ -431,6 +462,12 @@ def test_problems_of_every_tenant_are_reported():
         "leeway-601",
         "scope-claims-roles",
         "issuer-with-query",
+        "two-admin-scopes",
+        "unknown-profile",
+        "not-an-organization",
+        "duplicate-organization",
+        "organizations-not-a-list",
+        "organization-not-a-string",
     ],
 )
 def test_each_invalid_field_has_a_clear_error(fields, expected):
@@ -578,6 +615,11 @@ def bulk_entry(index: int) -> dict[str, Any]:
         "scope_claims": ["scope", "permissions", "both"][index % 3],
         "provision_users": index % 7 == 0,
         "admin_scope": "admin:messages" if index % 8 == 0 else "",
+        "token_profile": "rfc9068" if index % 9 == 0 else "auth0",
+        "organizations": [f"org_{index % 4}", "org_shared"] if index % 5 == 1 else [],
+        "dpop": ["allowed", "disabled", "required"][index % 3],
+        "dpop_algorithms": ["ES256", "EdDSA"] if index % 4 == 2 else ["ES256"],
+        "dpop_nonce": index % 6 == 1,
         "cors_origins": [f"https://app{index % 3}.bulk.test"] if index % 4 == 1 else [],
     }
 

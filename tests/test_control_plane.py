@@ -25,6 +25,7 @@ import pytest
 import redis
 import requests
 
+from devissuer import dpop
 from devissuer.issuer import DevKeyStore
 from tests.processes import (
     ROOT,
@@ -424,6 +425,67 @@ def test_hostile_slugs_and_hosts_each_work_without_disturbing_the_others(stack: 
     for item in items[2:]:
         path = f"/t/{item['slug']}/api/private"
         assert_every(stack.web.everyone(path, token=tokens[item["slug"]]), OK)
+
+
+# 4b. DPoP: a proof is good once in the whole deployment; nonces hold in every worker.
+
+
+def dpop_call(stack: Stack, path: str, token: str, key: object, nonce: str | None = None):
+    """Headers for one DPoP request to ``path`` with a fresh proof; ``Web`` sends the Host
+    header ``127.0.0.1``, so that is the URL the request addresses."""
+    url = f"http://127.0.0.1{path}"
+
+    def headers() -> dict[str, str]:
+        proof = dpop.make_proof(key, "GET", url, access_token=token, nonce=nonce)
+        return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+    return headers
+
+
+def test_a_dpop_proof_is_accepted_once_across_every_worker(stack: Stack) -> None:
+    item = stack.tenant("proofs")
+    stack.import_tenants(item)
+    key = dpop.new_key()
+    token = stack.token("proofs", audience(item), dpop_key=key)
+    path = "/t/proofs/api/private"
+    fresh = dpop_call(stack, path, token, key)
+    # Both workers take fresh proofs, once the new tenant and its key set reached them.
+    stack.web.until(OK, path, headers=fresh, within=PROPAGATION)
+
+    crossed = False
+    for _ in range(10):  # until one worker refused a proof that the other accepted
+        proof = fresh()
+        answers = stack.web.ask(path, headers=proof, n=8)
+        accepted = [a for a in answers if a.status == 200]
+        assert len(accepted) == 1, summary(answers)
+        replays = [a for a in answers if a.status != 200]
+        assert all(a.code == "invalid_dpop_proof" for a in replays), summary(answers)
+        crossed = any(a.pid != accepted[0].pid for a in replays)
+        if crossed:
+            break
+    assert crossed, "no replay reached a worker other than the one that accepted the proof"
+
+
+def test_a_dpop_nonce_issued_by_one_worker_is_accepted_by_every_worker(stack: Stack) -> None:
+    item = stack.tenant("nonces", dpop_nonce=True)
+    stack.import_tenants(item)
+    key = dpop.new_key()
+    token = stack.token("nonces", audience(item), dpop_key=key)
+    path = "/t/nonces/api/private"
+    stack.web.until(
+        answered(401, "use_dpop_nonce"),
+        path,
+        within=PROPAGATION,
+        headers=dpop_call(stack, path, token, key),
+    )
+    url = f"{stack.web.url}{path}"
+    proof = dpop.make_proof(key, "GET", url, access_token=token)
+    first = requests.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": proof}, timeout=10)
+    nonce = first.headers["DPoP-Nonce"]
+
+    answers = stack.web.everyone(path, headers=dpop_call(stack, path, token, key, nonce))
+
+    assert_every(answers, OK)
 
 
 # 5. Redis flushed, then stopped and started again.

@@ -135,3 +135,15 @@ def test_non_api_paths_get_no_cors_headers(client, tenants, path, host):
 
     assert "Access-Control-Allow-Origin" not in response
     assert "Access-Control-Allow-Origin" not in options
+
+
+def test_a_browser_may_send_a_dpop_proof_and_read_the_nonce_and_challenge(client, tenants):
+    path, host = VIAS["prefix"]
+    asked = {**PREFLIGHT, "HTTP_ACCESS_CONTROL_REQUEST_HEADERS": "authorization, dpop"}
+
+    options = client.options(path, HTTP_HOST=host, HTTP_ORIGIN=ACME_ORIGIN, **asked)
+    refused = client.get(path, HTTP_HOST=host, HTTP_ORIGIN=ACME_ORIGIN)
+
+    assert {"authorization", "dpop"} <= allowed_headers(options)
+    exposed = {name.strip().lower() for name in refused["Access-Control-Expose-Headers"].split(",")}
+    assert {"dpop-nonce", "www-authenticate"} <= exposed

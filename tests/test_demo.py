@@ -182,6 +182,17 @@ def test_the_commands_the_demo_prints_work_in_a_new_shell(demo):
     assert [tenant["slug"] for tenant in json.loads(exported.stdout)["tenants"]] == ["demo"]
 
 
+def test_the_dpop_call_the_demo_prints_works_in_a_new_shell(demo):
+    printed = next(line for line in demo.output.splitlines() if "dpop_request" in line).split()
+    command = printed[printed.index("dpop_request") + 1 :]
+
+    called = demo.manage("dpop_request", *command)
+
+    assert called.returncode == 0, called.stderr
+    assert called.stdout.startswith("200 OK"), called.stdout
+    assert "Hello from a private endpoint" in called.stdout
+
+
 def test_an_import_from_a_new_shell_reaches_the_running_demo_within_2_s(demo):
     exported = json.loads(demo.manage("tenants", "export").stdout)
     tenant = exported["tenants"][0]

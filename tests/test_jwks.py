@@ -1,5 +1,6 @@
 """Fetching key sets from issuers that misbehave: junk, huge, slow, redirecting, failing."""
 
+import base64
 import json
 import socket
 import threading
@@ -7,6 +8,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 
 from authz.jwks import (
     NO_USABLE_KEY,
@@ -188,3 +191,72 @@ def test_outside_development_internal_destinations_are_never_fetched(canned, set
 
     with pytest.raises(InvalidKeySet, match="non-public address"):
         fetch_jwks(url)
+
+
+def _uint(value: int) -> str:
+    return (
+        base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+        .rstrip(b"=")
+        .decode()
+    )
+
+
+def _rsa_jwk(bits: int = 2048, exponent: int = 65537) -> dict:
+    numbers = rsa.generate_private_key(65537, bits).public_key().public_numbers()
+    return {"kty": "RSA", "kid": "k", "n": _uint(numbers.n), "e": _uint(exponent)}
+
+
+def _ec_jwk(curve: ec.EllipticCurve, crv: str, **members: str) -> dict:
+    numbers = ec.generate_private_key(curve).public_key().public_numbers()
+    size = (curve.key_size + 7) // 8
+    coordinate = {
+        name: base64.urlsafe_b64encode(value.to_bytes(size, "big")).rstrip(b"=").decode()
+        for name, value in (("x", numbers.x), ("y", numbers.y))
+    }
+    return {"kty": "EC", "kid": "k", "crv": crv, **coordinate, **members}
+
+
+def _okp_jwk(key: object, crv: str) -> dict:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "kid": "k", "crv": crv, "x": base64.urlsafe_b64encode(raw).decode()}
+
+
+def _kept(jwk: dict) -> bool:
+    return bool(parse_jwks(json.dumps({"keys": [jwk]}).encode()))
+
+
+@pytest.mark.parametrize(
+    ("jwk", "kept"),
+    [
+        (lambda: _rsa_jwk(2048), True),
+        (lambda: _rsa_jwk(4096, exponent=3), True),
+        (lambda: _rsa_jwk(1024), False),
+        (lambda: _rsa_jwk(4096, exponent=2**3071 + 1), False),  # costs milliseconds per check
+        (lambda: _rsa_jwk(2048, exponent=65539), False),
+        (lambda: _ec_jwk(ec.SECP256R1(), "P-256", alg="ES256"), True),
+        (lambda: _ec_jwk(ec.SECP384R1(), "P-384"), True),
+        (lambda: _ec_jwk(ec.SECP521R1(), "P-521", alg="ES512"), True),
+        (lambda: _ec_jwk(ec.SECP384R1(), "P-384", alg="ES256"), False),  # not ES256's curve
+        (lambda: _ec_jwk(ec.SECP256K1(), "secp256k1"), False),
+        (lambda: _okp_jwk(ed25519.Ed25519PrivateKey.generate(), "Ed25519"), True),
+        (lambda: _okp_jwk(ed448.Ed448PrivateKey.generate(), "Ed448"), True),
+        (lambda: _okp_jwk(x25519.X25519PrivateKey.generate(), "X25519"), False),
+    ],
+    ids=[
+        "rsa-2048",
+        "rsa-4096-e3",
+        "rsa-1024",
+        "rsa-huge-exponent",
+        "rsa-exponent-over-65537",
+        "p256-es256",
+        "p384",
+        "p521-es512",
+        "p384-declared-es256",
+        "secp256k1",
+        "ed25519",
+        "ed448",
+        "x25519",
+    ],
+)
+def test_only_sound_keys_on_their_named_curves_are_kept(jwk, kept):
+    assert _kept(jwk()) is kept

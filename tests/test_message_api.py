@@ -170,6 +170,16 @@ def test_author_is_the_token_subject(acme, api):
     assert Message.objects.for_tenant(acme).get().author == "auth0|alice"
 
 
+def test_a_subject_of_any_length_posts_and_deletes_its_own_message(acme, api):
+    author = api("acme", sub="auth0|" + "x" * 4000)  # longer than any varchar column would take
+
+    created = author.post({"text": "hi"})
+
+    assert created.status_code == 201, created.content
+    assert Message.objects.for_tenant(acme).get().author == "auth0|" + "x" * 4000
+    assert author.delete(created.json()["id"]).status_code == 204
+
+
 def test_client_cannot_choose_the_author(acme, api):
     response = api("acme", sub="auth0|alice").post({"text": "hi", "author": "auth0|bob"})
 

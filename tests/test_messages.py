@@ -37,7 +37,7 @@ def test_private_without_token_is_401_with_bare_challenge(client, acme):
     response = client.get("/t/acme/api/private")
 
     assert response.status_code == 401
-    assert response["WWW-Authenticate"] == 'Bearer realm="acme"'
+    assert response["WWW-Authenticate"] == 'Bearer realm="acme", DPoP algs="ES256"'
     assert response.json()["code"] == "not_authenticated"
 
 
@@ -50,5 +50,5 @@ def test_scoped_without_scope_is_403_insufficient_scope(client, acme, acme_token
         "code": "insufficient_scope",
     }
     assert response["WWW-Authenticate"] == (
-        'Bearer realm="acme", error="insufficient_scope", scope="read:messages"'
+        'Bearer realm="acme", error="insufficient_scope", scope="read:messages", DPoP algs="ES256"'
     )

@@ -7,7 +7,7 @@ import pytest
 from authz import authentication
 from authz.policy import IssuerPolicy, shared_policy
 from authz.tasks import refresh_key_set
-from authz.token_cache import verified_tokens
+from authz.token_cache import refused_tokens, verified_tokens
 from tenants.config_io import import_tenants
 from tenants.directory import directory
 from tests.fixtures import bearer, jwks_url_of
@@ -113,6 +113,165 @@ def test_an_entry_counts_only_under_the_very_policy_it_was_verified_against(
     assert client.get(PRIVATE, **bearer(token)).status_code == 200
     policy = directory.by_slug("acme").policy
 
-    assert shared_policy(*policy.identity()) is policy  # identical values, one shared object
+    assert shared_policy(**policy.values()) is policy  # identical values, one shared object
     assert verified_tokens.get(token, policy) is not None
-    assert verified_tokens.get(token, IssuerPolicy(*policy.identity())) is None
+    assert verified_tokens.get(token, IssuerPolicy(**policy.values())) is None
+
+
+def test_the_cache_is_bounded_in_bytes_for_payloads_that_parse_into_many_objects(
+    client, acme, acme_tokens, settings
+):
+    settings.AUTHZ = {**settings.AUTHZ, "VERIFIED_TOKEN_CACHE_BYTES": 64 * 1024}
+    hostile = {"x": [[] for _ in range(1900)]}  # about 6 KiB of JSON, 1,900 objects parsed
+
+    for index in range(40):
+        token = acme_tokens.token(sub=f"user-{index}", **hostile)
+        assert client.get(PRIVATE, **bearer(token)).status_code == 200
+
+    entries, size = verified_tokens.held()
+    assert size <= 64 * 1024
+    assert 0 < entries < 40
+    # What is held is text, not the parsed payload: the bound is the memory.
+    largest = max(verified_tokens._entries.values(), key=lambda entry: entry.size)
+    assert isinstance(largest.payload_segment, str) and largest.size < 10 * 1024
+
+
+def test_a_hit_rebuilds_the_verified_claims(client, acme, acme_tokens):
+    token = acme_tokens.token(scope="read:messages", org_id="org_1", nested={"a": [1, 2]})
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+    policy = directory.by_slug("acme").policy
+
+    claims = verified_tokens.get(token, policy)
+
+    assert claims.scopes == {"read:messages"} and claims.subject == "auth0|user-1"
+    assert claims.payload["nested"] == {"a": [1, 2]} and claims.payload["org_id"] == "org_1"
+
+
+def test_one_tenant_flooding_new_tokens_never_evicts_another_tenants_entries(
+    client, make_tenant, tokens, settings
+):
+    settings.AUTHZ = {**settings.AUTHZ, "VERIFIED_TOKEN_CACHE_SIZE": 20}
+    make_tenant("acme")
+    make_tenant("beta")
+    quiet = [tokens("beta").token(sub=f"beta-{index}") for index in range(5)]
+    for token in quiet:
+        assert client.get("/t/beta/api/private", **bearer(token)).status_code == 200
+
+    for index in range(200):
+        flood = tokens("acme").token(sub=f"acme-{index}")
+        assert client.get(PRIVATE, **bearer(flood)).status_code == 200
+
+    beta = directory.by_slug("beta").policy
+    assert all(verified_tokens.get(token, beta) is not None for token in quiet)
+    assert verified_tokens.held()[0] == 20
+
+
+def test_a_tenant_under_its_fair_share_makes_room_from_the_least_recent_of_others(
+    client, make_tenant, tokens, settings
+):
+    settings.AUTHZ = {**settings.AUTHZ, "VERIFIED_TOKEN_CACHE_SIZE": 10}
+    make_tenant("acme")
+    make_tenant("beta")
+    for index in range(10):
+        client.get(PRIVATE, **bearer(tokens("acme").token(sub=f"acme-{index}")))
+
+    for index in range(5):
+        client.get("/t/beta/api/private", **bearer(tokens("beta").token(sub=f"beta-{index}")))
+
+    held = sorted(len(group.digests) for group in verified_tokens._groups.values())
+    assert held == [5, 5]
+
+
+def bad_signature(factory) -> str:
+    """A token naming the issuer's current key, its signature damaged."""
+    return factory.token()[:-8] + "A" * 8
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"exp": 1}, "token_expired"),
+        ({"aud": "https://other.test"}, "invalid_audience"),
+        ({"iss": "https://other.test/"}, "invalid_issuer"),
+        ({"sub": None}, "invalid_claims"),
+    ],
+)
+def test_a_repeated_lasting_refusal_is_answered_without_verifying_again(
+    client, acme, acme_tokens, verifications, overrides, code
+):
+    token = acme_tokens.token(**overrides)
+
+    answers = [client.get(PRIVATE, **bearer(token)) for _ in range(3)]
+
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [(401, code)] * 3
+    assert answers[0].json() == answers[2].json()
+    assert answers[0]["WWW-Authenticate"] == answers[2]["WWW-Authenticate"]
+    assert verifications == [token]
+
+
+def test_a_repeated_bad_signature_is_checked_once_while_its_key_is_held(
+    client, acme, acme_tokens, verifications
+):
+    token = bad_signature(acme_tokens)
+
+    codes = [client.get(PRIVATE, **bearer(token)).json()["code"] for _ in range(3)]
+
+    assert codes == ["invalid_signature"] * 3
+    assert verifications == [token]
+
+
+def test_a_bad_signature_is_checked_again_once_its_key_leaves_the_set(
+    client, acme, acme_tokens, issuer, settings, verifications
+):
+    settings.AUTHZ = {**settings.AUTHZ, "CONFIG_RECHECK_INTERVAL": 0}
+    token = bad_signature(acme_tokens)
+    assert client.get(PRIVATE, **bearer(token)).json()["code"] == "invalid_signature"
+
+    issuer.store.rotate("acme")
+    issuer.store.rotate("acme")
+    refresh_key_set.delay(jwks_url_of("acme"))
+    response = client.get(PRIVATE, **bearer(token))
+
+    assert response.json()["code"] == "unknown_key"
+    assert verifications == [token, token]
+
+
+def test_a_token_not_valid_yet_is_never_remembered_as_refused(client, make_tenant, tokens):
+    make_tenant("acme", leeway=0)
+    token = tokens("acme").token(nbf=int(time.time()) + 2)
+    assert client.get(PRIVATE, **bearer(token)).json()["code"] == "token_not_yet_valid"
+
+    time.sleep(2.1)
+
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+
+
+def test_an_unknown_key_is_never_remembered_as_refused(client, acme, acme_tokens, issuer):
+    future_kid = issuer.store.rotate("acme")  # published, but not yet fetched here
+    token = acme_tokens.token(headers={"kid": future_kid})
+    issuer.store.rotate("acme")
+    issuer.store.rotate("acme")  # gone again
+    key_set = jwks_url_of("acme")
+    refresh_key_set.delay(key_set)
+    assert client.get(PRIVATE, **bearer(token)).json()["code"] == "unknown_key"
+
+    assert verified_tokens.held()[0] == 0
+    assert refused_tokens.held()[0] == 0
+
+
+def test_a_refusal_under_one_policy_is_not_served_under_another(client, make_tenant, tokens):
+    make_tenant("acme")
+    make_tenant("beta", issuer_name="acme", audiences=["https://api.acme.test"], leeway=600)
+    token = tokens("acme").token(exp=int(time.time()) - 120)  # expired for acme's 60 s leeway
+    assert client.get(PRIVATE, **bearer(token)).json()["code"] == "token_expired"
+
+    assert client.get("/t/beta/api/private", **bearer(token)).status_code == 200
+
+
+def test_the_refused_cache_is_bounded(client, acme, acme_tokens, settings):
+    settings.AUTHZ = {**settings.AUTHZ, "REFUSED_TOKEN_CACHE_SIZE": 3}
+
+    for index in range(6):
+        client.get(PRIVATE, **bearer(acme_tokens.token(sub=f"user-{index}", exp=1)))
+
+    assert refused_tokens.held()[0] == 3

@@ -31,6 +31,7 @@ LEEWAY = 60
 MAX_TOKEN_BYTES = 8 * 1024
 ALGORITHMS = jwt.algorithms.get_default_algorithms()
 KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+ACCESS_TOKEN_TYPES = {"jwt", "application/jwt", "at+jwt", "application/at+jwt"}  # Auth0 profile
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -83,6 +84,9 @@ def reference(token: str) -> dict[str, Any] | None:
             return None
         if key.key_type != KEY_TYPES[algorithm[:2]]:
             return None
+        typ = header.get("typ")  # RFC 8725 section 3.11: explicit typing, where PyJWT has none
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES):
+            return None
         payload = jwt.decode(
             token,
             key.public_key,
@@ -94,6 +98,11 @@ def reference(token: str) -> dict[str, Any] | None:
         )
         if not isinstance(payload["sub"], str) or not payload["sub"]:
             return None
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in payload["sub"]):
+            return None
+        for name in ("jti", "client_id"):
+            if not isinstance(payload.get(name, ""), str):
+                return None
         for name in ("exp", "iat", "nbf"):
             value = payload.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, int | float):

@@ -33,6 +33,7 @@ from authz.tokens import (
     verify_token,
 )
 from devissuer.issuer import public_jwk
+from tenants.directory import directory
 from tests.fixtures import bearer
 
 PRIVATE = "/t/acme/api/private"
@@ -57,7 +58,8 @@ def assert_invalid_token(response: Any, code: str) -> None:
     assert set(body) == {"message", "code"} and body["message"]
     description = re.sub(r'["\\]', "", body["message"])
     assert response["WWW-Authenticate"] == (
-        f'Bearer realm="acme", error="invalid_token", error_description="{description}"'
+        f'Bearer realm="acme", error="invalid_token", error_description="{description}", '
+        'DPoP algs="ES256"'
     )
 
 
@@ -474,7 +476,7 @@ def test_a_tenant_scope_rule_replaces_the_default_scope(client, special, acme_to
 
     assert (response.status_code, response.json()["code"]) == (403, "insufficient_scope")
     assert response["WWW-Authenticate"] == (
-        'Bearer realm="acme", error="insufficient_scope", scope="read:special"'
+        'Bearer realm="acme", error="insufficient_scope", scope="read:special", DPoP algs="ES256"'
     )
 
 
@@ -639,3 +641,143 @@ def test_granted_scopes_reads_the_chosen_claims(scope_claims, payload, scopes):
 def test_granted_scopes_refuses_a_chosen_claim_of_the_wrong_type(scope_claims, payload):
     with pytest.raises(InvalidClaims):
         granted_scopes(payload, scope_claims)
+
+
+@pytest.mark.parametrize(
+    ("scope", "scopes"),
+    [
+        ("read:messages\u00a0delete:messages", set()),  # one scope-token, and not a valid one
+        ("read:messages\tdelete:messages", set()),
+        ("read:messages\ndelete:messages", set()),
+        ("read:messages  delete:messages", {"read:messages", "delete:messages"}),
+        ('read:messages "quoted"', {"read:messages"}),
+        ("read:messages caf\u00e9", {"read:messages"}),
+    ],
+)
+def test_scopes_split_on_the_ascii_space_only_and_must_be_scope_tokens(scope, scopes):
+    assert granted_scopes({"scope": scope}, "scope") == frozenset(scopes)
+
+
+def test_a_non_breaking_space_never_grants_the_scopes_on_either_side(client, acme, acme_tokens):
+    token = acme_tokens.token(scope="read:messages\u00a0delete:messages")
+
+    response = client.get(SCOPED, **bearer(token))
+
+    assert (response.status_code, response.json()["code"]) == (403, "insufficient_scope")
+
+
+def test_a_permission_that_is_not_a_scope_token_grants_nothing():
+    assert granted_scopes({"permissions": ["a b", "ok", ""]}, "permissions") == {"ok"}
+
+
+@pytest.mark.parametrize("subject", ["auth0|a\x00b", "line\nbreak", "bell\x07"])
+def test_a_subject_with_control_characters_is_refused(client, acme, acme_tokens, subject):
+    response = client.get(PRIVATE, **bearer(acme_tokens.token(sub=subject)))
+
+    assert_invalid_token(response, "invalid_claims")
+    assert "control characters" in response.json()["message"]
+
+
+@pytest.mark.parametrize("typ", ["dpop+jwt", "DPoP+JWT", "id_token+jwt", "JWS", 7, ["at+jwt"]])
+def test_a_token_typed_as_something_else_is_refused_in_the_auth0_profile(
+    client, acme, acme_tokens, typ
+):
+    response = client.get(PRIVATE, **bearer(acme_tokens.token(headers={"typ": typ})))
+
+    assert_invalid_token(response, "invalid_token_type")
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "jwt", "at+jwt", "AT+JWT", "application/at+jwt"])
+def test_the_auth0_profile_takes_untyped_jwt_and_at_jwt_tokens(client, acme, acme_tokens, typ):
+    response = client.get(PRIVATE, **bearer(acme_tokens.token(headers={"typ": typ})))
+
+    assert response.status_code == 200
+
+
+RFC9068_CLAIMS = {"client_id": "client-1", "jti": "token-1"}
+
+
+@pytest.fixture
+def profiled(make_tenant):
+    """Acme under the RFC 9068 profile."""
+    return make_tenant("acme", token_profile="rfc9068")
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "Application/AT+JWT"])
+def test_the_rfc9068_profile_takes_at_jwt_tokens_with_its_claims(
+    client, profiled, acme_tokens, typ
+):
+    token = acme_tokens.token(headers={"typ": typ}, **RFC9068_CLAIMS)
+
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "dpop+jwt"])
+def test_the_rfc9068_profile_refuses_tokens_not_typed_at_jwt(client, profiled, acme_tokens, typ):
+    token = acme_tokens.token(headers={"typ": typ}, **RFC9068_CLAIMS)  # typ None: no typ at all
+
+    response = client.get(PRIVATE, **bearer(token))
+
+    assert_invalid_token(response, "invalid_token_type")
+
+
+@pytest.mark.parametrize("claim", ["client_id", "jti", "iat"])
+def test_the_rfc9068_profile_requires_its_claims(client, profiled, acme_tokens, claim):
+    token = acme_tokens.token(headers={"typ": "at+jwt"}, **{**RFC9068_CLAIMS, claim: None})
+
+    response = client.get(PRIVATE, **bearer(token))
+
+    assert_invalid_token(response, "invalid_claims")
+    assert claim in response.json()["message"]
+
+
+def test_the_auth0_profile_does_not_require_client_id_or_jti(client, acme, acme_tokens):
+    assert client.get(PRIVATE, **bearer(acme_tokens.token())).status_code == 200
+
+
+@pytest.fixture
+def organized(make_tenant):
+    """Acme trusting two Auth0 organizations."""
+    return make_tenant("acme", organizations=["org_A1", "org_B2"])
+
+
+@pytest.mark.parametrize("organization", ["org_A1", "org_B2"])
+def test_a_trusted_organization_passes_and_reaches_the_principal(
+    organized, acme_tokens, organization, rf
+):
+    from authz.authentication import TenantTokenAuthentication
+
+    request = rf.get(PRIVATE, **bearer(acme_tokens.token(org_id=organization)))
+    request.tenant = directory.by_slug("acme")
+
+    _, principal = TenantTokenAuthentication().authenticate(request)
+
+    assert principal.organization == organization
+
+
+@pytest.mark.parametrize("organization", [None, "org_C3", "ORG_A1", ["org_A1"], 1, ""])
+def test_a_token_of_no_trusted_organization_is_refused(
+    client, organized, acme_tokens, organization
+):
+    response = client.get(PRIVATE, **bearer(acme_tokens.token(org_id=organization)))
+
+    assert_invalid_token(response, "invalid_organization")
+
+
+def test_without_organizations_org_id_is_not_checked(client, acme, acme_tokens):
+    for organization in ("org_anything", None):
+        token = acme_tokens.token(org_id=organization)
+        assert client.get(PRIVATE, **bearer(token)).status_code == 200
+
+
+def test_an_edited_organization_list_takes_effect_for_a_token_already_seen(
+    client, organized, acme_tokens, settings
+):
+    settings.AUTHZ = {**settings.AUTHZ, "CONFIG_RECHECK_INTERVAL": 0}
+    token = acme_tokens.token(org_id="org_B2")
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+
+    organized.organizations = ["org_A1"]
+    organized.save()
+
+    assert_invalid_token(client.get(PRIVATE, **bearer(token)), "invalid_organization")

@@ -359,6 +359,9 @@ def tenant_form_data(**fields: Any) -> dict[str, Any]:
         "algorithms": ["RS256"],
         "leeway": 60,
         "scope_claims": "scope",
+        "token_profile": "auth0",
+        "dpop": "allowed",
+        "dpop_algorithms": ["ES256"],
         **fields,
     }
 

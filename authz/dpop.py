@@ -10,10 +10,13 @@ so every process issues and accepts the same values without a round trip. A nonc
 during its period and the next one, so a client's nonce stays good for one to two periods.
 """
 
+import functools
 import hmac
 import math
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -31,6 +34,7 @@ from authz.tokens import ALGORITHMS, KEY_TYPE_OF_ALGORITHM, MalformedToken, base
 PROOF_TYPE = "dpop+jwt"
 PROOF_CLAIMS = ("jti", "htm", "htu", "iat", "ath")
 MAX_JTI_LENGTH = 256
+PROOF_KEY_CACHE_SIZE = 4096
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 3986 section 2.3: unreserved characters are never percent-encoded after normalization.
 PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -69,6 +73,7 @@ class ProofContext:
     realm: str
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the text; the same URLs come back
 def normalized_url(url: str) -> str | None:
     """RFC 3986 syntax- and scheme-based normalization without query and fragment; None if bad."""
     try:
@@ -102,14 +107,13 @@ def verify_proof(proof: str, context: ProofContext, policy: IssuerPolicy) -> Ver
     """Check a proof against its request and policy, all but its novelty (``check_unused``)."""
     header, payload, signing_input, signature = _parts(proof)
     algorithm = _algorithm(header, policy)
-    jwk, public_key = _public_jwk(header, algorithm)
-    key = ALGORITHMS[algorithm].prepare_key(public_key)
+    jkt, key = _public_key(header, algorithm)
     if not _verifies(algorithm, signing_input, key, signature):
         raise ProofError("The DPoP proof signature does not verify with its key.")
     _check_claims(payload, context)
     if policy.dpop_nonce and not _nonce_accepted(payload.get("nonce"), context.realm):
         raise NonceRequired()
-    return VerifiedProof(thumbprint(jwk), payload["jti"])
+    return VerifiedProof(jkt, payload["jti"])
 
 
 def check_unused(proof: VerifiedProof, realm: str) -> None:
@@ -152,8 +156,9 @@ def _algorithm(header: dict[str, Any], policy: IssuerPolicy) -> str:
     return algorithm
 
 
-def _public_jwk(header: dict[str, Any], algorithm: str) -> tuple[dict[str, Any], Any]:
-    """The proof's ``jwk``: a sound public key of the algorithm's type, never a private one."""
+def _public_key(header: dict[str, Any], algorithm: str) -> tuple[str, Any]:
+    """The thumbprint and prepared key of the proof's ``jwk``: a sound public key of the
+    algorithm's type, never a private one. Parsed once per key and algorithm in this process."""
     jwk = header.get("jwk")
     if not isinstance(jwk, dict) or jwk.get("kty") not in SUPPORTED_KEY_TYPES:
         raise ProofError("The DPoP proof must carry its public key (jwk) in its header.")
@@ -161,15 +166,59 @@ def _public_jwk(header: dict[str, Any], algorithm: str) -> tuple[dict[str, Any],
         raise ProofError("The DPoP proof key (jwk) must be a public key, not a private one.")
     if jwk["kty"] != KEY_TYPE_OF_ALGORITHM[algorithm[:2]]:
         raise ProofError("The DPoP proof key (jwk) does not fit its algorithm.")
+    if not all(isinstance(jwk.get(name), str) for name in THUMBPRINT_MEMBERS[jwk["kty"]]):
+        raise ProofError("The DPoP proof key (jwk) is not a usable public key.")
+    jkt = thumbprint(jwk)
+    key = proof_keys.get(jkt, algorithm)
+    if key is None:
+        key = proof_keys.put(jkt, algorithm, _prepared(jwk, algorithm))
+    return jkt, key
+
+
+def _prepared(jwk: dict[str, Any], algorithm: str) -> Any:
     try:
         parsed = public_key_of(jwk, algorithm)
     except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
         raise ProofError("The DPoP proof key (jwk) is not a usable public key.") from exc
-    if not is_sound_key(parsed, {**jwk, "alg": algorithm}) or not all(
-        isinstance(jwk.get(name), str) for name in THUMBPRINT_MEMBERS[jwk["kty"]]
-    ):
+    if not is_sound_key(parsed, {**jwk, "alg": algorithm}):
         raise ProofError("The DPoP proof key (jwk) is too weak or on the wrong curve.")
-    return jwk, parsed
+    return ALGORITHMS[algorithm].prepare_key(parsed)
+
+
+class ProofKeys:
+    """Prepared proof keys by thumbprint and algorithm: a client signs many proofs with one key.
+
+    The thumbprint covers every member that makes the key (RFC 7638), so two JWKs with one
+    thumbprint are one key; bounded, least recently used first out.
+    """
+
+    def __init__(self) -> None:
+        self._keys: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, jkt: str, algorithm: str) -> Any:
+        """The prepared key, or None when this process has not seen it."""
+        with self._lock:
+            key = self._keys.get((jkt, algorithm))
+            if key is not None:
+                self._keys.move_to_end((jkt, algorithm))
+            return key
+
+    def put(self, jkt: str, algorithm: str, key: Any) -> Any:
+        """Remember a prepared key; return it."""
+        with self._lock:
+            self._keys[(jkt, algorithm)] = key
+            while len(self._keys) > PROOF_KEY_CACHE_SIZE:
+                self._keys.popitem(last=False)
+        return key
+
+    def clear(self) -> None:
+        """Forget every key."""
+        with self._lock:
+            self._keys.clear()
+
+
+proof_keys = ProofKeys()
 
 
 def _verifies(algorithm: str, signing_input: bytes, key: Any, signature: bytes) -> bool:

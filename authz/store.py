@@ -15,10 +15,41 @@ from typing import Any
 
 from django.core.cache import BaseCache, caches
 from django.core.cache.backends.db import DatabaseCache
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from django.db import connections, router, transaction
 from django.utils import timezone
 
 INTERNAL = "internal"
+
+
+class PooledRedisCacheClient(RedisCacheClient):
+    """Django's Redis cache client, with one ``redis.Redis`` per connection pool, not per call.
+
+    Django makes a new ``redis.Redis`` for every cache operation (its docs invite a custom client
+    here). Making one costs about 270 µs of CPU (its response callbacks); using one costs
+    little, it is thread-safe, and its pool reconnects in a forked child. A DPoP proof is one
+    store write per request, so that cost was most of a DPoP request's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clients: dict[int, Any] = {}
+
+    def get_client(self, key: Any = None, *, write: bool = False) -> Any:
+        """The one client of the pool this operation uses."""
+        pool = self._get_connection_pool(write)
+        client = self._clients.get(id(pool))
+        if client is None:
+            client = self._clients[id(pool)] = self._client(connection_pool=pool)
+        return client
+
+
+class SharedRedisCache(RedisCache):
+    """Django's Redis cache backend with ``PooledRedisCacheClient``."""
+
+    def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        super().__init__(server, params)
+        self._class = PooledRedisCacheClient
 
 
 def shared_store() -> BaseCache:

@@ -115,7 +115,8 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's Redis backend, keeping one client per connection pool (authz/store.py).
+            "BACKEND": "authz.store.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "authz",
             "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},

@@ -165,7 +165,7 @@ def test_with_redis_and_postgresql_neither_database_cache_nor_sqlite_options():
         DEBUG="true", REDIS_URL="redis://127.0.0.1:6379/0", DATABASE_URL="postgres://u@h/db"
     )
 
-    assert shown["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+    assert shown["CACHES"]["default"]["BACKEND"] == "authz.store.SharedRedisCache"
     assert shown["DATABASES"]["default"]["OPTIONS"] == {"connect_timeout": 5}
 
 

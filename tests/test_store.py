@@ -89,3 +89,17 @@ def test_one_process_wins_an_expired_claim_on_the_database_cache(tmp_path):
     answers = [racer.communicate(timeout=30)[0].decode().strip() for racer in racers]
 
     assert sorted(answers) == ["False", "False", "False", "True"]
+
+
+def test_the_redis_store_keeps_one_client_per_pool_and_still_works():
+    if not os.environ.get("REDIS_URL"):
+        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
+    from authz.store import SharedRedisCache
+
+    store = SharedRedisCache(os.environ["REDIS_URL"], {"KEY_PREFIX": "client-test"})
+
+    first, again = store._cache.get_client(write=True), store._cache.get_client(write=True)
+    assert first is again
+    assert store.add("k", {"v": 1}, 5) and not store.add("k", {"v": 2}, 5)
+    assert store.get("k") == {"v": 1}
+    store.delete("k")

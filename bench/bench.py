@@ -31,6 +31,7 @@ from bench.fixtures import (
     say,
     scoped_path,
     tenant_document,
+    with_proofs,
 )
 from bench.stack import (
     HELD_PATH,
@@ -47,6 +48,7 @@ from bench.stack import (
     wait_until,
     worker_pids,
 )
+from devissuer import dpop
 
 WARMUP_SECONDS = 2
 REFRESH_URLS = 1_000
@@ -123,37 +125,70 @@ def distinct_lines(tokens: Tokens, tenants: int, count: int) -> list[tuple[str, 
     return [(scoped_path(i % tenants), tokens.bearer(i % tenants)) for i in range(count)]
 
 
-SCENARIOS = ("public", "scoped_repeat", "scoped_distinct", "invalid", "insufficient_scope")
+SCENARIOS = (
+    "public",
+    "scoped_repeat",
+    "scoped_distinct",
+    "dpop_distinct",
+    "invalid_repeat",
+    "insufficient_scope",
+)
+# Scenarios whose every request carries a token never sent before, as many as the run can use.
+DISTINCT = ("scoped_distinct", "dpop_distinct")
+DPOP_KEYS = 8  # clients' proof keys: each bound token and its proofs use one of them
 
 
-def scenario_requests(tokens: Tokens, tenants: int, distinct: int) -> dict[str, tuple[int, list]]:
-    """Each scenario's expected status and its (path, Authorization) lines, in run order."""
+def dpop_lines(tokens: Tokens, tenants: int, count: int, keys: list) -> list[tuple[str, str]]:
+    """``count`` DPoP requests, each with its own token bound to one of ``keys`` (no proof yet)."""
+    return [
+        (scoped_path(i % tenants), tokens.dpop_bound(i % tenants, keys[i % len(keys)]))
+        for i in range(count)
+    ]
+
+
+def scenario_requests(
+    tokens: Tokens, tenants: int, distinct: int, keys: list
+) -> dict[str, tuple[int, list]]:
+    """Each scenario's expected status and its (path, Authorization) lines, in run order.
+
+    ``dpop_distinct`` lines get their proofs from ``with_proofs`` just before they are sent.
+    """
     return {
         "public": (200, [(public_path(0), "")]),
         "scoped_repeat": (200, [(scoped_path(0), tokens.bearer(0))]),
         "scoped_distinct": (200, distinct_lines(tokens, tenants, distinct)),
-        "invalid": (401, [(scoped_path(0), tokens.bad_signature(0))]),
+        "dpop_distinct": (200, dpop_lines(tokens, tenants, distinct, keys)),
+        "invalid_repeat": (401, [(scoped_path(0), tokens.bad_signature(0))]),
         "insufficient_scope": (403, [(scoped_path(0), tokens.bearer(0, scope=""))]),
     }
+
+
+def ready(name: str, lines: list, base: str, keys: list) -> list:
+    """The lines as sent: DPoP lines with proofs made now (a proof is good for a minute)."""
+    return with_proofs(lines, base, keys) if name == "dpop_distinct" else lines
 
 
 def timed_scenarios(
     plat: Platform, base: str, pids: list[int], tokens: Tokens, seconds: int
 ) -> list[dict]:
-    """Warm up, then run the five scenarios against the same server."""
+    """Warm up, then run every scenario against the same server."""
     workdir, n = plat.stack.workdir, plat.tenants
-    scenarios = scenario_requests(tokens, n, max(20 * n, 2000))
+    keys = [dpop.new_key() for _ in range(DPOP_KEYS)]
+    scenarios = scenario_requests(tokens, n, max(20 * n, 2000), keys)
     say(f"warming up: {WARMUP_SECONDS} s of each scenario")
-    for expect, lines in scenarios.values():
-        load.drive(base, lines, expect, WARMUP_SECONDS, workdir)
+    for name, (expect, lines) in scenarios.items():
+        load.drive(base, ready(name, lines, base, keys), expect, WARMUP_SECONDS, workdir)
     counters = Counters(plat, pids)
     counters.log_statements(True)
     results = []
     for name in SCENARIOS:
-        if name == "scoped_distinct":  # tokens never sent before, as many as the run can use
-            count = tokens_needed(results[-1]["rps"], seconds)
-            scenarios[name] = (200, distinct_lines(tokens, n, count))
         expect, lines = scenarios[name]
+        if name in DISTINCT:  # never sent before, as many as the run can use
+            count = tokens_needed(results[1]["rps"], seconds)
+            say(f"{name}: signing {count} tokens")
+            build = distinct_lines if name == "scoped_distinct" else dpop_lines
+            lines = build(tokens, n, count, *([keys] if name == "dpop_distinct" else []))
+        lines = ready(name, lines, base, keys)
         say(f"{name}: {seconds} s")
         results.append(run_scenario(name, expect, lines, base, seconds, counters, workdir))
     counters.log_statements(False)
@@ -324,7 +359,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-RATIOS = ("scoped_repeat_over_public", "scoped_distinct_over_public")
+RATIOS = (
+    "scoped_repeat_over_public",
+    "scoped_distinct_over_public",
+    "dpop_distinct_over_public",
+    "invalid_repeat_over_public",
+    "insufficient_scope_over_public",
+)
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -7,6 +7,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from devissuer import dpop
 from devissuer.issuer import DevKeyStore
 
 ISSUERS = 10  # tenants share a few issuers, so signing distinct tokens stays cheap
@@ -78,9 +79,25 @@ class Tokens:
         """An ``Authorization`` value with a valid token of tenant ``index``."""
         return f"Bearer {self.store.sign(issuer_name(index), self.claims(index, scope))}"
 
+    def dpop_bound(self, index: int, key: Any) -> str:
+        """An ``Authorization: DPoP`` value: a valid token of tenant ``index`` bound to ``key``."""
+        claims = {**self.claims(index, SCOPE), "cnf": {"jkt": dpop.key_thumbprint(key)}}
+        return f"DPoP {self.store.sign(issuer_name(index), claims)}"
+
     def bad_signature(self, index: int) -> str:
         """A token naming the tenant's real key but signed by another key: 401."""
         foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         kid = self.store.current(issuer_name(index))[0]
         claims = self.claims(index, SCOPE)
         return f"Bearer {jwt.encode(claims, foreign, algorithm='RS256', headers={'kid': kid})}"
+
+
+def with_proofs(lines: list[tuple[str, str]], base_url: str, keys: list[Any]) -> list[tuple]:
+    """Each (path, DPoP authorization) line with a fresh proof, by key ``i % len(keys)``, made
+    now: a proof is good for a minute, so they are made last, just before the run."""
+    proven = []
+    for index, (path, authorization) in enumerate(lines):
+        token = authorization.removeprefix("DPoP ")
+        proof = dpop.make_proof(keys[index % len(keys)], "GET", base_url + path, access_token=token)
+        proven.append((path, authorization, proof))
+    return proven

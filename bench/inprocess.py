@@ -19,12 +19,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.bench import SCENARIOS, add_tenants, scenario_requests
+from bench.bench import DPOP_KEYS, SCENARIOS, add_tenants, ready, scenario_requests
 from bench.fixtures import Tokens, say
 from bench.stack import Stack, start_platform
+from devissuer import dpop
+
+BASE_URL = "http://127.0.0.1:8000"  # what environ() says the client addressed
 
 
-def environ(path: str, authorization: str) -> dict[str, Any]:
+def environ(path: str, authorization: str, proof: str = "") -> dict[str, Any]:
     """A minimal WSGI environ of a GET, as gunicorn would pass it."""
     env = {
         "REQUEST_METHOD": "GET",
@@ -44,19 +47,21 @@ def environ(path: str, authorization: str) -> dict[str, Any]:
     }
     if authorization:
         env["HTTP_AUTHORIZATION"] = authorization
+    if proof:
+        env["HTTP_DPOP"] = proof
     return env
 
 
-def caller(application: Callable, expect: int) -> Callable[[str, str], None]:
-    """Call the application once for (path, authorization); fail on another status."""
+def caller(application: Callable, expect: int) -> Callable[..., None]:
+    """Call the application once for (path, authorization[, proof]); fail on another status."""
     status: list[str] = []
 
     def start_response(line: str, headers: list, exc_info: object = None) -> None:
         status.append(line)
 
-    def call(path: str, authorization: str) -> None:
+    def call(path: str, authorization: str, proof: str = "") -> None:
         status.clear()
-        response = application(environ(path, authorization), start_response)
+        response = application(environ(path, authorization, proof), start_response)
         try:
             b"".join(response)
         finally:
@@ -87,15 +92,19 @@ def main() -> None:
         plat = start_platform(stack, "redis")
         add_tenants(plat, args.tenants)
         tokens = Tokens(stack.workdir / "keys", plat.issuer_url)
-        say(f"signing {2 * args.requests} distinct tokens")
-        warm = scenario_requests(tokens, args.tenants, args.requests)
-        timed = scenario_requests(tokens, args.tenants, args.requests)
+        say(f"signing {4 * args.requests} distinct tokens")
+        keys = [dpop.new_key() for _ in range(DPOP_KEYS)]
+        warm = scenario_requests(tokens, args.tenants, args.requests, keys)
+        timed = scenario_requests(tokens, args.tenants, args.requests, keys)
         from config.wsgi import application
 
-        for expect, lines in warm.values():  # every tenant and key loaded, every path imported
-            cpu_microseconds(caller(application, expect), lines, len(lines) + 100)
+        for name, (expect, lines) in warm.items():  # every tenant and key loaded, paths imported
+            lines = ready(name, lines, BASE_URL, keys)
+            once = name == "dpop_distinct"  # a proof sent twice is a replay
+            cpu_microseconds(caller(application, expect), lines, len(lines) + (0 if once else 100))
         for name in (args.profile,) if args.profile else SCENARIOS:
             expect, lines = timed[name]
+            lines = ready(name, lines, BASE_URL, keys)  # DPoP proofs made now, good for a minute
             call = caller(application, expect)
             if args.profile:
                 profile = cProfile.Profile()

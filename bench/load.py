@@ -45,7 +45,7 @@ def generator() -> str:
 
 
 def drive(
-    base_url: str, lines: list[tuple[str, str]], expect: int, seconds: int, workdir: Path
+    base_url: str, lines: list[tuple[str, ...]], expect: int, seconds: int, workdir: Path
 ) -> Load:
     """Send ``lines`` (path, Authorization) in a loop for ``seconds``; expect ``expect``."""
     requests_file = write_requests(workdir, lines)
@@ -58,7 +58,7 @@ def drive(
 
 
 def drive_once(
-    base_url: str, lines: list[tuple[str, str]], expect: int, workdir: Path, timeout: int = 900
+    base_url: str, lines: list[tuple[str, ...]], expect: int, workdir: Path, timeout: int = 900
 ) -> Load:
     """Send every line once (pyload.py: each connection sends its share once), then stop."""
     requests_file = write_requests(workdir, lines)
@@ -67,10 +67,10 @@ def drive_once(
     return run(argv, requests_file, expect, timeout + 60)
 
 
-def write_requests(workdir: Path, lines: list[tuple[str, str]]) -> Path:
-    """The request file the load generators read: one "path<TAB>authorization" a line."""
+def write_requests(workdir: Path, lines: list[tuple[str, ...]]) -> Path:
+    """The request file the load generators read: "path<TAB>authorization[<TAB>DPoP proof]"."""
     requests_file = workdir / "requests.tsv"
-    requests_file.write_text("".join(f"{path}\t{auth}\n" for path, auth in lines))
+    requests_file.write_text("".join("\t".join(line) + "\n" for line in lines))
     return requests_file
 
 

@@ -27,15 +27,20 @@ class Tally:
     seconds: float = 0.0
 
 
-def read_lines(path: str) -> list[tuple[str, str]]:
-    """The (path, authorization) pairs of a request file."""
+def read_lines(path: str) -> list[tuple[str, str, str]]:
+    """The (path, authorization, DPoP proof) lines of a request file ("" when absent)."""
     with open(path) as file:
-        return [tuple((line.rstrip("\n") + "\t").split("\t")[:2]) for line in file]
+        return [tuple((line.rstrip("\n") + "\t\t").split("\t")[:3]) for line in file]
 
 
-def one_request(connection: http.client.HTTPConnection, path: str, auth: str) -> int:
+def one_request(
+    connection: http.client.HTTPConnection, path: str, auth: str, proof: str = ""
+) -> int:
     """Send one GET on an open connection and read the whole response; return its status."""
-    connection.request("GET", path, headers={"Authorization": auth} if auth else {})
+    headers = {"Authorization": auth} if auth else {}
+    if proof:
+        headers["DPoP"] = proof
+    connection.request("GET", path, headers=headers)
     response = connection.getresponse()
     response.read()
     if response.will_close:
@@ -43,7 +48,7 @@ def one_request(connection: http.client.HTTPConnection, path: str, auth: str) ->
     return response.status
 
 
-def drive(url: str, share: list[tuple[str, str]], expect: int, seconds: float, most: int) -> Tally:
+def drive(url: str, share: list[tuple], expect: int, seconds: float, most: int) -> Tally:
     """Send requests from ``share`` in a loop until the deadline or ``most`` requests."""
     target = urlsplit(url)
     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10)

@@ -1,8 +1,8 @@
 -- wrk script of one benchmark scenario.
--- BENCH_REQUESTS names a file of "path<TAB>authorization header" lines; each wrk thread takes
--- every BENCH_THREADS-th line from its own offset, so threads never send the same line, and
--- cycles through its share (a request sent again counts as reused: a distinct-token run must
--- show none).
+-- BENCH_REQUESTS names a file of "path<TAB>authorization header[<TAB>DPoP proof]" lines; each
+-- wrk thread takes every BENCH_THREADS-th line from its own offset, so threads never send the
+-- same line, and cycles through its share (a request sent again counts as reused: a
+-- distinct-token run must show none).
 -- A response whose status is not BENCH_EXPECT counts as an error; done() prints one
 -- "RESULT {json}" line.
 
@@ -20,9 +20,11 @@ function init(args)
    local n = 0
    for line in io.lines(os.getenv("BENCH_REQUESTS")) do
       if n % nthreads == id then
-         local path, auth = line:match("^([^\t]*)\t?(.*)$")
+         local path, rest = line:match("^([^\t]*)\t?(.*)$")
+         local auth, proof = rest:match("^([^\t]*)\t?(.*)$")
          local headers = {}
          if auth ~= "" then headers["Authorization"] = auth end
+         if proof ~= "" then headers["DPoP"] = proof end
          table.insert(prepared, wrk.format("GET", path, headers))
       end
       n = n + 1

@@ -168,11 +168,11 @@ def _public_key(header: dict[str, Any], algorithm: str) -> tuple[str, Any]:
         raise ProofError("The DPoP proof key (jwk) does not fit its algorithm.")
     if not all(isinstance(jwk.get(name), str) for name in THUMBPRINT_MEMBERS[jwk["kty"]]):
         raise ProofError("The DPoP proof key (jwk) is not a usable public key.")
-    jkt = thumbprint(jwk)
-    key = proof_keys.get(jkt, algorithm)
-    if key is None:
-        key = proof_keys.put(jkt, algorithm, _prepared(jwk, algorithm))
-    return jkt, key
+    members = (algorithm, *(jwk[name] for name in THUMBPRINT_MEMBERS[jwk["kty"]]))
+    known = proof_keys.get(members)
+    if known is None:
+        known = proof_keys.put(members, (thumbprint(jwk), _prepared(jwk, algorithm)))
+    return known
 
 
 def _prepared(jwk: dict[str, Any], algorithm: str) -> Any:
@@ -186,31 +186,30 @@ def _prepared(jwk: dict[str, Any], algorithm: str) -> Any:
 
 
 class ProofKeys:
-    """Prepared proof keys by thumbprint and algorithm: a client signs many proofs with one key.
-
-    The thumbprint covers every member that makes the key (RFC 7638), so two JWKs with one
-    thumbprint are one key; bounded, least recently used first out.
+    """Thumbprint and prepared key of each proof key, by algorithm and the members RFC 7638
+    hashes: a client signs many proofs with one key. Those members are all that make the key, so
+    equal members are one key. Bounded, least recently used first out.
     """
 
     def __init__(self) -> None:
-        self._keys: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._keys: OrderedDict[tuple[str, ...], tuple[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, jkt: str, algorithm: str) -> Any:
-        """The prepared key, or None when this process has not seen it."""
+    def get(self, members: tuple[str, ...]) -> tuple[str, Any] | None:
+        """(thumbprint, prepared key), or None when this process has not seen the key."""
         with self._lock:
-            key = self._keys.get((jkt, algorithm))
-            if key is not None:
-                self._keys.move_to_end((jkt, algorithm))
-            return key
+            known = self._keys.get(members)
+            if known is not None:
+                self._keys.move_to_end(members)
+            return known
 
-    def put(self, jkt: str, algorithm: str, key: Any) -> Any:
-        """Remember a prepared key; return it."""
+    def put(self, members: tuple[str, ...], known: tuple[str, Any]) -> tuple[str, Any]:
+        """Remember a key's thumbprint and prepared key; return them."""
         with self._lock:
-            self._keys[(jkt, algorithm)] = key
+            self._keys[members] = known
             while len(self._keys) > PROOF_KEY_CACHE_SIZE:
                 self._keys.popitem(last=False)
-        return key
+        return known
 
     def clear(self) -> None:
         """Forget every key."""

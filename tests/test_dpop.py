@@ -558,3 +558,22 @@ def test_the_development_issuer_refuses_a_bad_token_request_proof(issuer, key, p
     )
 
     assert (response.status_code, response.json()["error"]) == (400, "invalid_dpop_proof")
+
+
+def test_a_clients_proof_key_is_parsed_once_for_all_its_proofs(
+    client, acme, bound, key, monkeypatch
+):
+    from authz import dpop as verifier
+
+    verifier.proof_keys.clear()
+    parsed = []
+    real = verifier._prepared
+    monkeypatch.setattr(verifier, "_prepared", lambda *a: parsed.append(a[1]) or real(*a))
+
+    for _ in range(3):
+        assert (
+            call(client, bound, dpop.make_proof(key, "GET", URL, access_token=bound)).status_code
+            == 200
+        )
+
+    assert parsed == ["ES256"]

@@ -16,7 +16,7 @@ from typing import Any
 from django.core.cache import BaseCache, caches
 from django.core.cache.backends.db import DatabaseCache
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
-from django.db import connections, router, transaction
+from django.db import connections, router
 from django.utils import timezone
 
 INTERNAL = "internal"
@@ -73,31 +73,27 @@ def claim(key: str, timeout: float, value: Any = 1) -> bool:
 
     Redis ``add`` is atomic. The database cache's ``add`` updates an expired row without a
     condition, so two processes could both win it, and it counts the whole table first (a cost
-    per DPoP proof): here an expired row is deleted, then one insert that does nothing on a
-    conflict decides, in the backend's own row format, so ``get`` reads the value as usual.
+    per DPoP proof). Here one upsert decides: it inserts the row, or takes over an expired one,
+    or changes nothing (PostgreSQL and SQLite both count only a row it wrote), in the backend's
+    own row format, so ``get`` reads the value as usual.
     """
     store = shared_store()
     if not isinstance(store, DatabaseCache):
         return bool(store.add(key, value, timeout=timeout))
     connection = connections[router.db_for_write(store.cache_model_class)]
-    quote = connection.ops.quote_name
-    table, cache_key, expires = (
-        quote(store._table),
-        store.make_and_validate_key(key),
-        quote("expires"),
-    )
+    table, expires = connection.ops.quote_name(store._table), connection.ops.quote_name("expires")
     now = timezone.now().replace(microsecond=0)
     expiry = now + datetime.timedelta(seconds=math.ceil(timeout))
     encoded = base64.b64encode(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)).decode("latin1")
-    delete = f"DELETE FROM {table} WHERE cache_key = %s AND {expires} < %s"  # noqa: S608
-    insert = (
+    upsert = (
         f"INSERT INTO {table} (cache_key, value, {expires}) VALUES (%s, %s, %s) "  # noqa: S608
-        "ON CONFLICT (cache_key) DO NOTHING"
+        f"ON CONFLICT (cache_key) DO UPDATE SET value = excluded.value, {expires} = "
+        f"excluded.{expires} WHERE {table}.{expires} < %s"
     )
     adapt = connection.ops.adapt_datetimefield_value
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        cursor.execute(delete, [cache_key, adapt(now)])
-        cursor.execute(insert, [cache_key, encoded, adapt(expiry)])
+    parameters = [store.make_and_validate_key(key), encoded, adapt(expiry), adapt(now)]
+    with connection.cursor() as cursor:
+        cursor.execute(upsert, parameters)
         return cursor.rowcount == 1
 
 

@@ -193,6 +193,27 @@ def test_the_dpop_call_the_demo_prints_works_in_a_new_shell(demo):
     assert "Hello from a private endpoint" in called.stdout
 
 
+def test_the_readmes_dpop_post_creates_a_message(demo):
+    base = f"http://127.0.0.1:{demo.port}"
+    posted = demo.manage(
+        "dpop_request",
+        "--tenant",
+        "demo",
+        "--base-url",
+        base,
+        "--scope",
+        "write:messages",
+        "POST",
+        "/api/messages",
+        "--data",
+        '{"text": "hi"}',
+    )
+
+    assert posted.returncode == 0, posted.stderr
+    assert posted.stdout.startswith("201 Created"), posted.stdout
+    assert '"text": "hi"' in posted.stdout
+
+
 def test_an_import_from_a_new_shell_reaches_the_running_demo_within_2_s(demo):
     exported = json.loads(demo.manage("tenants", "export").stdout)
     tenant = exported["tenants"][0]

@@ -1,4 +1,4 @@
-"""OpenAPI: the bearer scheme, and each operation's default scopes, from the endpoint registry."""
+"""OpenAPI: the Bearer and DPoP schemes, and each operation's default scopes, from the registry."""
 
 from typing import Any
 
@@ -29,22 +29,33 @@ ERRORS_WHEN_PROTECTED = {
 
 
 class TenantTokenScheme(OpenApiAuthenticationExtension):
-    """Documents TenantTokenAuthentication as an HTTP bearer JWT."""
+    """Documents TenantTokenAuthentication: a Bearer JWT, or (either one) a DPoP-bound JWT."""
 
     target_class = "authz.authentication.TenantTokenAuthentication"
-    name = "bearerAuth"
+    name = ["bearerAuth", "dpopAuth"]
 
-    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
-        """RS256 access tokens from the tenant's issuer."""
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "bearerFormat": "JWT",
-            "description": "An access token minted by the tenant's issuer for its audience. A "
-            "token bound to a key (cnf.jkt) goes as `Authorization: DPoP <token>` with a "
-            "`DPoP` proof header instead (RFC 9449); the 401 challenge names the proof "
-            "algorithms the tenant accepts.",
-        }
+    def get_security_requirement(self, auto_schema: AutoSchema) -> list[dict[str, list]]:
+        """Either scheme, as the tenant's ``dpop`` mode allows (a list means OR)."""
+        return [{"bearerAuth": []}, {"dpopAuth": []}]
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> list[dict[str, str]]:
+        """Access tokens from the tenant's issuer, as Bearer or as DPoP with a proof."""
+        return [
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "An access token minted by the tenant's issuer for its audience. "
+                "A token bound to a key (cnf.jkt) is refused here: send it as DPoP.",
+            },
+            {
+                "type": "http",
+                "scheme": "dpop",  # OpenAPI 3.0 allows bearerFormat on bearer only
+                "description": "`Authorization: DPoP <token>` with one `DPoP` proof header "
+                "(RFC 9449): a token bound to the proof's key, for tenants whose dpop mode is "
+                "allowed or required; the 401 challenge names the proof algorithms accepted.",
+            },
+        ]
 
 
 class ScopedAutoSchema(AutoSchema):

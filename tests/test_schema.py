@@ -59,10 +59,11 @@ def test_schema_lists_every_operation_once_at_its_api_path(schema):
     assert not [path for path in schema["paths"] if path.startswith("/t/")]
 
 
-def test_bearer_scheme_is_declared(schema):
-    scheme = schema["components"]["securitySchemes"]["bearerAuth"]
+def test_bearer_and_dpop_schemes_are_declared(schema):
+    schemes = schema["components"]["securitySchemes"]
 
-    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    assert (schemes["bearerAuth"]["type"], schemes["bearerAuth"]["scheme"]) == ("http", "bearer")
+    assert (schemes["dpopAuth"]["type"], schemes["dpopAuth"]["scheme"]) == ("http", "dpop")
 
 
 @pytest.mark.parametrize(("path", "method"), list(PROTECTED))
@@ -71,6 +72,7 @@ def test_protected_operations_use_bearer_and_state_their_default_scopes(schema, 
     scopes = list(get_endpoint(PROTECTED[path, method]).default_scopes)
 
     assert {"bearerAuth": []} in operation["security"]
+    assert {"dpopAuth": []} in operation["security"]  # either one
     assert operation["x-required-scopes"] == scopes
     stated = ", ".join(f"`{scope}`" for scope in scopes) or "none (any valid token)"
     assert f"Required scopes by default: {stated}." in operation["description"]

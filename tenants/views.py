@@ -18,7 +18,10 @@ class TenantResolutionMixin:
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         """Tenant first, then an unsupported method is 405 whatever the token, then DRF's steps."""
         # The slug comes from the /t/<slug>/ URL prefix; handlers never see it.
-        request.tenant = resolve_tenant(request, self.kwargs.pop("tenant_slug", None))
+        tenant = resolve_tenant(request, self.kwargs.pop("tenant_slug", None))
+        # On the Django request too: DRF's OPTIONS metadata checks permissions on clones of the
+        # request, which read attributes they lack from the Django request they share.
+        request.tenant = request._request.tenant = tenant
         method = request.method.lower()
         if method not in self.http_method_names or not hasattr(self, method):
             raise MethodNotAllowed(request.method)

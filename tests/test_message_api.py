@@ -567,3 +567,16 @@ def test_made_up_methods_named_like_view_internals_are_405(client, acme, method)
     response = client.generic(method, "/t/acme/api/messages")
 
     assert response.status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("scope", "status", "actions"),
+    [("read:messages write:messages", 200, True), ("read:messages", 200, False), ("", 403, False)],
+)
+def test_options_with_a_valid_token_is_answered_not_a_server_error(
+    acme, api, scope, status, actions
+):
+    response = api("acme", scope=scope).call("options")
+
+    assert response.status_code == status, response.content
+    assert ("actions" in response.json()) is actions  # POST's fields only with its scope

@@ -10,8 +10,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 
 from authz.conf import authz_settings
@@ -273,7 +272,11 @@ class TenantAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(_change_url(tenant))
 
     def _operated_tenant_or_404(self, request: HttpRequest, object_id: str) -> Tenant:
-        return get_object_or_404(self.get_queryset(request), pk=object_id)
+        # The admin's own lookup: an id that is not a number is "no such tenant", not a 500.
+        tenant = self.get_object(request, object_id)
+        if tenant is None:
+            raise Http404("No such tenant.")
+        return tenant
 
     def changeform_view(
         self,

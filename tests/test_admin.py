@@ -281,3 +281,11 @@ def test_organizations_are_entered_one_per_line_and_validated(operator):
     assert Tenant.objects.get(slug="initech").organizations == ["org_A1", "org_B2", "org_C3"]
     assert refused.status_code == 200
     assert "acme is not an Auth0 organization id" in refused.content.decode()
+
+
+@pytest.mark.parametrize("action", ["refresh-keys", "check-issuer"])
+@pytest.mark.parametrize("object_id", ["abc", "1.5", "%00", "9" * 30])
+def test_an_action_on_an_id_that_is_no_tenant_is_404_not_500(operator, action, object_id):
+    response = operator.post(f"/admin/tenants/tenant/{object_id}/{action}/")
+
+    assert response.status_code == 404

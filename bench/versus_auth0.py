@@ -13,7 +13,7 @@ file; a repeated proof is a replay, so each call there gets a fresh proof made o
 timing).
 auth0-api-python keeps no replay state, which is why it can take one proof over and over.
 
-    .venv/bin/python -m bench.versus_auth0 [--calls 2000] [--rounds 5]
+    [BENCH_REDIS_URL=redis://...] .venv/bin/python -m bench.versus_auth0 [--calls 2000] [--rounds 5]
 """
 
 import argparse
@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# The embedded default, on a scratch SQLite file: its database cache is the shared store that
-# records each DPoP proof id, as in a deployment without Redis.
+# The shared store that records each DPoP proof id: Redis when BENCH_REDIS_URL names one (as in a
+# deployment with Redis), else the embedded default's database cache on a scratch SQLite file.
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
 SCRATCH = tempfile.mkdtemp(prefix="versus-auth0-")
 os.environ.update(
     ENV_FILE="",
@@ -37,6 +38,8 @@ os.environ.update(
     AUTHZ_BACKGROUND_SYNC="false",
 )
 os.environ.pop("REDIS_URL", None)
+if REDIS_URL:
+    os.environ.update(REDIS_URL=REDIS_URL, CELERY_TASK_ALWAYS_EAGER="true")
 
 import django  # noqa: E402 - the settings above first
 
@@ -224,6 +227,7 @@ def main() -> None:
         for name, measure in measures.items():
             samples[name].append(measure())
     medians = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"proof ids recorded in: {'Redis' if REDIS_URL else 'the database cache (SQLite)'}")
     for name, value in medians.items():
         print(f"{name:28s} {value:8.1f} µs per verification")
     for scheme in ("bearer", "dpop"):

@@ -97,8 +97,9 @@ PROOF_DEFECTS = {
     "other-url": ({"htu": "http://testserver/t/acme/api/public"}, "another URL"),
     "other-host": ({"htu": "http://evil.test/t/acme/api/private"}, "another URL"),
     "https-for-http": ({"htu": "https://testserver/t/acme/api/private"}, "another URL"),
-    "old": ({"iat": int(time.time()) - 120}, "too old"),
-    "future": ({"iat": int(time.time()) + 60}, "in the future"),
+    # Times are taken when the test runs (a callable), not when the module is collected.
+    "old": ({"iat": lambda: int(time.time()) - 120}, "too old"),
+    "future": ({"iat": lambda: int(time.time()) + 60}, "in the future"),
     "iat-string": ({"iat": "now"}, "iat must be a number"),
     "other-token": ({"ath": access_token_hash("another.token.value")}, "another access token"),
     "no-jti": ({"jti": None}, 'no "jti"'),
@@ -119,6 +120,7 @@ PROOF_DEFECTS = {
 @pytest.mark.parametrize("defect", PROOF_DEFECTS, ids=list(PROOF_DEFECTS))
 def test_a_proof_that_does_not_describe_the_request_is_refused(client, acme, bound, key, defect):
     overrides, says = PROOF_DEFECTS[defect]
+    overrides = {name: value() if callable(value) else value for name, value in overrides.items()}
 
     message = refused(
         call(client, bound, dpop.make_proof(key, "GET", URL, access_token=bound, **overrides)),

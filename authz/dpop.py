@@ -76,9 +76,10 @@ class ProofContext:
 @functools.lru_cache(maxsize=4096)  # a pure function of the text; the same URLs come back
 def normalized_url(url: str) -> str | None:
     """RFC 3986 syntax- and scheme-based normalization without query and fragment; None if bad."""
-    try:
+    try:  # ValueError covers a bad port and text that is not Unicode (a lone surrogate)
         parts = urlsplit(url)
         port = parts.port
+        path = _normalized_path(parts.path)
     except ValueError:
         return None
     scheme, host = parts.scheme.lower(), (parts.hostname or "")
@@ -87,7 +88,7 @@ def normalized_url(url: str) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
-    return f"{scheme}://{netloc}{_normalized_path(parts.path)}"
+    return f"{scheme}://{netloc}{path}"
 
 
 def current_nonce(realm: str, now: float | None = None) -> str:
@@ -240,17 +241,20 @@ def _check_claims(payload: dict[str, Any], context: ProofContext) -> None:
     if not isinstance(htu, str) or normalized_url(htu) != normalized_url(context.url):
         raise ProofError(f"The DPoP proof is for another URL (htu is not {context.url}).")
     _check_age(payload["iat"])
-    ath = payload["ath"]
-    if not isinstance(ath, str) or not hmac.compare_digest(
-        ath.encode(), access_token_hash(context.access_token).encode()
-    ):
+    if not _same_text(payload["ath"], access_token_hash(context.access_token)):
         raise ProofError("The DPoP proof is for another access token (ath does not match).")
 
 
+def _same_text(sent: Any, expected: str) -> bool:
+    """A constant-time comparison of a claim with the value it must have; any JSON is safe."""
+    if not isinstance(sent, str):
+        return False
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("ascii"))
+
+
 def _check_age(issued_at: Any) -> None:
-    if isinstance(issued_at, bool) or not isinstance(issued_at, int | float):
-        raise ProofError("The DPoP proof iat must be a number of seconds.")
-    if not math.isfinite(issued_at):
+    number = isinstance(issued_at, int | float) and not isinstance(issued_at, bool)
+    if not number or not math.isfinite(issued_at):
         raise ProofError("The DPoP proof iat must be a number of seconds.")
     age = time.time() - issued_at
     if age > authz_settings.DPOP_PROOF_MAX_AGE:
@@ -290,10 +294,5 @@ def _nonce(realm: str, period: int) -> str:
 
 
 def _nonce_accepted(nonce: Any, realm: str) -> bool:
-    if not isinstance(nonce, str):
-        return False
     period = _period(None)
-    return any(
-        hmac.compare_digest(nonce.encode(), _nonce(realm, candidate).encode())
-        for candidate in (period, period - 1)
-    )
+    return any(_same_text(nonce, _nonce(realm, candidate)) for candidate in (period, period - 1))

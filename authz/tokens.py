@@ -320,6 +320,10 @@ def _check_subject(subject: Any) -> None:
         raise InvalidClaims("The access token subject (sub) must be a non-empty string.")
     if CONTROL_CHARACTER.search(subject):
         raise InvalidClaims("The access token subject (sub) contains control characters.")
+    try:  # JSON can spell a lone surrogate, which no database column or username can hold
+        subject.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidClaims("The access token subject (sub) is not valid Unicode text.") from None
 
 
 def _check_organization(organization: Any, trusted: frozenset[str]) -> None:

@@ -107,6 +107,8 @@ PROOF_DEFECTS = {
     "no-htu": ({"htu": None}, 'no "htu"'),
     "no-iat": ({"iat": None}, 'no "iat"'),
     "no-ath": ({"ath": None}, 'no "ath"'),
+    "ath-surrogate": ({"ath": "\ud800"}, "another access token"),  # JSON can spell these
+    "htu-surrogate": ({"htu": "http://testserver/t/\ud800"}, "another URL"),
     "jti-number": ({"jti": 7}, "jti must be a string"),
     "jti-huge": ({"jti": "j" * 300}, "jti must be a string"),
     "typ-jwt": ({"headers": {"typ": "JWT"}}, 'typed "dpop+jwt"'),
@@ -401,6 +403,18 @@ def test_the_previous_nonce_is_accepted_and_an_older_one_is_not(
 
     assert fresh.status_code == 200
     refused(stale, "use_dpop_nonce", error="use_dpop_nonce")
+
+
+@pytest.mark.parametrize("nonce", ["\ud800", 7, ["x"], ""])
+def test_a_nonce_that_is_not_one_we_issued_is_answered_with_ours(
+    client, nonce_tenant, bound, key, nonce
+):
+    proof = dpop.make_proof(key, "GET", URL, access_token=bound, nonce=nonce)
+
+    response = call(client, bound, proof)
+
+    refused(response, "use_dpop_nonce", error="use_dpop_nonce")
+    assert response["DPoP-Nonce"] == current_nonce("acme")
 
 
 def test_nonces_are_per_tenant(client, nonce_tenant, bound, key):

@@ -678,6 +678,18 @@ def test_a_subject_with_control_characters_is_refused(client, acme, acme_tokens,
     assert "control characters" in response.json()["message"]
 
 
+@pytest.mark.parametrize("provision_users", [True, False])
+def test_a_subject_with_a_lone_surrogate_is_refused_not_a_server_error(
+    client, make_tenant, acme_tokens, provision_users
+):
+    make_tenant("acme", provision_users=provision_users)
+
+    response = client.get(PRIVATE, **bearer(acme_tokens.token(sub="auth0|\ud800")))
+
+    assert_invalid_token(response, "invalid_claims")
+    assert "not valid Unicode" in response.json()["message"]
+
+
 @pytest.mark.parametrize("typ", ["dpop+jwt", "DPoP+JWT", "id_token+jwt", "JWS", 7, ["at+jwt"]])
 def test_a_token_typed_as_something_else_is_refused_in_the_auth0_profile(
     client, acme, acme_tokens, typ

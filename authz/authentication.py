@@ -130,14 +130,14 @@ class TenantTokenAuthentication(BaseAuthentication):
             request.method, request.build_absolute_uri(request.path), token, realm
         )
         if policy.dpop_nonce:
-            request.dpop_nonce = dpop.current_nonce(realm)
+            request.dpop_nonce = nonce = dpop.current_nonce(realm)
         try:
             proof = dpop.verify_proof(proofs, context, policy)
             if proof.jkt != bound_to:
                 raise dpop.ProofError("The DPoP proof key is not the key the token is bound to.")
             dpop.check_unused(proof, realm)
         except dpop.NonceRequired as exc:
-            raise UseDPoPNonce(exc.description, dpop.current_nonce(realm)) from exc
+            raise UseDPoPNonce(exc.description, nonce) from exc  # raised only with nonces on
         except dpop.ProofError as exc:
             raise InvalidDPoPProof(exc.description, code=exc.code) from exc
         except dpop.ReplayCheckUnavailable as exc:

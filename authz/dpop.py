@@ -14,9 +14,7 @@ import functools
 import hmac
 import math
 import re
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -169,11 +167,17 @@ def _public_key(header: dict[str, Any], algorithm: str) -> tuple[str, Any]:
         raise ProofError("The DPoP proof key (jwk) does not fit its algorithm.")
     if not all(isinstance(jwk.get(name), str) for name in THUMBPRINT_MEMBERS[jwk["kty"]]):
         raise ProofError("The DPoP proof key (jwk) is not a usable public key.")
-    members = (algorithm, *(jwk[name] for name in THUMBPRINT_MEMBERS[jwk["kty"]]))
-    known = proof_keys.get(members)
-    if known is None:
-        known = proof_keys.put(members, (thumbprint(jwk), _prepared(jwk, algorithm)))
-    return known
+    kty = jwk["kty"]
+    return _known_key(algorithm, kty, tuple(jwk[name] for name in THUMBPRINT_MEMBERS[kty]))
+
+
+# RFC 7638's members are all that make the key, so equal members are one key; a client signs
+# many proofs with one. A key refused by _prepared raises, and is not kept.
+@functools.lru_cache(maxsize=PROOF_KEY_CACHE_SIZE)
+def _known_key(algorithm: str, kty: str, members: tuple[str, ...]) -> tuple[str, Any]:
+    """The thumbprint and prepared key of a proof key, parsed once per process."""
+    jwk = dict(zip(THUMBPRINT_MEMBERS[kty], members, strict=True))
+    return thumbprint(jwk), _prepared(jwk, algorithm)
 
 
 def _prepared(jwk: dict[str, Any], algorithm: str) -> Any:
@@ -184,41 +188,6 @@ def _prepared(jwk: dict[str, Any], algorithm: str) -> Any:
     if not is_sound_key(parsed, {**jwk, "alg": algorithm}):
         raise ProofError("The DPoP proof key (jwk) is too weak or on the wrong curve.")
     return ALGORITHMS[algorithm].prepare_key(parsed)
-
-
-class ProofKeys:
-    """Thumbprint and prepared key of each proof key, by algorithm and the members RFC 7638
-    hashes: a client signs many proofs with one key. Those members are all that make the key, so
-    equal members are one key. Bounded, least recently used first out.
-    """
-
-    def __init__(self) -> None:
-        self._keys: OrderedDict[tuple[str, ...], tuple[str, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, members: tuple[str, ...]) -> tuple[str, Any] | None:
-        """(thumbprint, prepared key), or None when this process has not seen the key."""
-        with self._lock:
-            known = self._keys.get(members)
-            if known is not None:
-                self._keys.move_to_end(members)
-            return known
-
-    def put(self, members: tuple[str, ...], known: tuple[str, Any]) -> tuple[str, Any]:
-        """Remember a key's thumbprint and prepared key; return them."""
-        with self._lock:
-            self._keys[members] = known
-            while len(self._keys) > PROOF_KEY_CACHE_SIZE:
-                self._keys.popitem(last=False)
-        return known
-
-    def clear(self) -> None:
-        """Forget every key."""
-        with self._lock:
-            self._keys.clear()
-
-
-proof_keys = ProofKeys()
 
 
 def _verifies(algorithm: str, signing_input: bytes, key: Any, signature: bytes) -> bool:

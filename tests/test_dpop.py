@@ -581,7 +581,7 @@ def test_a_clients_proof_key_is_parsed_once_for_all_its_proofs(
 ):
     from authz import dpop as verifier
 
-    verifier.proof_keys.clear()
+    verifier._known_key.cache_clear()
     parsed = []
     real = verifier._prepared
     monkeypatch.setattr(verifier, "_prepared", lambda *a: parsed.append(a[1]) or real(*a))

@@ -5,7 +5,7 @@ straight into ``config.wsgi.application`` against real PostgreSQL, Redis and the
 issuer, and the process CPU time per request is printed. This is the steady measure to compare
 two versions of the request path (the machine-wide req/s ratios move with the load generator's
 share of the cores). ``--profile SCENARIO`` prints a cProfile of that scenario instead (``--sort
-tottime`` for the functions' own time).
+tottime`` for the functions' own time, ``--callers PATTERN`` for who calls them).
 
     .venv/bin/python -m bench.inprocess [--tenants 100] [--requests 20000] [--profile NAME]
 """
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--profile", choices=SCENARIOS)
     parser.add_argument("--sort", default="cumulative", help="pstats order of --profile")
+    parser.add_argument("--callers", help="with --profile: who calls the functions matching this")
     args = parser.parse_args()
     with Stack() as stack:
         plat = start_platform(stack, "redis")
@@ -110,7 +111,11 @@ def main() -> None:
                 profile = cProfile.Profile(time.process_time)  # CPU, as the figures are
                 profile.runcall(cpu_microseconds, call, lines, args.requests)
                 out = io.StringIO()
-                pstats.Stats(profile, stream=out).sort_stats(args.sort).print_stats(60)
+                stats = pstats.Stats(profile, stream=out).sort_stats(args.sort)
+                if args.callers:
+                    stats.print_callers(args.callers)
+                else:
+                    stats.print_stats(60)
                 print(out.getvalue())
             else:
                 print(f"{name:20s} {cpu_microseconds(call, lines, args.requests):7.1f} µs/request")

@@ -1,5 +1,6 @@
 """DRF authentication: a tenant's access token, Bearer or DPoP-bound, becomes a principal."""
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,19 @@ from authz.errors import (
     UseDPoPNonce,
 )
 from authz.keys import KeySetUnavailable, key_cache
+from authz.metrics import TOKEN_CACHE, VERIFICATION
 from authz.policy import DPOP_DISABLED, DPOP_REQUIRED, IssuerPolicy
 from authz.token_cache import refused_tokens, token_digest, verified_tokens
 from authz.tokens import Claims, SigningKey, TokenError, verify_token
 from authz.users import provisioned_user
 
 BEARER, DPOP = "Bearer", "DPoP"
+# Label lookups cost more than the counting itself: bound once.
+TOKEN_CACHE_HIT = TOKEN_CACHE.labels("hit")
+TOKEN_CACHE_REFUSED_HIT = TOKEN_CACHE.labels("refused_hit")
+TOKEN_CACHE_MISS = TOKEN_CACHE.labels("miss")
+VERIFIED_CACHED = VERIFICATION.labels("cached")
+VERIFIED_FRESH = VERIFICATION.labels("fresh")
 SCHEMES = {"bearer": BEARER, "dpop": DPOP}  # scheme names are case-insensitive (RFC 9110)
 
 
@@ -145,14 +153,23 @@ class TenantTokenAuthentication(BaseAuthentication):
 
     def claims_of(self, token: str, policy: IssuerPolicy) -> Claims:
         """The token's claims: remembered, refused as remembered, or verified now."""
+        started = time.perf_counter()
         digest = token_digest(token)
         claims = verified_tokens.get(token, policy, digest)
         if claims is not None:
+            TOKEN_CACHE_HIT.inc()
+            VERIFIED_CACHED.observe(time.perf_counter() - started)
             return claims
         refusal = refused_tokens.get(policy, digest)
         if refusal is not None:
+            TOKEN_CACHE_REFUSED_HIT.inc()
+            VERIFIED_CACHED.observe(time.perf_counter() - started)
             raise InvalidToken(refusal.description, code=refusal.code)
-        return self.verify(token, policy, digest)
+        TOKEN_CACHE_MISS.inc()
+        try:
+            return self.verify(token, policy, digest)
+        finally:
+            VERIFIED_FRESH.observe(time.perf_counter() - started)
 
     def verify(self, token: str, policy: IssuerPolicy, digest: bytes) -> Claims:
         """Full verification; remembered, pass or lasting failure, so a repeat skips it."""

@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     # Refused tokens remembered per process, for failures that last (authz/token_cache.py).
     "REFUSED_TOKEN_CACHE_SIZE": 4096,
     "REFUSED_TOKEN_CACHE_BYTES": 2 * 1024 * 1024,
+    # Tenants and JWKS URLs with their own series in /metrics; the rest share "other".
+    "METRICS_TENANT_LABELS": 100,
+    "METRICS_KEY_SET_LABELS": 100,
 }
 
 

@@ -25,6 +25,7 @@ from django.utils.crypto import salted_hmac
 from authz.conf import authz_settings
 from authz.jose import THUMBPRINT_MEMBERS, access_token_hash, b64url, public_key_of, thumbprint
 from authz.jwks import PRIVATE_MEMBERS, SUPPORTED_KEY_TYPES, is_sound_key
+from authz.metrics import count_dpop_replay
 from authz.policy import IssuerPolicy
 from authz.store import claim, derived_key
 from authz.tokens import ALGORITHMS, KEY_TYPE_OF_ALGORITHM, MalformedToken, base64url, json_object
@@ -124,6 +125,7 @@ def check_unused(proof: VerifiedProof, realm: str) -> None:
     except Exception as exc:
         raise ReplayCheckUnavailable() from exc
     if not first_use:
+        count_dpop_replay(realm)
         raise ProofError("The DPoP proof was already used (its jti was seen before).")
 
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from authz import fetch
 from authz.conf import authz_settings
 from authz.jose import public_key_of
+from authz.metrics import count_key_set_fetch
 from authz.store import claim, derived_key, internal_key, shared_store
 
 logger = logging.getLogger(__name__)
@@ -237,26 +238,33 @@ def _store(record: KeySetRecord, previous: KeySetRecord | None) -> KeySetRecord:
     return record
 
 
-def refresh_key_set(jwks_url: str, deadline: float | None = None) -> KeySetRecord:
-    """Fetch and store one URL's key set; single-flight per URL across all processes."""
+def refresh_key_set(
+    jwks_url: str, deadline: float | None = None, trigger: str = "on_demand"
+) -> KeySetRecord:
+    """Fetch and store one URL's key set; single-flight per URL across all processes.
+
+    ``trigger`` names who asked (scheduled, background, on_demand) in the fetch metrics.
+    """
     store = shared_store()
     lock_key, token = derived_key("jwks-lock", jwks_url), uuid.uuid4().hex
     lock_seconds = (deadline or authz_settings.JWKS_FETCH_DEADLINE) + 5
     if not claim(lock_key, lock_seconds, token):
+        count_key_set_fetch(jwks_url, "busy", trigger)
         raise RefreshInProgress(f"The key set at {jwks_url} is being refreshed elsewhere.")
     started = time.monotonic()
-    outcome, key_count = "error", 0
+    outcome, key_count, error = "error", 0, ""
     try:
         record = _fetch_and_store(jwks_url, deadline)
         outcome, key_count = ("ok" if record.keys else "empty"), len(record.keys)
         return record
     except JWKSError as exc:
-        outcome = f"error: {exc}"
+        error = f": {exc}"
         raise
     finally:
         if store.get(lock_key) == token:
             store.delete(lock_key)
-        _log_refresh(jwks_url, outcome, key_count, time.monotonic() - started)
+        count_key_set_fetch(jwks_url, outcome, trigger)
+        _log_refresh(jwks_url, outcome + error, key_count, time.monotonic() - started)
 
 
 def _log_refresh(jwks_url: str, outcome: str, key_count: int, seconds: float) -> None:

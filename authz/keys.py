@@ -27,6 +27,7 @@ from authz.jwks import (
     read_stamp,
     refresh_key_set,
 )
+from authz.metrics import count_key_set_fetch
 from authz.store import claim, derived_key
 from authz.tokens import SigningKey, UnknownKey
 
@@ -225,10 +226,13 @@ class KeyCache:
         cooldown = authz_settings.UNKNOWN_KID_COOLDOWN
         now = time.monotonic()
         with self._lock:
-            if now - self._last_fetch.get(jwks_url, float("-inf")) < cooldown:
-                return False
-            self._last_fetch[jwks_url] = now
-        return self._claim(jwks_url, cooldown, "jwks-cooldown")
+            refused = now - self._last_fetch.get(jwks_url, float("-inf")) < cooldown
+            if not refused:
+                self._last_fetch[jwks_url] = now
+        if refused or not self._claim(jwks_url, cooldown, "jwks-cooldown"):
+            count_key_set_fetch(jwks_url, "cooldown_refused", "on_demand")
+            return False
+        return True
 
     def _claim(self, jwks_url: str, seconds: float, namespace: str = "jwks-due") -> bool:
         """True for the one process that claims this URL for ``seconds``."""
@@ -254,7 +258,9 @@ class KeyCache:
 
     def _refresh_in_background(self, jwks_url: str) -> int:
         try:
-            record = refresh_key_set(jwks_url, authz_settings.JWKS_BACKGROUND_FETCH_DEADLINE)
+            record = refresh_key_set(
+                jwks_url, authz_settings.JWKS_BACKGROUND_FETCH_DEADLINE, trigger="background"
+            )
         except JWKSError:
             return 0  # logged by refresh_key_set; the record notes the error
         self._put(jwks_url, _updated(self._entries.get(jwks_url), record, time.monotonic(), UNREAD))

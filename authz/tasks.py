@@ -26,7 +26,9 @@ class KeySetTask(Task):
 def refresh_key_set(self: Task, jwks_url: str) -> str:
     """Fetch one URL's key set; returns the outcome (``ok: N keys``, ``busy``, ``invalid``...)."""
     try:
-        record = jwks.refresh_key_set(jwks_url, authz_settings.JWKS_BACKGROUND_FETCH_DEADLINE)
+        record = jwks.refresh_key_set(
+            jwks_url, authz_settings.JWKS_BACKGROUND_FETCH_DEADLINE, trigger="scheduled"
+        )
     except jwks.RefreshInProgress:
         return "busy"
     except jwks.InvalidKeySet:

@@ -253,7 +253,12 @@ AUTHZ = {
     "DPOP_PROOF_MAX_AGE": env.float("AUTHZ_DPOP_PROOF_MAX_AGE", default=60),
     "DPOP_PROOF_MAX_FUTURE": env.float("AUTHZ_DPOP_PROOF_MAX_FUTURE", default=5),
     "DPOP_NONCE_PERIOD": env.float("AUTHZ_DPOP_NONCE_PERIOD", default=300),
+    "METRICS_TENANT_LABELS": env.int("AUTHZ_METRICS_TENANT_LABELS", default=100),
+    "METRICS_KEY_SET_LABELS": env.int("AUTHZ_METRICS_KEY_SET_LABELS", default=100),
 }
+
+# GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>"; unset, metrics are off.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 DEVISSUER_KEY_DIR = Path(env.str("DEVISSUER_KEY_DIR", default=str(BASE_DIR / "var" / "devissuer")))
 

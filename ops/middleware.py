@@ -1,4 +1,4 @@
-"""Health probes answered first, and one structured log line per API request."""
+"""Health probes and metrics answered first; one structured log line and count per API request."""
 
 import logging
 import re
@@ -9,6 +9,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from ops.health import readiness
+from ops.metrics import METRICS_PATH, count_request, metrics_response
 
 logger = logging.getLogger(__name__)
 
@@ -16,10 +17,11 @@ API_PATH = re.compile(r"^(/t/[^/]+)?/api/")
 
 
 class HealthProbeMiddleware:
-    """``/healthz`` and ``/readyz``, answered before host checks, HTTPS redirects and sessions.
+    """``/healthz``, ``/readyz`` and ``/metrics``, answered before host checks, HTTPS redirects
+    and sessions.
 
-    Probes reach a container by its address over plain HTTP, from inside or beside it: they
-    carry no tenant hostname and no ``X-Forwarded-Proto``, and must not be redirected.
+    Probes and scrapers reach a container by its address over plain HTTP, from inside or beside
+    it: they carry no tenant hostname and no ``X-Forwarded-Proto``, and must not be redirected.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -31,6 +33,8 @@ class HealthProbeMiddleware:
             return JsonResponse({"status": "ok"})
         if request.path_info == "/readyz":
             return readiness_response()
+        if request.path_info == METRICS_PATH:
+            return metrics_response(request) or self.get_response(request)
         return self.get_response(request)
 
 
@@ -48,7 +52,8 @@ def readiness_response() -> JsonResponse:
 
 
 class RequestLogMiddleware:
-    """One line per API request: tenant, method, path, status, latency, error code, subject.
+    """One line and one count per API request: tenant, endpoint, status, error code (and, in the
+    line only, method, path, latency and subject).
 
     Never the query string or a header: either may carry an access token.
     """
@@ -63,6 +68,12 @@ class RequestLogMiddleware:
         started = time.perf_counter()
         response = self.get_response(request)
         fields = request_fields(request, response, time.perf_counter() - started)
+        count_request(
+            fields["tenant"],
+            endpoint_of(request, response),
+            response.status_code,
+            fields["error_code"],
+        )
         level = logging.WARNING if response.status_code >= 500 else logging.INFO
         message = "%(method)s %(path)s %(status)s"
         logger.log(level, message, fields, extra={"event": "api_request", **fields})
@@ -86,3 +97,14 @@ def request_fields(request: HttpRequest, response: HttpResponse, seconds: float)
         "error_code": error,
         "subject": getattr(principal, "subject", None),
     }
+
+
+def endpoint_of(request: HttpRequest, response: HttpResponse) -> str:
+    """The endpoint key of the view and method (a scope rule's key), else the route's name."""
+    view = getattr(response, "renderer_context", {}).get("view")
+    key_for = getattr(view, "endpoint_key_for", None)
+    key = key_for(request.method) if key_for else None
+    if key:
+        return key
+    match = getattr(request, "resolver_match", None)
+    return (match and match.url_name) or "unmatched"

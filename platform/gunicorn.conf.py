@@ -3,6 +3,7 @@
 import os
 
 from ops.logging import gunicorn_logging_config
+from ops.metrics_dir import prepare_web
 
 # BIND_ADDRESS stays 0.0.0.0 in a container; natively, 127.0.0.1.
 bind = [f"{os.environ.get('BIND_ADDRESS', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"]  # noqa: S104
@@ -20,3 +21,8 @@ control_socket_disable = True
 accesslog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 logconfig_dict = gunicorn_logging_config(loglevel)
+
+
+def on_starting(server: object) -> None:
+    """Empty this server's metrics directory before its workers start writing to it."""
+    prepare_web()

@@ -12,11 +12,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from django.db import connection, transaction
@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from authz.conf import authz_settings
 from authz.endpoints import get_endpoint
+from authz.metrics import CONFIG_CHANGES, CONFIG_PROPAGATION
 from authz.policy import IssuerPolicy, shared_policy
 from authz.store import claim, internal_key
 
@@ -92,15 +93,20 @@ class ChangeFeed:
         rows = list(
             TenantChange.objects.filter(id__gt=self._low)
             .order_by("id")
-            .values_list("id", "tenant_id")[:FEED_BATCH]
+            .values_list("id", "tenant_id", "created_at")[:FEED_BATCH]
         )
         self._read_at = now
         if len(rows) == FEED_BATCH:
             return self._restart(TenantChange)
-        changed = {tenant_id for change_id, tenant_id in rows if change_id not in self._seen}
-        self._seen.update((change_id, now) for change_id, _ in rows if change_id not in self._seen)
+        new = [
+            (change_id, tenant_id, at)
+            for change_id, tenant_id, at in rows
+            if change_id not in self._seen
+        ]
+        self._seen.update((change_id, now) for change_id, _, _ in new)
         self._advance(now)
-        return changed
+        _count_applied(at for _, _, at in new)
+        return {tenant_id for _, tenant_id, _ in new}
 
     def _restart(self, model: type) -> None:
         self._low = model.objects.aggregate(last=Max("id"))["last"] or 0
@@ -116,6 +122,14 @@ class ChangeFeed:
                 break
             del self._seen[oldest]
             self._low = oldest
+
+
+def _count_applied(saved_at: Iterable[datetime]) -> None:
+    """Metrics of changes applied here: how many, and how long after they were saved."""
+    now = time.time()
+    for moment in saved_at:
+        CONFIG_CHANGES.inc()
+        CONFIG_PROPAGATION.observe(max(0.0, now - moment.timestamp()))
 
 
 class TenantDirectory:

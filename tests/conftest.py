@@ -9,6 +9,7 @@ from django.core.cache import cache
 from django.core.cache.backends.db import DatabaseCache
 
 from authz.keys import key_cache
+from authz.metrics import key_set_labels, tenant_labels
 from authz.token_cache import refused_tokens, verified_tokens
 from authz.users import provisioned_users
 from config.celery import app as celery_app
@@ -56,6 +57,8 @@ def clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None]
     for holder in (directory, key_cache, verified_tokens, refused_tokens):
         holder.clear()
     provisioned_users.forget()
+    tenant_labels.forget()
+    key_set_labels.forget()
     yield
     celery_app.conf.task_always_eager = True
 

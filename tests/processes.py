@@ -6,6 +6,7 @@ show that every worker answered, and answered the same way.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -193,10 +194,17 @@ class Web:
 
 @contextmanager
 def gunicorn(env: dict[str, str], log_dir: Path, name: str = "web") -> Iterator[Web]:
-    """``gunicorn config.wsgi -w 2``, logging the worker of every request."""
+    """``gunicorn config.wsgi -w 2``, logging the worker of every request.
+
+    Its workers write their metrics to a fresh directory, as platform/gunicorn.conf.py has them.
+    """
     port = free_port()
     access_log, log = log_dir / f"{name}-access.log", log_dir / f"{name}.log"
     access_log.touch()
+    metrics = log_dir / f"{name}-metrics"
+    shutil.rmtree(metrics, ignore_errors=True)
+    metrics.mkdir()
+    env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
     command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(WORKERS)]
     command += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "--no-control-socket"]
     command += ["--access-logfile", str(access_log), "--access-logformat", ACCESS_FORMAT]

@@ -24,6 +24,7 @@ import jwt
 import pytest
 import redis
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from devissuer import dpop
 from devissuer.issuer import DevKeyStore
@@ -56,6 +57,7 @@ SETTINGS = {
     "AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED": "true",
     "AUTHZ_UNKNOWN_KID_COOLDOWN": str(COOLDOWN),
     "AUTHZ_JWKS_FETCH_DEADLINE": str(FETCH_DEADLINE),
+    "METRICS_TOKEN": "control-plane-metrics-" + "m" * 20,
 }
 INHERITED_OUT = ("REDIS_URL", "DATABASE_URL", "DEFAULT_TENANT", "ENV_FILE")
 PRIVATE = "/api/private"
@@ -584,3 +586,34 @@ def test_import_from_another_shell_reaches_every_worker_within_2_s(stack: Stack)
     stack.import_tenants({**item, "active": False}, env=another_shell)
 
     assert stack.web.until(NOT_FOUND, "/t/shellco/api/public", within=2) < 2
+
+
+# 8. Metrics: /metrics adds up every worker's figures, whichever worker answers the scrape.
+
+
+def scrape(stack: Stack) -> dict[tuple[str, frozenset], float]:
+    """Every sample of one /metrics answer, by (name, labels)."""
+    headers = {"Authorization": f"Bearer {SETTINGS['METRICS_TOKEN']}", "Connection": "close"}
+    response = requests.get(f"{stack.web.url}/metrics", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_add_up_every_worker_and_count_changes_in_each(stack: Stack) -> None:
+    outcome = {"tenant": "metered", "endpoint": "messages:private", "status": "401"}
+    counted = ("authz_requests_total", frozenset({**outcome, "code": "not_authenticated"}.items()))
+    changes = ("authz_config_changes_applied_total", frozenset())
+    changes_before = scrape(stack).get(changes, 0)
+    stack.import_tenants(stack.tenant("metered"))
+    stack.web.until(OK, "/t/metered/api/public", within=PROPAGATION)
+
+    answers = stack.web.everyone("/t/metered/api/private")
+
+    assert_every(answers, answered(401, "not_authenticated"))
+    for _ in range(4):  # whichever worker answers the scrape, it adds up both
+        assert scrape(stack).get(counted) == len(answers)
+    assert scrape(stack)[changes] - changes_before >= 2  # each worker applied the import

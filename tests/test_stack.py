@@ -29,6 +29,7 @@ import jsonschema
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.test_e2e import free_port, tenants_document
 from tests.test_tasks import wait_for
@@ -427,6 +428,7 @@ def test_the_stack_runs_as_compose_runs_it(stack):
             "AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED": "true",
             "WEB_CONCURRENCY": "1",
             "WORKER_CONCURRENCY": "1",
+            "METRICS_TOKEN": secrets.token_urlsafe(32),
         }
     )
     addresses = {
@@ -492,6 +494,9 @@ def test_the_stack_runs_as_compose_runs_it(stack):
     assert "Imported 2 tenant(s)" in output
     for slug in ("acme", "globex"):
         wait_for(lambda slug=slug: refreshed(native, "worker", slug, 1), 30)
+    # The worker's refreshes reach the web role's /metrics, through the shared store.
+    for web in webs:
+        assert _scheduled_refreshes(web, dotenv["METRICS_TOKEN"], issuer) >= 2
 
     every_scope = "read:messages write:messages delete:messages"
     acme = mint(issuer, "acme", every_scope)
@@ -564,6 +569,22 @@ def test_the_stack_runs_as_compose_runs_it(stack):
     assert not _redis_running(stack["redis_dir"])
     assert not (stack["pg_dir"] / "data" / "postmaster.pid").exists()
     assert secrets_never_logged(native, [acme, acme_plain, globex, rotated, globex_rotated])
+
+
+def _scheduled_refreshes(web: Client, metrics_token: str, issuer: str) -> float:
+    """The worker's successful refreshes of this issuer's key sets, as /metrics reports them."""
+    response = requests.get(
+        f"{web.base}/metrics", headers={"Authorization": f"Bearer {metrics_token}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "authz_keyset_fetch_total"
+        and sample.labels["jwks_url"].startswith(issuer)
+        and (sample.labels["trigger"], sample.labels["outcome"]) == ("scheduled", "ok")
+    )
 
 
 def _answers(url: str) -> bool:

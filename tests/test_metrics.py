@@ -1,0 +1,280 @@
+"""GET /metrics: guarded, never on a tenant's address, every family counted, labels bounded.
+
+These tests read this process's own figures through the endpoint (no multiprocess directory);
+tests/test_control_plane.py shows two gunicorn workers added up, tests/test_stack.py the Celery
+worker's refreshes reaching the web role, and the cardinality test below runs two processes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from authz.metrics import LabelSlots
+from authz.tasks import refresh_key_set
+from devissuer import dpop
+from tenants.directory import directory
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "metrics-test-token-" + "m" * 20
+MAX_SERIES = 10_000
+
+
+@pytest.fixture
+def metrics_on(settings):
+    """Metrics served, for TOKEN."""
+    settings.METRICS_TOKEN = TOKEN
+
+
+def scrape(client, **headers) -> dict[tuple[str, frozenset], float]:
+    """Every sample of /metrics by (name, labels)."""
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", **headers)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain; version=")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """One sample's value, 0 when it does not exist yet."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def requests_of(samples: dict, tenant: str, endpoint: str, status: int, code: str) -> float:
+    """``authz_requests_total`` of one outcome."""
+    labels = {"tenant": tenant, "endpoint": endpoint, "status": str(status), "code": code}
+    return value(samples, "authz_requests_total", **labels)
+
+
+# --- access -----------------------------------------------------------------------------------
+
+
+def test_metrics_are_off_without_a_metrics_token(client, settings, db):
+    settings.METRICS_TOKEN = ""
+
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer ").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "", "Bearer", "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"]
+)
+def test_metrics_refuse_anything_but_the_metrics_token(client, metrics_on, db, authorization):
+    headers = {} if authorization is None else {"HTTP_AUTHORIZATION": authorization}
+
+    response = client.get("/metrics", **headers)
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="metrics"'
+    assert b"authz_" not in response.content
+
+
+def test_metrics_answer_any_address_over_plain_http(client, metrics_on, settings, db):
+    settings.SECURE_SSL_REDIRECT = True
+
+    response = client.get(
+        "/metrics", HTTP_HOST="10.0.0.7:8000", HTTP_AUTHORIZATION=f"Bearer {TOKEN}"
+    )
+
+    assert response.status_code == 200
+    assert b"# TYPE authz_keyset_age_seconds gauge" in response.content
+
+
+def test_metrics_are_never_served_on_a_tenant_host_or_path(client, metrics_on, acme):
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
+
+    on_host = client.get("/metrics", HTTP_HOST="acme.localhost", **bearer)
+    under_prefix = client.get("/t/acme/metrics", **bearer)
+    under_api = client.get("/t/acme/api/metrics", **bearer)
+
+    assert [on_host.status_code, under_prefix.status_code, under_api.status_code] == [404] * 3
+    assert b"authz_" not in on_host.content + under_prefix.content + under_api.content
+
+
+# --- the families -----------------------------------------------------------------------------
+
+
+def test_each_request_is_counted_by_tenant_endpoint_status_and_code(
+    client, metrics_on, acme, acme_tokens
+):
+    before = scrape(client)
+    scoped = acme_tokens.token(scope="read:messages")
+    assert (
+        client.get("/t/acme/api/private-scoped", HTTP_AUTHORIZATION=f"Bearer {scoped}").status_code
+        == 200
+    )
+    plain = f"Bearer {acme_tokens.token()}"
+    assert client.get("/t/acme/api/private-scoped", HTTP_AUTHORIZATION=plain).status_code == 403
+    assert client.get("/t/acme/api/private").status_code == 401
+    assert client.get("/t/acme/api/public").status_code == 200
+    assert client.get("/t/nobody/api/public").status_code == 404
+
+    after = scrape(client)
+
+    expected = [
+        ("acme", "messages:private-scoped", 200, "ok"),
+        ("acme", "messages:private-scoped", 403, "insufficient_scope"),
+        ("acme", "messages:private", 401, "not_authenticated"),
+        ("acme", "public", 200, "ok"),
+        ("none", "public", 404, "tenant_not_found"),
+    ]
+    for outcome in expected:
+        assert requests_of(after, *outcome) - requests_of(before, *outcome) == 1, outcome
+
+
+def test_verification_is_timed_cached_and_fresh_apart_and_the_cache_counted(
+    client, metrics_on, acme, acme_tokens
+):
+    before = scrape(client)
+    token = f"Bearer {acme_tokens.token()}"
+    bad = f"Bearer {acme_tokens.token()[:-4]}AAAA"
+    for authorization in (token, token, token, bad, bad):
+        client.get("/t/acme/api/private", HTTP_AUTHORIZATION=authorization)
+
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("authz_verified_token_cache_total", result="miss") == 2
+    assert delta("authz_verified_token_cache_total", result="hit") == 2
+    assert delta("authz_verified_token_cache_total", result="refused_hit") == 1
+    assert delta("authz_verification_seconds_count", path="fresh") == 2
+    assert delta("authz_verification_seconds_count", path="cached") == 3
+    assert delta("authz_verification_seconds_bucket", path="cached", le="+Inf") == 3
+
+
+def test_a_replayed_dpop_proof_is_counted_for_its_tenant(client, metrics_on, acme, acme_tokens):
+    key = dpop.new_key()
+    bound = acme_tokens.token(cnf={"jkt": dpop.key_thumbprint(key)})
+    proof = dpop.make_proof(key, "GET", "http://testserver/t/acme/api/private", access_token=bound)
+    headers = {"HTTP_AUTHORIZATION": f"DPoP {bound}", "HTTP_DPOP": proof}
+    before = value(scrape(client), "authz_dpop_replays_total", tenant="acme")
+
+    assert client.get("/t/acme/api/private", **headers).status_code == 200
+    assert client.get("/t/acme/api/private", **headers).status_code == 401
+
+    assert value(scrape(client), "authz_dpop_replays_total", tenant="acme") - before == 1
+
+
+def test_key_set_fetches_are_counted_by_trigger_with_cooldown_refusals(
+    client, metrics_on, acme, acme_tokens
+):
+    url = acme.jwks_url
+    before = scrape(client)
+
+    def fetches(samples: dict, outcome: str, trigger: str) -> float:
+        return value(
+            samples, "authz_keyset_fetch_total", jwks_url=url, outcome=outcome, trigger=trigger
+        )
+
+    for _ in range(2):  # an unknown kid: one fetch, then the cooldown refuses the next
+        unknown = acme_tokens.token(headers={"kid": uuid.uuid4().hex})
+        client.get("/t/acme/api/private", HTTP_AUTHORIZATION=f"Bearer {unknown}")
+    refresh_key_set.delay(url)  # the Celery task (eager here): counted in the shared store
+
+    after = scrape(client)
+
+    assert fetches(after, "ok", "on_demand") - fetches(before, "ok", "on_demand") == 1
+    refused = fetches(after, "cooldown_refused", "on_demand")
+    assert refused - fetches(before, "cooldown_refused", "on_demand") == 1
+    assert fetches(after, "ok", "scheduled") - fetches(before, "ok", "scheduled") == 1
+
+
+def test_key_set_age_is_the_time_since_its_last_good_fetch(client, metrics_on, acme, acme_tokens):
+    client.get("/t/acme/api/private", HTTP_AUTHORIZATION=f"Bearer {acme_tokens.token()}")
+    time.sleep(1.1)
+
+    age = value(scrape(client), "authz_keyset_age_seconds", jwks_url=acme.jwks_url)
+
+    assert 1.0 <= age < 30
+
+
+def test_applied_tenant_changes_are_counted_with_their_propagation(
+    client, metrics_on, make_tenant, settings
+):
+    directory.sync()  # this process's position in the feed, before the change
+    before = scrape(client)
+    make_tenant("metered")
+
+    directory.sync()
+    after = scrape(client)
+
+    changes = "authz_config_changes_applied_total"
+    assert value(after, changes) - value(before, changes) >= 1
+    propagation = "authz_config_propagation_seconds_count"
+    assert value(after, propagation) - value(before, propagation) >= 1
+
+
+# --- bounded labels ---------------------------------------------------------------------------
+
+
+def test_label_slots_name_at_most_their_size_and_agree_between_holders(settings, db):
+    settings.AUTHZ = {**getattr(settings, "AUTHZ", {}), "METRICS_TENANT_LABELS": 10}
+    first = LabelSlots("test-tenant", "METRICS_TENANT_LABELS")
+    second = LabelSlots("test-tenant", "METRICS_TENANT_LABELS")  # another process's view
+
+    named_first = {first.label(f"tenant-{i}") for i in range(500)}
+    named_second = {second.label(f"tenant-{i}") for i in reversed(range(500))}
+
+    assert named_first == named_second
+    assert "other" in named_first and 1 < len(named_first) <= 11
+    assert sorted(first.holders()) == sorted(named_first - {"other"})
+
+
+RECORD_TENANTS = """
+import sys
+from ops.metrics import count_request
+from authz.metrics import count_dpop_replay, count_key_set_fetch
+tenants = int(sys.argv[1])
+for index in range(tenants):
+    slug = f"tenant-{index}"
+    count_request(slug, "messages:private", 200, None)
+    count_request(slug, "messages:private-scoped", 403, "insufficient_scope")
+    count_request(slug, "messages:private", 401, "invalid_signature")
+    count_dpop_replay(slug)
+    count_key_set_fetch(f"https://{slug}.example.com/.well-known/jwks.json", "ok", "background")
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(240)
+def test_100000_tenants_in_two_processes_stay_under_10000_series(tmp_path):
+    if not os.environ.get("REDIS_URL"):
+        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
+    from django.db import connection
+
+    db = connection.settings_dict
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")},
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    script = "import django; django.setup()\n" + RECORD_TENANTS
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, "100000"], cwd=ROOT, env=env)
+        for _ in range(2)
+    ]
+    assert [process.wait(timeout=200) for process in processes] == [0, 0]
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    families = list(text_string_to_metric_families(generate_latest(registry).decode()))
+    samples = [sample for family in families for sample in family.samples]
+    tenants = {s.labels["tenant"] for s in samples if "tenant" in s.labels}
+    requests_total = sum(s.value for s in samples if s.name == "authz_requests_total")
+
+    assert len(samples) < MAX_SERIES, json.dumps(len(samples))
+    assert "other" in tenants and len(tenants) <= 101  # both processes named the same 100
+    assert requests_total == 2 * 3 * 100_000  # nothing lost in "other"

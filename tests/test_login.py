@@ -5,6 +5,8 @@ real shared store (Redis, or the database cache without REDIS_URL)."""
 import os
 import subprocess
 import sys
+import time
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
@@ -56,6 +58,16 @@ def test_the_limit_th_failure_locks_the_pair_out_with_a_429_page_that_says_what_
     assert "Too many failed logins: <strong>op</strong>" in page
     assert "is locked out from 198.51.100.7 after\n    5 failures" in page
     assert "Wait 0:15:00" in page and 'href="/admin/login/"' in page
+
+
+def test_a_lockout_ends_by_itself_after_the_cool_off(settings, op):
+    settings.AXES_COOLOFF_TIME = timedelta(seconds=2)
+    fail(LIMIT)
+    locked = log_in("op", PASSWORD).status_code
+    time.sleep(3.1)  # the database cache keeps whole seconds, and the refusal restarted the wait
+
+    assert locked == 429
+    assert logged_in(log_in("op", PASSWORD))
 
 
 def test_failures_below_the_limit_leave_the_password_working_and_a_good_login_forgets_them(op):

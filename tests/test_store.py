@@ -103,3 +103,21 @@ def test_the_redis_store_keeps_one_client_per_pool_and_still_works():
     assert store.add("k", {"v": 1}, 5) and not store.add("k", {"v": 2}, 5)
     assert store.get("k") == {"v": 1}
     store.delete("k")
+
+
+@pytest.mark.django_db
+def test_the_database_cache_add_takes_over_an_expired_row_once_and_incr_counts_live_rows():
+    from django.core.management import call_command
+
+    from authz.store import SharedDatabaseCache
+
+    call_command("createcachetable", "authz_cache_under_test")  # with Redis, none exists
+    store = SharedDatabaseCache("authz_cache_under_test", {})
+    store.set("counter", 7, timeout=-1)  # an expired row
+    won = [store.add("counter", 1, timeout=60), store.add("counter", 1, timeout=60)]
+    counted = [store.incr("counter"), store.incr("counter", 5)]
+
+    assert won == [True, False]
+    assert counted == [2, 7] and store.get("counter") == 7
+    with pytest.raises(ValueError):
+        store.incr("never-set")

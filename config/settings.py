@@ -40,6 +40,9 @@ ALLOWED_HOSTS = env.list(
 )
 
 INSTALLED_APPS = [
+    # First, so that its createsuperuser (which validates DJANGO_SUPERUSER_PASSWORD) wins over
+    # django.contrib.auth's: an earlier app's management command takes precedence.
+    "ops",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -55,7 +58,7 @@ INSTALLED_APPS = [
     "messages.apps.MessagesConfig",
     # Development only (the demo, the tests, the compose dev profile); nothing else imports it.
     "devissuer",
-    "ops",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -71,6 +74,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout flagged during the login into its page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -125,13 +130,13 @@ if REDIS_URL:
 else:
     # The shared store must be shared by every process on the machine (gunicorn workers, manage.py
     # commands), so not the per-process local-memory cache. The database cache, not a file cache:
-    # its add() is atomic (a unique key inserted in a transaction), which locks and cooldowns
-    # need, where a file cache's add() is check-then-write. Over an expired entry's row, SQLite's
-    # IMMEDIATE transactions keep it atomic; on PostgreSQL two processes can both win that add().
-    # ops creates the table on migrate.
+    # its add() can be made atomic (one upsert, also over an expired row) and its incr() can hold
+    # the row, which locks, cooldowns and login failure counts need, where a file cache's add()
+    # is check-then-write. ops creates the table on migrate.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            # Django's database cache with that add() and incr() (authz/store.py).
+            "BACKEND": "authz.store.SharedDatabaseCache",
             "LOCATION": "authz_cache",
             # Django's default of 300 entries would cull key-set records and stamps of live tenants
             # (and DPoP proof ids, so replays). Expired rows are deleted every minute instead
@@ -176,6 +181,37 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", defa
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# Admin logins (the API never calls authenticate(): it verifies tokens). django-axes counts failed
+# logins per username and client address together, in the shared store (the default cache), so a
+# lockout holds in every worker and replica; one address guessing cannot lock a user out of
+# another, and one user's failures never lock out a whole office behind one address.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_CACHE = "default"
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+axes_cooloff_seconds = env.int("AXES_COOLOFF_SECONDS", default=15 * 60)
+if AXES_FAILURE_LIMIT < 1 or axes_cooloff_seconds < 1:
+    raise ImproperlyConfigured(
+        "AXES_FAILURE_LIMIT and AXES_COOLOFF_SECONDS must be positive whole numbers "
+        "(defaults: 5 failures, 900 seconds); set AXES_ENABLED=false to turn lockouts off."
+    )
+AXES_COOLOFF_TIME = timedelta(seconds=axes_cooloff_seconds)
+AXES_RESET_ON_SUCCESS = True  # a good login forgets the pair's earlier typos
+AXES_CLIENT_IP_CALLABLE = "ops.login.client_address"
+AXES_LOCKOUT_TEMPLATE = "admin/login_locked_out.html"
+# Logs name the address but not the username (people type their password there by mistake).
+AXES_SENSITIVE_PARAMETERS = ["username"]
+# Its models and admin pages belong to its database handler; with the cache they stay empty.
+AXES_ENABLE_ADMIN = False
+# Proxies in front whose X-Forwarded-For entries are trusted (each appends the address it saw):
+# the client address is the entry the outermost one added. 0: the peer address (REMOTE_ADDR).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=1 if BEHIND_TLS_PROXY else 0)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

@@ -4,7 +4,15 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from ops.login import login_lockouts_view
+
 urlpatterns = [
+    # Before the admin's own routes; admin_view: staff login, CSRF, never cached.
+    path(
+        "admin/login-lockouts/",
+        admin.site.admin_view(login_lockouts_view),
+        name="login_lockouts",
+    ),
     path("admin/", admin.site.urls),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -55,7 +55,8 @@ def logging_config(level: str, json_lines: bool = True) -> dict[str, Any]:
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "default"}},
         "root": {"handlers": ["console"], "level": level.upper()},
         # Each API request already logs one line with its status; keep only server errors here.
-        "loggers": {"django.request": {"level": "ERROR"}},
+        # axes.apps: one "BEGIN" line per process start, noise in every manage.py command.
+        "loggers": {"django.request": {"level": "ERROR"}, "axes.apps": {"level": "WARNING"}},
     }
 
 

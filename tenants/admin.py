@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
@@ -19,6 +21,7 @@ from authz.endpoints import all_endpoints
 from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
 from authz.store import claim, derived_key
 from authz.tasks import refresh_key_set
+from ops.admin_actions import CheckedSelectionMixin
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
@@ -133,7 +136,7 @@ class HealthFilter(admin.SimpleListFilter):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
     """Tenants and their parts on one page, with the key set panel and issuer actions."""
 
     form = TenantForm
@@ -296,6 +299,21 @@ class TenantAdmin(admin.ModelAdmin):
             extra["key_set"] = key_set_panel(health_of(tenant))
             extra["proofs"] = proof_panel(tenant)
         return super().changeform_view(request, object_id, form_url, extra)
+
+
+# Django's own user and group admins (operators are users), with the same guard on actions.
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class OperatorUserAdmin(CheckedSelectionMixin, UserAdmin):
+    """Django's user admin; an action on a garbage selection is refused, not a 500."""
+
+
+@admin.register(Group)
+class OperatorGroupAdmin(CheckedSelectionMixin, GroupAdmin):
+    """Django's group admin; an action on a garbage selection is refused, not a 500."""
 
 
 def _when(timestamp: float | None) -> datetime | None:

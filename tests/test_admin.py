@@ -289,3 +289,23 @@ def test_an_action_on_an_id_that_is_no_tenant_is_404_not_500(operator, action, o
     response = operator.post(f"/admin/tenants/tenant/{object_id}/{action}/")
 
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("changelist", ["/admin/tenants/tenant/", "/admin/auth/user/"])
+@pytest.mark.parametrize("selected", [["abc"], ["1", "\x00"], ["-1.5"]])
+def test_an_action_on_a_selection_that_holds_no_id_is_refused_with_a_message(
+    operator, make_tenant, changelist, selected
+):
+    make_tenant("acme")
+    action = "refresh_keys_action" if "tenant" in changelist else "delete_selected"
+
+    response = operator.post(
+        changelist, {"action": action, "index": "0", "_selected_action": selected}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert (
+        "no id of" in response.content.decode()
+        and "nothing was changed" in response.content.decode()
+    )
+    assert Tenant.objects.filter(slug="acme").exists()

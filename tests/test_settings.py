@@ -35,6 +35,11 @@ SHOWN = (
     "CACHES",
     "AUTHZ",
     "CELERY_BEAT_SCHEDULE",
+    "AUTHENTICATION_BACKENDS",
+    "AXES_HANDLER",
+    "AXES_FAILURE_LIMIT",
+    "AXES_COOLOFF_TIME",
+    "TRUSTED_PROXY_COUNT",
 )
 # A process that writes the shared SQLite file: cache entries and a read-then-write transaction
 # (the lock upgrade a deferred transaction cannot wait for), from START for three seconds.
@@ -151,7 +156,7 @@ def cache_shell(environment: dict[str, str], code: str) -> str:
 def test_the_embedded_default_stores_in_the_database_on_wal_sqlite():
     shown = settings_under(DEBUG="true")
 
-    assert shown["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.db.DatabaseCache"
+    assert shown["CACHES"]["default"]["BACKEND"] == "authz.store.SharedDatabaseCache"
     assert shown["CACHES"]["default"]["LOCATION"] == "authz_cache"
     assert shown["DATABASES"]["default"]["OPTIONS"] == {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",

@@ -69,7 +69,8 @@ class TenantTokenAuthentication(BaseAuthentication):
     The tenant is whatever the resolver put on ``request.tenant``: anything with a ``slug``, a
     ``policy`` and ``provision_users``; this module does not know where tenants come from. The
     scheme used is left on ``request.authorization_scheme`` so the error handler answers with
-    the right challenge, and a tenant that issues DPoP nonces gets ``request.dpop_nonce`` set.
+    the right challenge, a tenant that issues DPoP nonces gets ``request.dpop_nonce`` set, and a
+    replayed proof sets ``request.dpop_replayed`` (for the traffic counts).
     """
 
     def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
@@ -147,6 +148,7 @@ class TenantTokenAuthentication(BaseAuthentication):
         except dpop.NonceRequired as exc:
             raise UseDPoPNonce(exc.description, nonce) from exc  # raised only with nonces on
         except dpop.ProofError as exc:
+            request.dpop_replayed = isinstance(exc, dpop.ProofReplayed)
             raise InvalidDPoPProof(exc.description, code=exc.code) from exc
         except dpop.ReplayCheckUnavailable as exc:
             raise ReplayCheckUnavailable() from exc

@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     # Tenants and JWKS URLs with their own series in /metrics; the rest share "other".
     "METRICS_TENANT_LABELS": 100,
     "METRICS_KEY_SET_LABELS": 100,
+    # Seconds between a process's writes of its tenants' traffic counts (the admin's panel).
+    "TRAFFIC_FLUSH_INTERVAL": 10.0,
 }
 
 

@@ -51,6 +51,12 @@ class ProofError(Exception):
         self.description = description or self.description
 
 
+class ProofReplayed(ProofError):
+    """The proof's ``jti`` was seen before within its window (answered as any invalid proof)."""
+
+    description = "The DPoP proof was already used (its jti was seen before)."
+
+
 class NonceRequired(ProofError):
     """The tenant issues nonces and the proof carries none of the current ones."""
 
@@ -126,7 +132,7 @@ def check_unused(proof: VerifiedProof, realm: str) -> None:
         raise ReplayCheckUnavailable() from exc
     if not first_use:
         count_dpop_replay(realm)
-        raise ProofError("The DPoP proof was already used (its jti was seen before).")
+        raise ProofReplayed()
 
 
 def _parts(proof: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:

@@ -291,6 +291,7 @@ AUTHZ = {
     "DPOP_NONCE_PERIOD": env.float("AUTHZ_DPOP_NONCE_PERIOD", default=300),
     "METRICS_TENANT_LABELS": env.int("AUTHZ_METRICS_TENANT_LABELS", default=100),
     "METRICS_KEY_SET_LABELS": env.int("AUTHZ_METRICS_KEY_SET_LABELS", default=100),
+    "TRAFFIC_FLUSH_INTERVAL": env.float("AUTHZ_TRAFFIC_FLUSH_INTERVAL", default=10),
 }
 
 # GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>"; unset, metrics are off.

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from ops.health import readiness
 from ops.metrics import METRICS_PATH, count_request, metrics_response
+from tenants.traffic import REPLAY, traffic_counter
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class RequestLogMiddleware:
             response.status_code,
             fields["error_code"],
         )
+        if fields["tenant"]:
+            traffic_counter.record(fields["tenant"], response.status_code, traffic_code(response))
         level = logging.WARNING if response.status_code >= 500 else logging.INFO
         message = "%(method)s %(path)s %(status)s"
         logger.log(level, message, fields, extra={"event": "api_request", **fields})
@@ -108,3 +111,12 @@ def endpoint_of(request: HttpRequest, response: HttpResponse) -> str:
         return key
     match = getattr(request, "resolver_match", None)
     return (match and match.url_name) or "unmatched"
+
+
+def traffic_code(response: HttpResponse) -> str | None:
+    """The error code the tenant page counts: the API's, but a replayed DPoP proof apart."""
+    drf_request = getattr(response, "renderer_context", {}).get("request")
+    if getattr(drf_request, "dpop_replayed", False):
+        return REPLAY
+    data = getattr(response, "data", None)
+    return data.get("code") if isinstance(data, dict) and response.status_code >= 400 else None

@@ -31,6 +31,13 @@ from tenants.forms import (
     TenantForm,
 )
 from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.traffic import (
+    RATE_LIMITED,
+    REPLAY,
+    TenantTraffic,
+    refusal_shares,
+    tenant_traffic,
+)
 
 REFRESH_WAIT_SECONDS = 3.0
 
@@ -135,14 +142,45 @@ class HealthFilter(admin.SimpleListFilter):
         return queryset.filter(pk__in=matching)
 
 
+class RefusingFilter(admin.SimpleListFilter):
+    """Tenants refusing more than a share of their requests in the last hour."""
+
+    title = "refused in the last hour"
+    parameter_name = "refusing"
+    SHARES = {"10": 0.10, "25": 0.25, "50": 0.50}
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        return [(value, f"more than {value}%") for value in self.SHARES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        share = self.SHARES.get(self.value() or "")
+        if share is None:
+            return queryset
+        refusing = [
+            slug
+            for slug, (total, refused) in refusal_shares().items()
+            if total and refused / total > share
+        ]
+        return queryset.filter(slug__in=refusing)
+
+
 @admin.register(Tenant)
 class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
     """Tenants and their parts on one page, with the key set panel and issuer actions."""
 
     form = TenantForm
     change_form_template = "admin/tenants/tenant/change_form.html"
-    list_display = ("slug", "name", "active", "issuer", "audience_list", "host_list", "key_set")
-    list_filter = ("active", HealthFilter)
+    list_display = (
+        "slug",
+        "name",
+        "active",
+        "issuer",
+        "audience_list",
+        "host_list",
+        "key_set",
+        "refused_last_hour",
+    )
+    list_filter = ("active", HealthFilter, RefusingFilter)
     search_fields = ("slug", "name", "domain", "issuer_override", "hosts__hostname")
     actions = ("refresh_keys_action",)
     inlines = (AudienceInline, HostInline, ScopeRuleInline, CorsOriginInline)
@@ -210,12 +248,22 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
         return ", ".join(h.hostname for h in tenant.hosts.all())
 
     def get_changelist_instance(self, request: HttpRequest) -> Any:
-        """The page's tenants, each with its key set record: one store read for the page."""
+        """The page's tenants, each with its key set record and last hour's traffic: one store
+        read each for the whole page."""
         changelist = super().get_changelist_instance(request)
         records = read_records(sorted({tenant.jwks_url for tenant in changelist.result_list}))
+        shares = refusal_shares(tenant.slug for tenant in changelist.result_list)
         for tenant in changelist.result_list:
             tenant.key_set_record = records.get(tenant.jwks_url)
+            tenant.last_hour = shares.get(tenant.slug, (0, 0))
         return changelist
+
+    @admin.display(description="refused (last hour)")
+    def refused_last_hour(self, tenant: Tenant) -> str:
+        total, refused = getattr(tenant, "last_hour", (0, 0))
+        if not total:
+            return "no requests"
+        return f"{refused / total:.0%} of {total}"
 
     @admin.display(description="key set")
     def key_set(self, tenant: Tenant) -> str:
@@ -293,11 +341,13 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
             **(extra_context or {}),
             "endpoints": all_endpoints(),
             "recheck_seconds": authz_settings.CONFIG_RECHECK_INTERVAL,
+            "traffic_flush_seconds": authz_settings.TRAFFIC_FLUSH_INTERVAL,
         }
         tenant = self.get_object(request, object_id) if object_id else None
         if tenant is not None:
             extra["key_set"] = key_set_panel(health_of(tenant))
             extra["proofs"] = proof_panel(tenant)
+            extra["traffic"] = traffic_panel(tenant_traffic(tenant.slug))
         return super().changeform_view(request, object_id, form_url, extra)
 
 
@@ -374,3 +424,55 @@ def _refresh_and_report(tenant: Tenant) -> str:
         return f"{tenant.slug}: refresh failed: {record.last_error}"
     kids = ", ".join(key["kid"] for key in record.keys)
     return f"{tenant.slug}: refreshed, {len(record.keys)} key(s): {kids}."
+
+
+CHART_HEIGHT = 60  # pixels of the tallest hour's bar
+BAR_WIDTH = 12
+
+
+def traffic_panel(traffic: TenantTraffic) -> dict[str, Any]:
+    """What the traffic panel shows: the last hour and day, top refusals, an hourly chart."""
+    return {
+        "hour": _totals(traffic, traffic.hour),
+        "day": _totals(traffic, traffic.day),
+        "by_outcome": sorted(
+            ((status, code, count) for (status, code), count in traffic.hour.items()),
+            key=lambda row: (-row[2], row[0], row[1]),
+        ),
+        "top_refusals": traffic.top_refusals(),
+        "replays": traffic.of_code(REPLAY),
+        "rate_limited": traffic.of_code(RATE_LIMITED),
+        "bars": _bars(traffic.hourly),
+        "chart_width": BAR_WIDTH * max(len(traffic.hourly), 1),
+        "chart_height": CHART_HEIGHT,
+    }
+
+
+def _totals(traffic: TenantTraffic, counts: Any) -> dict[str, Any]:
+    total, refused = sum(counts.values()), traffic.refused(counts)
+    return {
+        "total": total,
+        "refused": refused,
+        "percent": f"{refused / total:.0%}" if total else "",
+    }
+
+
+def _bars(hourly: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
+    """One stacked bar per hour: served below, refused above, scaled to the busiest hour."""
+    tallest = max((ok + refused for _, ok, refused in hourly), default=0) or 1
+    bars = []
+    for index, (start, ok, refused) in enumerate(hourly):
+        ok_height = round(ok / tallest * CHART_HEIGHT)
+        refused_height = round(refused / tallest * CHART_HEIGHT)
+        bars.append(
+            {
+                "x": index * BAR_WIDTH,
+                "ok_y": CHART_HEIGHT - ok_height,
+                "ok_height": ok_height,
+                "refused_y": CHART_HEIGHT - ok_height - refused_height,
+                "refused_height": refused_height,
+                "label": f"{datetime.fromtimestamp(start, UTC):%H:00} UTC: {ok} served, "
+                f"{refused} refused",
+            }
+        )
+    return bars

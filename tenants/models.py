@@ -273,3 +273,25 @@ class TenantChange(models.Model):
 
     def __str__(self) -> str:
         return f"change {self.id} of tenant {self.tenant_id}"
+
+
+class TrafficCount(models.Model):
+    """Requests of one tenant with one outcome in one 5-minute bucket (``tenants/traffic.py``),
+    when the shared store is the database; kept a day. By slug: the tenant may be gone."""
+
+    bucket = models.IntegerField()  # seconds since the epoch // 300
+    tenant = models.CharField(max_length=63)
+    status = models.SmallIntegerField()
+    code = models.CharField(max_length=64)
+    count = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["bucket", "tenant", "status", "code"], name="traffic_count_outcome"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "bucket"], name="traffic_count_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.status} {self.code} x{self.count} in bucket {self.bucket}"

@@ -4,10 +4,12 @@ Every CONFIG_RECHECK_INTERVAL it reads the tenant change feed (one query) and th
 set stamp (one store read), so no request ever waits on either; and it refreshes the key sets
 that this process uses once they are older than JWKS_REFRESH_INTERVAL, one process per URL,
 so a deployment without a worker (the embedded default) keeps its keys fresh too. Where a
-worker is expected (a broker is configured), it steps in only after twice the interval. A process
-without the thread (tests, management commands) does the same checks inline instead.
+worker is expected (a broker is configured), it steps in only after twice the interval. It also
+writes this process's traffic counts every TRAFFIC_FLUSH_INTERVAL (``tenants/traffic.py``). A
+process without the thread (tests, management commands) does the same checks inline instead.
 """
 
+import atexit
 import logging
 import os
 import threading
@@ -20,6 +22,8 @@ from authz.conf import authz_settings
 from authz.keys import key_cache
 from authz.store import prune_expired
 from tenants.directory import PRUNE_EVERY, directory, prune_feed
+from tenants.traffic import backend as traffic_backend
+from tenants.traffic import traffic_counter
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ def sync_once() -> None:
         directory.sync()
         key_cache.sync()
         key_cache.refresh_due(worker_expected=not current_app.conf.task_always_eager)
+        _flush_traffic_now_and_then()
         _prune_now_and_then()
     except Exception:
         logger.exception("Background sync failed; the next round tries again.")
@@ -40,7 +45,15 @@ def sync_once() -> None:
 # The database cache's expired rows (DPoP proof ids, mostly) are deleted this often per process,
 # long before its MAX_ENTRIES could make Django cull live entries.
 EXPIRE_EVERY = 60.0
-_pruned_at = _expired_at = float("-inf")
+_pruned_at = _expired_at = _flushed_at = float("-inf")
+
+
+def _flush_traffic_now_and_then() -> None:
+    global _flushed_at
+    now = time.monotonic()
+    if now - _flushed_at >= authz_settings.TRAFFIC_FLUSH_INTERVAL:
+        _flushed_at = now
+        traffic_counter.flush()
 
 
 def _prune_now_and_then() -> None:
@@ -49,6 +62,7 @@ def _prune_now_and_then() -> None:
     if now - _expired_at >= EXPIRE_EVERY:
         _expired_at = now
         prune_expired()
+        traffic_backend().prune()
     if now - _pruned_at >= PRUNE_EVERY:
         _pruned_at = now
         prune_feed()
@@ -67,11 +81,14 @@ class BackgroundSync:
             return
         if not self._registered:
             os.register_at_fork(after_in_child=self._after_fork)
+            atexit.register(traffic_counter.flush)  # a stopping worker's last seconds
             self._registered = True
         self._start()
 
     def _after_fork(self) -> None:
         directory.synced_in_background = key_cache.synced_in_background = False
+        traffic_counter.flushed_in_background = False
+        traffic_counter.clear()  # the parent's, counted there
         self._pid = None
         self._start()
 
@@ -85,6 +102,7 @@ class BackgroundSync:
         pid = os.getpid()
         sync_once()
         directory.synced_in_background = key_cache.synced_in_background = True
+        traffic_counter.flushed_in_background = True
         stop = threading.Event()
         while self._pid == pid and not stop.wait(authz_settings.CONFIG_RECHECK_INTERVAL):
             sync_once()

@@ -58,6 +58,7 @@ SETTINGS = {
     "AUTHZ_UNKNOWN_KID_COOLDOWN": str(COOLDOWN),
     "AUTHZ_JWKS_FETCH_DEADLINE": str(FETCH_DEADLINE),
     "METRICS_TOKEN": "control-plane-metrics-" + "m" * 20,
+    "AUTHZ_TRAFFIC_FLUSH_INTERVAL": "0.5",
 }
 INHERITED_OUT = ("REDIS_URL", "DATABASE_URL", "DEFAULT_TENANT", "ENV_FILE")
 PRIVATE = "/api/private"
@@ -616,4 +617,24 @@ def test_metrics_add_up_every_worker_and_count_changes_in_each(stack: Stack) -> 
     assert_every(answers, answered(401, "not_authenticated"))
     for _ in range(4):  # whichever worker answers the scrape, it adds up both
         assert scrape(stack).get(counted) == len(answers)
+    deadline = time.monotonic() + PROPAGATION  # a worker may have loaded it before its feed read
+    while scrape(stack)[changes] - changes_before < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert scrape(stack)[changes] - changes_before >= 2  # each worker applied the import
+
+
+def test_traffic_counts_of_every_worker_reach_the_store_for_the_admin(stack: Stack) -> None:
+    stack.import_tenants(stack.tenant("counted"))
+    stack.web.until(OK, "/t/counted/api/public", within=PROPAGATION)
+
+    answers = stack.web.everyone("/t/counted/api/private")
+
+    assert len({a.pid for a in answers}) == 2
+    read = (
+        "from tenants.traffic import tenant_traffic; "
+        "print(tenant_traffic('counted').hour.get((401, 'not_authenticated'), 0))"
+    )
+    deadline = time.monotonic() + 5
+    while (counted := int(stack.shell(read))) < len(answers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert counted == len(answers)  # another process reads both workers' flushes

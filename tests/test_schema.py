@@ -9,6 +9,7 @@ from django.contrib.staticfiles import finders
 from openapi_spec_validator import validate
 
 from authz.endpoints import get_endpoint
+from messages.schema import WHITESPACE
 
 OPERATIONS = {
     ("/api/public", "get"): None,
@@ -116,3 +117,35 @@ def test_every_docs_asset_is_served(client, docs_assets):
         assert b"".join(response.streaming_content), url
         response.close()
         assert finders.find(url.removeprefix("/static/")), url
+
+
+def test_the_message_body_allows_no_other_property(schema):
+    body = schema["paths"]["/api/messages"]["post"]["requestBody"]["content"]["application/json"]
+
+    assert body["schema"] == {"$ref": "#/components/schemas/MessageRequest"}
+    assert schema["components"]["schemas"]["MessageRequest"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "taken"),
+    [
+        ("hi", True),
+        (" " + "x" * 1000 + "\n", True),
+        ("\ufeff", True),  # not whitespace to Python's strip()
+        ("x" * 1001, False),
+        ("", False),
+        (" \t\x1c\x1f\x85\u3000 ", False),  # whitespace to Python, though not all to ECMAScript
+        ("hi\x00", False),
+    ],
+)
+def test_the_text_pattern_takes_what_the_server_takes(schema, text, taken):
+    text_schema = schema["components"]["schemas"]["MessageRequest"]["properties"]["text"]
+
+    assert "maxLength" not in text_schema  # it would count the untrimmed text
+    assert (re.search(text_schema["pattern"], text) is not None) is taken
+
+
+def test_the_text_patterns_whitespace_is_exactly_what_strip_removes():
+    space = re.compile(f"[{WHITESPACE}]")
+
+    assert [c for c in map(chr, range(0x110000)) if bool(space.fullmatch(c)) != c.isspace()] == []

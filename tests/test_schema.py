@@ -149,3 +149,28 @@ def test_the_text_patterns_whitespace_is_exactly_what_strip_removes():
     space = re.compile(f"[{WHITESPACE}]")
 
     assert [c for c in map(chr, range(0x110000)) if bool(space.fullmatch(c)) != c.isspace()] == []
+
+
+def test_message_id_is_declared_as_the_positive_64_bit_integer_the_server_takes(schema):
+    for method in ("get", "delete"):
+        (parameter,) = schema["paths"]["/api/messages/{message_id}"][method]["parameters"]
+
+        assert parameter["in"] == "path"
+        assert parameter["schema"] == {
+            "type": "integer",
+            "format": "int64",
+            "minimum": 1,
+            "maximum": 2**63 - 1,
+        }
+
+
+def test_page_size_is_declared_with_the_range_the_server_takes(schema):
+    parameters = {p["name"]: p for p in schema["paths"]["/api/messages"]["get"]["parameters"]}
+
+    assert parameters["page_size"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 100,
+        "default": 20,
+    }
+    assert "invalid_cursor" in parameters["cursor"]["description"]

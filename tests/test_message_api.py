@@ -472,6 +472,17 @@ def test_a_garbage_cursor_is_404_invalid_cursor_never_500(acme, client, api, cur
 # Bad input
 
 
+def test_a_body_that_is_not_json_is_415_and_writes_nothing(acme, api):
+    messages = api("acme")
+
+    response = messages.call(
+        "post", data="text=hi", content_type="application/x-www-form-urlencoded"
+    )
+
+    assert (response.status_code, response.json()["code"]) == (415, "unsupported_media_type")
+    assert rows(acme) == []
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -174,3 +174,20 @@ def test_page_size_is_declared_with_the_range_the_server_takes(schema):
         "default": 20,
     }
     assert "invalid_cursor" in parameters["cursor"]["description"]
+
+
+@pytest.mark.parametrize(("path", "method"), list(OPERATIONS))
+def test_every_error_status_the_server_gives_is_declared_with_the_error_body(schema, path, method):
+    operation = schema["paths"][path][method]
+    expected = {"404", "406"}
+    if OPERATIONS[path, method]:
+        expected |= {"400", "401", "403", "503"}
+    if "requestBody" in operation:
+        expected.add("415")
+    errors = {s: r for s, r in operation["responses"].items() if s.startswith(("4", "5"))}
+
+    assert set(errors) == expected
+    for response in errors.values():
+        assert response["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }

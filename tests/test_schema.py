@@ -119,6 +119,14 @@ def test_every_docs_asset_is_served(client, docs_assets):
         assert finders.find(url.removeprefix("/static/")), url
 
 
+def test_servers_offer_a_tenant_by_slug_and_the_tenant_of_the_host(schema):
+    by_slug, by_host = schema["servers"]
+
+    assert by_slug["url"] == "/t/{tenant}"
+    assert by_slug["variables"]["tenant"]["default"] == "demo"
+    assert by_host["url"] == "/"
+
+
 def test_the_message_body_allows_no_other_property(schema):
     body = schema["paths"]["/api/messages"]["post"]["requestBody"]["content"]["application/json"]
 

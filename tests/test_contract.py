@@ -109,3 +109,29 @@ def test_the_checks_fail_a_schema_that_misstates_the_server(live: Stack) -> None
 
     with pytest.raises(FailureGroup, match="Undocumented status code"):
         case.call_and_validate(base_url=f"{live.web.url}/t/{TENANT}")
+
+
+def test_swagger_ui_tries_it_out_on_the_demo_tenant(live: Stack, token: str, browser) -> None:
+    page = browser.new_page(base_url=live.web.url)
+    page.goto("/api/docs")
+
+    page.locator(".servers select").wait_for()
+    servers = page.locator(".servers select option")
+    assert [option.get_attribute("value") for option in servers.all()] == ["/t/{tenant}", "/"]
+    assert page.locator(".servers input").input_value() == TENANT
+
+    page.click("button.authorize")
+    page.fill(".auth-container input", token)
+    page.click(".auth-btn-wrapper button.authorize")
+    page.click("button.btn-done")
+
+    operation = page.locator("#operations-private-private_retrieve")
+    operation.locator(".opblock-summary").click()
+    operation.locator(".try-out__btn").click()
+    operation.locator(".execute").click()
+    status = operation.locator(".live-responses-table tr.response .response-col_status")
+    status.first.wait_for()
+
+    assert status.first.inner_text().strip() == "200"
+    assert operation.locator(".request-url pre").inner_text().endswith(f"/t/{TENANT}/api/private")
+    page.close()

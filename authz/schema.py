@@ -17,7 +17,11 @@ ERROR_SCHEMA = {
     },
     "required": ["message", "code"],
 }
-ERRORS_EVERYWHERE = {"404": "No tenant at this address (`tenant_not_found`), or no such row."}
+ERRORS_EVERYWHERE = {
+    "404": "No tenant at this address (`tenant_not_found`), or no such row.",
+    "406": "The Accept header admits no type this API answers with (`application/json`).",
+}
+ERRORS_WITH_BODY = {"415": "The body is not `application/json`."}
 ERRORS_WHEN_PROTECTED = {
     "400": "Malformed Authorization header or invalid input.",
     "401": "No token, or an invalid, expired or foreign token, or a bad DPoP proof "
@@ -84,6 +88,8 @@ class ScopedAutoSchema(AutoSchema):
         if scopes is not None:
             operation["x-required-scopes"] = list(scopes)
             errors.update(ERRORS_WHEN_PROTECTED)
+        if "requestBody" in operation:
+            errors.update(ERRORS_WITH_BODY)
         for status, description in errors.items():
             operation["responses"].setdefault(status, self._error_response(description))
         return operation

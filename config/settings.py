@@ -239,6 +239,18 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["authz.schema.host_paths_only"],
+    # Swagger UI's "Try it out" and generated clients pick a tenant here: by slug (any number of
+    # tenants, so none is listed), or the tenant of the hostname the docs were opened on.
+    "SERVERS": [
+        {
+            "url": "/t/{tenant}",
+            "description": "A tenant by its slug, on any hostname",
+            "variables": {
+                "tenant": {"default": "demo", "description": "The tenant's slug"},
+            },
+        },
+        {"url": "/", "description": "The tenant of this hostname"},
+    ],
 }
 
 # Browser consumers: each tenant lists its origins (tenants/cors.py); none are allowed globally.

@@ -19,3 +19,6 @@ urlpatterns = [
     path("api/", include("messages.urls")),
     path("t/<slug:tenant_slug>/api/", include("messages.urls")),
 ]
+
+# Under /api/ an unrouted path (such as /api/messages/1/2) answers the API's JSON error body.
+handler404 = "tenants.views.not_found"

@@ -11,4 +11,5 @@ class MessagesConfig(AppConfig):
     verbose_name = "Messages API"
 
     def ready(self) -> None:
-        from messages import endpoints  # noqa: F401 - registers the endpoint keys
+        # Registers the endpoint keys, and the OpenAPI extensions of the serializers.
+        from messages import endpoints, schema  # noqa: F401

@@ -17,18 +17,11 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-class MessageSerializer(serializers.ModelSerializer):
-    """A message; clients send only ``text``."""
-
-    text = StrictCharField(max_length=MAX_TEXT_LENGTH, allow_blank=False, trim_whitespace=True)
-
-    class Meta:
-        model = Message
-        fields = ["id", "text", "author", "created_at"]
-        read_only_fields = ["id", "author", "created_at"]
+class RefusesUnknownFields(serializers.Serializer):
+    """A serializer that refuses fields the client may not set, rather than dropping them."""
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
-        """Refuse fields the client may not set, rather than silently dropping them."""
+        """Every unknown or read-only field is an error, beside the fields' own errors."""
         writable = {name for name, field in self.fields.items() if not field.read_only}
         errors = {
             name: ["This field cannot be set."]
@@ -41,3 +34,23 @@ class MessageSerializer(serializers.ModelSerializer):
         if errors:
             raise serializers.ValidationError(errors)
         return value
+
+
+class MessageSerializer(RefusesUnknownFields, serializers.ModelSerializer):
+    """A message; clients send only ``text``."""
+
+    text = StrictCharField(
+        max_length=MAX_TEXT_LENGTH,
+        allow_blank=False,
+        trim_whitespace=True,
+        # DRF's sentence, saying what it counts: the text once trimmed, not the text as sent.
+        error_messages={
+            "max_length": "Ensure this field has no more than {max_length} characters once "
+            "leading and trailing whitespace is trimmed."
+        },
+    )
+
+    class Meta:
+        model = Message
+        fields = ["id", "text", "author", "created_at"]
+        read_only_fields = ["id", "author", "created_at"]

@@ -3,7 +3,12 @@
 from typing import Any
 
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import exceptions, generics, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
@@ -67,20 +72,62 @@ class PrivateScopedMessage(TenantAPIView):
         )
 
 
+class InvalidCursor(exceptions.NotFound):
+    """A cursor this API did not issue names no page."""
+
+    default_detail = "Invalid cursor"
+    default_code = "invalid_cursor"
+
+
 class NewestFirst(CursorPagination):
-    """Stable pages however many messages arrive meanwhile."""
+    """Stable pages however many messages arrive meanwhile; a page size as published, or 400."""
 
     ordering = ("-created_at", "-id")
     page_size = 20
     page_size_query_param = "page_size"
     max_page_size = 100
 
+    def get_page_size(self, request: Request) -> int:
+        """The page size asked for, refused unless an integer from 1 to ``max_page_size``."""
+        asked = request.query_params.get(self.page_size_query_param)
+        if asked is None:
+            return self.page_size
+        size = bounded_int(asked, self.max_page_size)
+        if size is None:
+            raise serializers.ValidationError(
+                {self.page_size_query_param: [f"A page size is from 1 to {self.max_page_size}."]}
+            )
+        return size
+
     def decode_cursor(self, request: Request) -> Any:
-        """DRF's cursor, refused as invalid (not a 500) when its position is not a time."""
-        cursor = super().decode_cursor(request)
+        """DRF's cursor; one it cannot read, or whose position is not a time, names no page."""
+        try:
+            cursor = super().decode_cursor(request)
+        except exceptions.NotFound as exc:
+            raise InvalidCursor() from exc
         if cursor is not None and cursor.position is not None and not _is_time(cursor.position):
-            raise exceptions.NotFound(self.invalid_cursor_message)
+            raise InvalidCursor()
         return cursor
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        """DRF's parameters, with the range the server enforces and what a bad cursor gets."""
+        cursor, page_size = super().get_schema_operation_parameters(view)
+        cursor["description"] = (
+            "Opaque: take it from `next` or `previous`. A cursor this API did not issue "
+            "is 404 `invalid_cursor`."
+        )
+        page_size["description"] = "Messages per page; any other value is 400."
+        page_size["schema"].update(minimum=1, maximum=self.max_page_size, default=self.page_size)
+        return [cursor, page_size]
+
+
+def bounded_int(text: str, maximum: int) -> int | None:
+    """The integer from 1 to ``maximum`` that ``text`` spells in ASCII digits, else None."""
+    # The length bound first: int() of thousands of digits is slow, then refused by Python.
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(maximum))):
+        return None
+    value = int(text)
+    return value if 1 <= value <= maximum else None
 
 
 def _is_time(value: str) -> bool:
@@ -134,6 +181,17 @@ class MessageList(TenantMessages, generics.ListCreateAPIView):
         return {"Location": self.request.build_absolute_uri(f"{self.request.path}/{data['id']}")}
 
 
+MESSAGE_ID = OpenApiParameter(
+    "message_id",
+    {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID},
+    OpenApiParameter.PATH,
+    description="The message's id; anything but a positive 64-bit integer is 400.",
+)
+
+
+@extend_schema_view(
+    get=extend_schema(parameters=[MESSAGE_ID]), delete=extend_schema(parameters=[MESSAGE_ID])
+)
 class MessageDetail(TenantMessages, generics.RetrieveDestroyAPIView):
     """GET and DELETE /api/messages/<id>."""
 
@@ -146,14 +204,10 @@ class MessageDetail(TenantMessages, generics.RetrieveDestroyAPIView):
 
     def get_object(self) -> Message:
         """The tenant's message with this id; another tenant's id is simply not found."""
-        message_id = self.kwargs["message_id"]
-        if (
-            not message_id.isascii()
-            or not message_id.isdigit()
-            or not 0 < int(message_id) <= MAX_ID
-        ):
+        message_id = bounded_int(self.kwargs["message_id"], MAX_ID)
+        if message_id is None:
             raise serializers.ValidationError({"id": ["A message id is a positive integer."]})
-        message = self.get_queryset().filter(pk=int(message_id)).first()
+        message = self.get_queryset().filter(pk=message_id).first()
         if message is None:
             raise exceptions.NotFound("No such message.")
         return message

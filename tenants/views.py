@@ -1,7 +1,10 @@
-"""The base of every tenant-served API view."""
+"""The base of every tenant-served API view, and the API's answer where no route matches."""
 
+import re
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -43,3 +46,13 @@ class TenantResolutionMixin:
 
 class TenantAPIView(TenantResolutionMixin, APIView):
     """An APIView served per tenant."""
+
+
+API_PATH = re.compile(r"^(/t/[^/]+)?/api/")
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """No route: under /api/ the API's JSON error, elsewhere Django's page."""
+    if API_PATH.match(request.path_info):
+        return JsonResponse({"message": "No such endpoint.", "code": "not_found"}, status=404)
+    return defaults.page_not_found(request, exception)

@@ -17,6 +17,28 @@ from devissuer.issuer import DevIssuerServer, DevKeyStore, start_in_thread
 from tenants.directory import directory
 from tests.fixtures import TokenFactory, create_tenant
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
 
 @pytest.fixture(scope="session")
 def issuer_keys(tmp_path_factory: pytest.TempPathFactory) -> DevKeyStore:

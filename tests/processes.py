@@ -6,6 +6,7 @@ show that every worker answered, and answered the same way.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,16 @@ from tests.test_e2e import ROOT, free_port, manage
 PROBE = "X-Probe"
 ACCESS_FORMAT = "%(p)s %({x-probe}i)s %(s)s"  # "<pid> probe status"
 WORKERS = 2
+INHERITED_OUT = ("REDIS_URL", "DATABASE_URL", "DEFAULT_TENANT", "ENV_FILE")
+
+
+def inherited_env() -> dict[str, str]:
+    """The test's environment without anything that chooses a store, a database or a setting."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in INHERITED_OUT and not name.startswith(("AUTHZ_", "CELERY_"))
+    }
 
 
 @contextmanager
@@ -251,12 +262,17 @@ class Stack:
         return manage(self.env, "shell", "--no-imports", "-c", code)
 
     def token(
-        self, issuer_name: str, audience: str, sub: str = "client@clients", dpop_key: Any = None
+        self,
+        issuer_name: str,
+        audience: str,
+        sub: str = "client@clients",
+        dpop_key: Any = None,
+        scope: str | None = None,
     ) -> str:
         """A token minted by the development issuer over HTTP (bound to ``dpop_key`` if given)."""
         url = f"{self.issuer}/{issuer_name}/oauth/token"
         headers = {"DPoP": dpop.make_proof(dpop_key, "POST", url)} if dpop_key else {}
-        body = {"audience": audience, "sub": sub}
+        body = {"audience": audience, "sub": sub, **({"scope": scope} if scope else {})}
         response = requests.post(url, json=body, headers=headers, timeout=10)
         response.raise_for_status()
         return response.json()["access_token"]

@@ -34,6 +34,7 @@ from tests.processes import (
     Check,
     Stack,
     gunicorn,
+    inherited_env,
     platform,
     running,
     summary,
@@ -60,20 +61,10 @@ SETTINGS = {
     "METRICS_TOKEN": "control-plane-metrics-" + "m" * 20,
     "AUTHZ_TRAFFIC_FLUSH_INTERVAL": "0.5",
 }
-INHERITED_OUT = ("REDIS_URL", "DATABASE_URL", "DEFAULT_TENANT", "ENV_FILE")
 PRIVATE = "/api/private"
 REDIS_DATABASE = 11
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def inherited_env() -> dict[str, str]:
-    """The test's environment without anything that chooses a store, a database or a setting."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name not in INHERITED_OUT and not name.startswith(("AUTHZ_", "CELERY_"))
-    }
 
 
 def database_url() -> str:

@@ -52,3 +52,27 @@ def test_scoped_without_scope_is_403_insufficient_scope(client, acme, acme_token
     assert response["WWW-Authenticate"] == (
         'Bearer realm="acme", error="insufficient_scope", scope="read:messages", DPoP algs="ES256"'
     )
+
+
+@pytest.mark.parametrize(
+    "path", ["/t/acme/api/messages/1/2", "/t/acme/api/nothing", "/api/messages/", "/t/x y/api/"]
+)
+def test_an_unrouted_api_path_is_the_apis_json_404(client, acme, path):
+    response = client.get(path, HTTP_HOST="acme.localhost")
+
+    assert response.status_code == 404
+    assert response.json() == {"message": "No such endpoint.", "code": "not_found"}
+
+
+def test_an_unrouted_path_elsewhere_is_djangos_404_page(client, db):
+    response = client.get("/nothing-here")
+
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_an_accept_header_without_json_is_406_with_the_error_body(client, acme):
+    response = client.get("/t/acme/api/public", HTTP_ACCEPT="application/xml")
+
+    assert response.status_code == 406
+    assert response.json()["code"] == "not_acceptable"

@@ -9,6 +9,7 @@ from django.contrib.staticfiles import finders
 from openapi_spec_validator import validate
 
 from authz.endpoints import get_endpoint
+from messages.schema import WHITESPACE
 
 OPERATIONS = {
     ("/api/public", "get"): None,
@@ -116,3 +117,85 @@ def test_every_docs_asset_is_served(client, docs_assets):
         assert b"".join(response.streaming_content), url
         response.close()
         assert finders.find(url.removeprefix("/static/")), url
+
+
+def test_servers_offer_a_tenant_by_slug_and_the_tenant_of_the_host(schema):
+    by_slug, by_host = schema["servers"]
+
+    assert by_slug["url"] == "/t/{tenant}"
+    assert by_slug["variables"]["tenant"]["default"] == "demo"
+    assert by_host["url"] == "/"
+
+
+def test_the_message_body_allows_no_other_property(schema):
+    body = schema["paths"]["/api/messages"]["post"]["requestBody"]["content"]["application/json"]
+
+    assert body["schema"] == {"$ref": "#/components/schemas/MessageRequest"}
+    assert schema["components"]["schemas"]["MessageRequest"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "taken"),
+    [
+        ("hi", True),
+        (" " + "x" * 1000 + "\n", True),
+        ("\ufeff", True),  # not whitespace to Python's strip()
+        ("x" * 1001, False),
+        ("", False),
+        (" \t\x1c\x1f\x85\u3000 ", False),  # whitespace to Python, though not all to ECMAScript
+        ("hi\x00", False),
+    ],
+)
+def test_the_text_pattern_takes_what_the_server_takes(schema, text, taken):
+    text_schema = schema["components"]["schemas"]["MessageRequest"]["properties"]["text"]
+
+    assert "maxLength" not in text_schema  # it would count the untrimmed text
+    assert (re.search(text_schema["pattern"], text) is not None) is taken
+
+
+def test_the_text_patterns_whitespace_is_exactly_what_strip_removes():
+    space = re.compile(f"[{WHITESPACE}]")
+
+    assert [c for c in map(chr, range(0x110000)) if bool(space.fullmatch(c)) != c.isspace()] == []
+
+
+def test_message_id_is_declared_as_the_positive_64_bit_integer_the_server_takes(schema):
+    for method in ("get", "delete"):
+        (parameter,) = schema["paths"]["/api/messages/{message_id}"][method]["parameters"]
+
+        assert parameter["in"] == "path"
+        assert parameter["schema"] == {
+            "type": "integer",
+            "format": "int64",
+            "minimum": 1,
+            "maximum": 2**63 - 1,
+        }
+
+
+def test_page_size_is_declared_with_the_range_the_server_takes(schema):
+    parameters = {p["name"]: p for p in schema["paths"]["/api/messages"]["get"]["parameters"]}
+
+    assert parameters["page_size"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 100,
+        "default": 20,
+    }
+    assert "invalid_cursor" in parameters["cursor"]["description"]
+
+
+@pytest.mark.parametrize(("path", "method"), list(OPERATIONS))
+def test_every_error_status_the_server_gives_is_declared_with_the_error_body(schema, path, method):
+    operation = schema["paths"][path][method]
+    expected = {"404", "406"}
+    if OPERATIONS[path, method]:
+        expected |= {"400", "401", "403", "503"}
+    if "requestBody" in operation:
+        expected.add("415")
+    errors = {s: r for s, r in operation["responses"].items() if s.startswith(("4", "5"))}
+
+    assert set(errors) == expected
+    for response in errors.values():
+        assert response["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }

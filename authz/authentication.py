@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from authz import dpop
+from authz import dpop, steps
 from authz.challenges import challenges
 from authz.conf import authz_settings
 from authz.errors import (
@@ -70,7 +70,9 @@ class TenantTokenAuthentication(BaseAuthentication):
     ``policy`` and ``provision_users``; this module does not know where tenants come from. The
     scheme used is left on ``request.authorization_scheme`` so the error handler answers with
     the right challenge, a tenant that issues DPoP nonces gets ``request.dpop_nonce`` set, and a
-    replayed proof sets ``request.dpop_replayed`` (for the traffic counts).
+    replayed proof sets ``request.dpop_replayed`` (for the traffic counts). The token debugger
+    sets ``request.authz_dry_run``: a proof is then looked up but not recorded, and no user is
+    provisioned; everything else runs as for the API.
     """
 
     def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
@@ -89,9 +91,11 @@ class TenantTokenAuthentication(BaseAuthentication):
                 "The access token is bound to a DPoP key: send it as DPoP with a proof.",
                 code="dpop_bound_token",
             )
+        dry_run = getattr(request, "authz_dry_run", False)  # the token debugger: no side effects
         if scheme == DPOP:
-            self.check_proof(request, token, tenant.slug, policy, bound_to)
-        user = provisioned_user(tenant.slug, claims.subject) if tenant.provision_users else None
+            self.check_proof(request, token, tenant.slug, policy, bound_to, record=not dry_run)
+        provision = tenant.provision_users and not dry_run
+        user = provisioned_user(tenant.slug, claims.subject) if provision else None
         principal = Principal(tenant.slug, claims, user)
         return (user or principal), principal
 
@@ -124,7 +128,13 @@ class TenantTokenAuthentication(BaseAuthentication):
             )
 
     def check_proof(
-        self, request: Request, token: str, realm: str, policy: IssuerPolicy, bound_to: str | None
+        self,
+        request: Request,
+        token: str,
+        realm: str,
+        policy: IssuerPolicy,
+        bound_to: str | None,
+        record: bool = True,
     ) -> None:
         """The one DPoP proof must describe this request and come from the token's key, once."""
         if bound_to is None:
@@ -144,7 +154,7 @@ class TenantTokenAuthentication(BaseAuthentication):
             proof = dpop.verify_proof(proofs, context, policy)
             if proof.jkt != bound_to:
                 raise dpop.ProofError("The DPoP proof key is not the key the token is bound to.")
-            dpop.check_unused(proof, realm)
+            dpop.check_unused(proof, realm, record)
         except dpop.NonceRequired as exc:
             raise UseDPoPNonce(exc.description, nonce) from exc  # raised only with nonces on
         except dpop.ProofError as exc:
@@ -166,7 +176,7 @@ class TenantTokenAuthentication(BaseAuthentication):
         if refusal is not None:
             TOKEN_CACHE_REFUSED_HIT.inc()
             VERIFIED_CACHED.observe(time.perf_counter() - started)
-            raise InvalidToken(refusal.description, code=refusal.code)
+            raise InvalidToken(refusal.description, code=refusal.code, check=refusal.check)
         TOKEN_CACHE_MISS.inc()
         try:
             return self.verify(token, policy, digest)
@@ -186,7 +196,7 @@ class TenantTokenAuthentication(BaseAuthentication):
         except TokenError as exc:
             if exc.lasting and len(token) <= authz_settings.MAX_TOKEN_BYTES:
                 refused_tokens.put(policy, digest, used[-1] if used else None, exc)
-            raise InvalidToken(exc.description, code=exc.code) from exc
+            raise InvalidToken(exc.description, code=exc.code, check=exc.check) from exc
         except KeySetUnavailable as exc:
             raise IssuerUnavailable(retry_after=exc.retry_after) from exc
         verified_tokens.put(token, policy, used[-1], claims)
@@ -208,5 +218,6 @@ def confirmation_key(claims: Claims) -> str | None:
         raise InvalidToken(
             "The access token confirmation (cnf) must hold a key thumbprint (jkt).",
             code="invalid_claims",
+            check=steps.BINDING,
         )
     return jkt

@@ -27,7 +27,7 @@ from authz.jose import THUMBPRINT_MEMBERS, access_token_hash, b64url, public_key
 from authz.jwks import PRIVATE_MEMBERS, SUPPORTED_KEY_TYPES, is_sound_key
 from authz.metrics import count_dpop_replay
 from authz.policy import IssuerPolicy
-from authz.store import claim, derived_key
+from authz.store import claim, derived_key, shared_store
 from authz.tokens import ALGORITHMS, KEY_TYPE_OF_ALGORITHM, MalformedToken, base64url, json_object
 
 PROOF_TYPE = "dpop+jwt"
@@ -122,16 +122,20 @@ def verify_proof(proof: str, context: ProofContext, policy: IssuerPolicy) -> Ver
     return VerifiedProof(jkt, payload["jti"])
 
 
-def check_unused(proof: VerifiedProof, realm: str) -> None:
-    """Record the proof's ``jti`` in the shared store; refuse one seen within its window."""
+def check_unused(proof: VerifiedProof, realm: str, record: bool = True) -> None:
+    """Record the proof's ``jti`` in the shared store; refuse one seen within its window.
+
+    ``record=False`` only looks, so the token debugger never uses up a client's proof.
+    """
     window = authz_settings.DPOP_PROOF_MAX_AGE + authz_settings.DPOP_PROOF_MAX_FUTURE
     key = derived_key("dpop-jti", f"{realm}\n{proof.jkt}\n{proof.jti}")
     try:
-        first_use = claim(key, window)
+        first_use = claim(key, window) if record else shared_store().get(key) is None
     except Exception as exc:
         raise ReplayCheckUnavailable() from exc
     if not first_use:
-        count_dpop_replay(realm)
+        if record:  # a replay the API refused, not one the debugger found
+            count_dpop_replay(realm)
         raise ProofReplayed()
 
 

@@ -13,9 +13,13 @@ class InvalidRequest(exceptions.APIException):
 
 
 class InvalidToken(exceptions.AuthenticationFailed):
-    """The bearer token is refused; ``code`` says why."""
+    """The bearer token is refused; ``code`` says why, ``check`` which check (authz/steps.py)."""
 
     bearer_error = "invalid_token"
+
+    def __init__(self, detail: str | None = None, code: str | None = None, check: str = "") -> None:
+        super().__init__(detail, code)
+        self.check = check
 
 
 class InsufficientScope(exceptions.PermissionDenied):

@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 from jwt.algorithms import get_default_algorithms
 
+from authz import steps
 from authz.conf import authz_settings
 from authz.jose import public_key_of
 from authz.policy import RFC9068_PROFILE, IssuerPolicy
@@ -42,13 +43,15 @@ class TokenError(Exception):
 
     code = "invalid_token"
     description = "The access token is invalid."
+    check = steps.FORMAT  # which check refused it (authz/steps.py), for the token debugger
     # Whether the failure holds for as long as the policy and key set stay the same: only such
     # failures may be remembered, so a repeated refusal skips the work.
     lasting = True
 
-    def __init__(self, description: str | None = None) -> None:
+    def __init__(self, description: str | None = None, check: str | None = None) -> None:
         super().__init__(description or self.description)
         self.description = description or self.description
+        self.check = check or self.check
 
 
 class MalformedToken(TokenError):
@@ -63,6 +66,7 @@ class DisallowedAlgorithm(TokenError):
 
     code = "disallowed_algorithm"
     description = "The access token is signed with an algorithm this API does not accept."
+    check = steps.ALGORITHM
 
 
 class UnknownKey(TokenError):
@@ -70,6 +74,7 @@ class UnknownKey(TokenError):
 
     code = "unknown_key"
     description = "The access token was signed by a key this API does not know."
+    check = steps.KEY
     lasting = False
 
 
@@ -78,6 +83,7 @@ class InvalidSignature(TokenError):
 
     code = "invalid_signature"
     description = "The access token signature is invalid."
+    check = steps.SIGNATURE
 
 
 class TokenExpired(TokenError):
@@ -85,6 +91,7 @@ class TokenExpired(TokenError):
 
     code = "token_expired"
     description = "The access token has expired."
+    check = steps.TIME
 
 
 class TokenNotYetValid(TokenError):
@@ -92,6 +99,7 @@ class TokenNotYetValid(TokenError):
 
     code = "token_not_yet_valid"
     description = "The access token is not valid yet."
+    check = steps.TIME
     lasting = False
 
 
@@ -100,6 +108,7 @@ class InvalidIssuer(TokenError):
 
     code = "invalid_issuer"
     description = "The access token was issued by another issuer."
+    check = steps.ISSUER
 
 
 class InvalidAudience(TokenError):
@@ -107,6 +116,7 @@ class InvalidAudience(TokenError):
 
     code = "invalid_audience"
     description = "The access token is not meant for this API."
+    check = steps.AUDIENCE
 
 
 class InvalidTokenType(TokenError):
@@ -114,6 +124,7 @@ class InvalidTokenType(TokenError):
 
     code = "invalid_token_type"
     description = "The access token type (typ) is not one this API accepts."
+    check = steps.TYPE
 
 
 class InvalidOrganization(TokenError):
@@ -121,6 +132,7 @@ class InvalidOrganization(TokenError):
 
     code = "invalid_organization"
     description = "The access token was issued for an organization this API does not trust."
+    check = steps.ORGANIZATION
 
 
 class InvalidClaims(TokenError):
@@ -128,6 +140,7 @@ class InvalidClaims(TokenError):
 
     code = "invalid_claims"
     description = "The access token claims are incomplete or malformed."
+    check = steps.CLAIM_TYPES
 
 
 @dataclass(frozen=True)
@@ -226,14 +239,20 @@ def _checked_key(key: SigningKey, algorithm: str) -> Any:
     """The public key object, when its type, curve and declared alg fit the algorithm."""
     declared = key.declared_algorithm
     if (declared and declared != algorithm) or key.key_type != KEY_TYPE_OF_ALGORITHM[algorithm[:2]]:
-        raise DisallowedAlgorithm("The access token algorithm does not match its key.")
+        raise DisallowedAlgorithm(
+            "The access token algorithm does not match its key.", check=steps.KEY_FIT
+        )
     curve = CURVE_OF_ALGORITHM.get(algorithm)
     if curve is not None and key.public_key.curve.name != curve:
-        raise DisallowedAlgorithm("The access token algorithm does not match its key's curve.")
+        raise DisallowedAlgorithm(
+            "The access token algorithm does not match its key's curve.", check=steps.KEY_FIT
+        )
     try:
         return ALGORITHMS[algorithm].prepare_key(key.public_key)
     except (jwt.InvalidKeyError, TypeError, ValueError) as exc:
-        raise DisallowedAlgorithm("The access token algorithm does not match its key.") from exc
+        raise DisallowedAlgorithm(
+            "The access token algorithm does not match its key.", check=steps.KEY_FIT
+        ) from exc
 
 
 def verify_token(
@@ -285,7 +304,7 @@ def _claims(payload: dict[str, Any], policy: IssuerPolicy) -> Claims:
         required = REQUIRED_CLAIMS + RFC9068_CLAIMS
     for name in required:
         if payload.get(name) is None:
-            raise InvalidClaims(f'The access token has no "{name}" claim.')
+            raise InvalidClaims(f'The access token has no "{name}" claim.', check=steps.REQUIRED)
     now, leeway = time.time(), policy.leeway
     for name in ("iat", "nbf"):
         if name in payload and _seconds(payload, name) > now + leeway:
@@ -337,14 +356,14 @@ def _seconds(payload: dict[str, Any], name: str) -> int:
     """A NumericDate claim in whole seconds; RFC 7519 wants a JSON number, not a string."""
     value = payload[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidClaims(f"The {name} claim must be a number of seconds.")
+        raise InvalidClaims(f"The {name} claim must be a number of seconds.", check=steps.TIME)
     return int(value)
 
 
 def _check_audience(audience: Any, accepted: tuple[str, ...]) -> None:
     """Any one of the tenant's audiences, in ``aud`` as a string or a list of strings."""
     if not audience:
-        raise InvalidClaims('The access token has no "aud" claim.')
+        raise InvalidClaims('The access token has no "aud" claim.', check=steps.AUDIENCE)
     names = [audience] if isinstance(audience, str) else audience
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise InvalidAudience("The access token audience (aud) must be a string or a list.")
@@ -358,12 +377,16 @@ def granted_scopes(payload: Mapping[str, Any], scope_claims: str) -> frozenset[s
     if scope_claims in ("scope", "both"):
         scope = payload.get("scope", "")
         if not isinstance(scope, str):
-            raise InvalidClaims("The scope claim must be a space-separated string.")
+            raise InvalidClaims(
+                "The scope claim must be a space-separated string.", check=steps.SCOPE_CLAIMS
+            )
         scopes.update(scope.split(" "))  # only the space separates (RFC 6749 section 3.3)
     if scope_claims in ("permissions", "both"):
         permissions = payload.get("permissions", [])
         if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
-            raise InvalidClaims("The permissions claim must be a list of strings.")
+            raise InvalidClaims(
+                "The permissions claim must be a list of strings.", check=steps.SCOPE_CLAIMS
+            )
         scopes.update(permissions)
     # A name outside the scope-token syntax can match no rule (rules are validated): drop it.
     return frozenset(name for name in scopes if SCOPE_TOKEN.fullmatch(name))

@@ -13,15 +13,20 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.decorators import method_decorator
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
 
 from authz.conf import authz_settings
 from authz.diagnostics import check_issuer
 from authz.endpoints import all_endpoints
 from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
-from authz.store import claim, derived_key
+from authz.store import claim, derived_key, internal_key, shared_store
 from authz.tasks import refresh_key_set
 from ops.admin_actions import CheckedSelectionMixin
+from tenants.debugger import Answer, CannotDebug, debug, default_url, protected_endpoints
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
@@ -29,6 +34,7 @@ from tenants.forms import (
     RequiredInlineFormSet,
     ScopeRuleForm,
     TenantForm,
+    TokenDebugForm,
 )
 from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
 from tenants.traffic import (
@@ -293,6 +299,11 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
                 wrap(self.check_issuer_view),
                 name="tenants_tenant_check_issuer",
             ),
+            path(
+                "<path:object_id>/debug-token/",
+                wrap(self.debug_token_view),
+                name="tenants_tenant_debug_token",
+            ),
             *super().get_urls(),
         ]
 
@@ -321,6 +332,34 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
             for problem in report.problems:
                 self.message_user(request, problem, messages.ERROR)
         return HttpResponseRedirect(_change_url(tenant))
+
+    @method_decorator(sensitive_post_parameters("token", "proof"))
+    @method_decorator(never_cache)
+    def debug_token_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the debugger's form; POST: the API's answer to the pasted token, check by check."""
+        tenant = self._operated_tenant_or_404(request, object_id)
+        endpoints = protected_endpoints()
+        posted = request.POST if request.method == "POST" else None
+        form = TokenDebugForm(posted, endpoints=endpoints)
+        answer, problem = None, None
+        if request.method == "POST" and form.is_valid():
+            if _may_debug(request.user.pk):
+                answer, problem = _debug(tenant, form.cleaned_data, endpoints, request.get_host())
+            else:
+                problem = (
+                    f"At most {DEBUG_RUNS_PER_MINUTE} tokens a minute per operator; "
+                    "try again in a moment."
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": tenant,
+            "title": f"Debug a token for {tenant.slug}",
+            "form": form,
+            "answer": answer,
+            "problem": problem,
+        }
+        return TemplateResponse(request, "admin/tenants/tenant/debug_token.html", context)
 
     def _operated_tenant_or_404(self, request: HttpRequest, object_id: str) -> Tenant:
         # The admin's own lookup: an id that is not a number is "no such tenant", not a 500.
@@ -476,3 +515,25 @@ def _bars(hourly: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
             }
         )
     return bars
+
+
+DEBUG_RUNS_PER_MINUTE = 20
+
+
+def _may_debug(user_id: int) -> bool:
+    """At most DEBUG_RUNS_PER_MINUTE debugger runs per operator per minute, in every process."""
+    key = internal_key(f"token-debugger-{user_id}-{int(time.time() // 60)}")
+    store = shared_store()
+    store.add(key, 0, timeout=120)
+    return store.incr(key) <= DEBUG_RUNS_PER_MINUTE
+
+
+def _debug(
+    tenant: Tenant, data: dict[str, str], endpoints: dict[str, tuple[str, str]], host: str
+) -> tuple[Answer | None, str | None]:
+    method, path = endpoints[data["endpoint"]]
+    url = data["url"] or default_url(tenant, path, host)
+    try:
+        return debug(tenant, data["token"], data["proof"], method, url), None
+    except CannotDebug as exc:
+        return None, str(exc)

@@ -138,3 +138,41 @@ class RequiredInlineFormSet(BaseInlineFormSet):
             raise forms.ValidationError(
                 f"Add at least one {self.model._meta.verbose_name}.", code="required"
             )
+
+
+class TokenDebugForm(forms.Form):
+    """What an operator pastes into the token debugger; nothing of it is ever stored."""
+
+    endpoint = forms.ChoiceField(help_text="The endpoint whose scope rule the token must meet.")
+    url = forms.CharField(
+        required=False,
+        max_length=2048,
+        label="URL",
+        help_text="The URL the client called (a DPoP proof names it); blank: the tenant's own.",
+    )
+    token = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5, "autocomplete": "off", "spellcheck": "false"}),
+        max_length=16 * 1024,
+        strip=True,
+        help_text="The access token, without 'Bearer '.",
+    )
+    proof = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+        max_length=16 * 1024,
+        strip=True,
+        label="DPoP proof",
+        help_text="The DPoP header's value, for a DPoP-bound token; blank: sent as Bearer.",
+    )
+
+    def __init__(self, *args: Any, endpoints: dict[str, tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["endpoint"].choices = [
+            (key, f"{key}: {method} {path}") for key, (method, path) in endpoints.items()
+        ]
+
+    def clean_token(self) -> str:
+        """A token with its scheme pasted too is taken without it."""
+        token = self.cleaned_data["token"]
+        scheme, _, rest = token.partition(" ")
+        return rest.strip() if scheme.lower() in ("bearer", "dpop") and rest else token

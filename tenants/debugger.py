@@ -1,0 +1,271 @@
+"""The token debugger: what the API answers to a token (and proof) on one of a tenant's endpoints.
+
+It builds the request the client would send and runs the API's own view up to its handler:
+tenant resolution, the DRF authentication class, the permission class and the error handler,
+so the answer is the API's, never a copy of it. It runs as a dry run: a DPoP proof is looked up
+in the replay store but not recorded, and no user is provisioned; key sets are fetched under the
+usual cooldowns. The handler itself never runs, so nothing is created or deleted. Every refusal
+names its check (``authz/steps.py``): the checks before it passed, those after it were not reached.
+"""
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.wsgi import WSGIRequest
+from django.db.models import Q
+from django.urls import Resolver404, URLPattern, get_resolver, resolve
+from rest_framework.exceptions import APIException
+
+from authz import steps
+from authz.tokens import MalformedToken, base64url, json_object, read_header
+from tenants.models import Tenant, derive_issuer
+from tenants.resolution import find_tenant
+from tenants.views import TenantResolutionMixin
+
+PASSED, FAILED, NOT_REACHED, NOT_APPLICABLE = "passed", "failed", "not reached", "not applicable"
+DETAIL_ID = "1"  # the id put in a message path: the handler never runs, any id does
+
+
+@dataclass
+class Check:
+    """One check of the list, in the API's order."""
+
+    name: str
+    label: str
+    state: str
+    detail: str = ""
+
+
+@dataclass
+class Answer:
+    """What the API answers, and why."""
+
+    checks: list[Check] = field(default_factory=list)
+    header: Any = None
+    claims: Any = None
+    status: int | None = None
+    code: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+    served: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def header_text(self) -> str:
+        """The header as indented JSON, or why it cannot be read."""
+        return _as_text(self.header)
+
+    @property
+    def claims_text(self) -> str:
+        """The claims as indented JSON, or why they cannot be read."""
+        return _as_text(self.claims)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    return str(value or "")
+
+
+class CannotDebug(Exception):
+    """The request cannot be built for this tenant; the message says why."""
+
+
+def protected_endpoints() -> dict[str, tuple[str, str]]:
+    """Each endpoint key with a scope rule, and the method and API path it guards."""
+    routes: dict[str, tuple[str, str]] = {}
+    for pattern in get_resolver().url_patterns:
+        if getattr(pattern, "pattern", None) and str(pattern.pattern) == "api/":
+            for route in pattern.url_patterns:
+                routes.update(_routes_of(route))
+    return dict(sorted(routes.items()))
+
+
+def _routes_of(route: URLPattern) -> dict[str, tuple[str, str]]:
+    view_class = getattr(route.callback, "view_class", None)
+    if view_class is None or not issubclass(view_class, TenantResolutionMixin):
+        return {}
+    view = view_class()
+    path = "/api/" + str(route.pattern).replace("<str:message_id>", DETAIL_ID)
+    methods = [m.upper() for m in ("get", "post", "put", "patch", "delete") if hasattr(view, m)]
+    return {key: (method, path) for method in methods if (key := view.endpoint_key_for(method))}
+
+
+def default_url(tenant: Tenant, path: str, platform_host: str) -> str:
+    """The URL a client of the tenant calls: on its first host, else under /t/<slug>/ on the
+    platform's own host (the one the admin is reached at)."""
+    host = tenant.hosts.order_by("hostname").values_list("hostname", flat=True).first()
+    scheme = "https" if settings.SECURE_PROXY_SSL_HEADER else "http"
+    if host:
+        return f"{scheme}://{host}{path}"
+    return f"{scheme}://{platform_host}/t/{tenant.slug}{path}"
+
+
+def debug(tenant: Tenant, token: str, proof: str, method: str, url: str) -> Answer:
+    """The API's answer to this token (and proof) sent to ``url`` with ``method``."""
+    answer = Answer()
+    answer.header, answer.claims = _decoded(token)
+    scheme = "DPoP" if proof else "Bearer"
+    django_request = _request(method, url, f"{scheme} {token}" if token else "", proof)
+    view, match = _view_for(django_request, tenant)
+    request = view.initialize_request(django_request, *match.args, **match.kwargs)
+    request.authz_dry_run = True
+    view.request, view.headers = request, view.default_response_headers
+    try:
+        view.initial(request, *match.args, **match.kwargs)
+    except Exception as exc:  # the API's own refusal, answered by its own handler
+        try:
+            _answer_refusal(answer, view, request, exc)
+        except Exception:
+            raise CannotDebug(f"The API could not answer ({type(exc).__name__}).") from exc
+        answer.checks = _checks(_failed_check(exc), str(_detail(exc)), scheme, tenant)
+        answer.notes += _foreign_token_notes(tenant, answer.claims, answer.checks)
+        return answer
+    answer.served = True
+    answer.checks = _checks(None, "", scheme, tenant)
+    return answer
+
+
+def _decoded(token: str) -> tuple[Any, Any]:
+    """The header and claims as sent (unverified), or why they cannot be read."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        return "not a JWT (three dot-separated parts)", None
+    try:
+        header = read_header(segments[0])
+    except MalformedToken as exc:
+        return exc.description, None
+    try:
+        claims = json_object(base64url(segments[1]), "The access token payload")
+    except MalformedToken as exc:
+        return header, exc.description
+    return header, claims
+
+
+def _request(method: str, url: str, authorization: str, proof: str) -> WSGIRequest:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CannotDebug("The URL must be an http or https URL with a host.")
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": parts.path or "/",
+        "QUERY_STRING": parts.query,
+        "SERVER_NAME": parts.hostname,
+        "SERVER_PORT": str(parts.port or (443 if parts.scheme == "https" else 80)),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": parts.netloc,
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_LENGTH": "0",
+        "wsgi.url_scheme": parts.scheme,
+        "wsgi.input": io.BytesIO(b""),
+    }
+    if settings.SECURE_PROXY_SSL_HEADER:  # as the TLS proxy would tell it
+        header, secure = settings.SECURE_PROXY_SSL_HEADER
+        environ[header] = secure if parts.scheme == "https" else "http"
+    if authorization:
+        environ["HTTP_AUTHORIZATION"] = authorization
+    if proof:
+        environ["HTTP_DPOP"] = proof
+    return WSGIRequest(environ)
+
+
+def _view_for(django_request: WSGIRequest, tenant: Tenant) -> tuple[Any, Any]:
+    """The API view of the URL, once the URL is known to be this tenant's."""
+    try:
+        match = resolve(django_request.path_info)
+    except Resolver404:
+        raise CannotDebug("The URL is not one of the API's endpoints.") from None
+    view_class = getattr(match.func, "view_class", None)
+    if view_class is None or not issubclass(view_class, TenantResolutionMixin):
+        raise CannotDebug("The URL is not one of the API's endpoints.")
+    try:
+        served_by = find_tenant(django_request, match.kwargs.get("tenant_slug"))
+    except DisallowedHost:
+        raise CannotDebug("The URL's host is not in ALLOWED_HOSTS.") from None
+    if served_by is None or served_by.slug != tenant.slug:
+        raise CannotDebug(f"The URL is not served by the tenant {tenant.slug}.")
+    view = view_class(**match.func.view_initkwargs)
+    view.args, view.kwargs = match.args, dict(match.kwargs)
+    return view, match
+
+
+def _answer_refusal(answer: Answer, view: Any, request: Any, exc: Exception) -> None:
+    response = view.finalize_response(request, view.handle_exception(exc))
+    response.render()
+    answer.status = response.status_code
+    data = getattr(response, "data", None)
+    answer.code = data.get("code", "") if isinstance(data, dict) else ""
+    names = ("WWW-Authenticate", "DPoP-Nonce", "Retry-After", "Content-Type")
+    answer.headers = {name: response[name] for name in names if name in response}
+    answer.body = json.dumps(data, indent=2) if data is not None else response.content.decode()
+
+
+def _failed_check(exc: Exception) -> str:
+    check = getattr(exc, "check", "")
+    if check:
+        return check
+    code = exc.get_codes() if isinstance(exc, APIException) else ""
+    return steps.CHECK_OF_CODE.get(code if isinstance(code, str) else "", steps.SCHEME)
+
+
+def _detail(exc: Exception) -> str:
+    return str(getattr(exc, "detail", exc))
+
+
+def _checks(failed: str | None, detail: str, scheme: str, tenant: Tenant) -> list[Check]:
+    """Every check in order: passed up to the failing one, then not reached."""
+    checks, reached = [], True
+    for name, label in steps.ORDER:
+        if _not_applicable(name, scheme, tenant):
+            checks.append(Check(name, label, NOT_APPLICABLE))
+        elif name == failed:
+            checks.append(Check(name, label, FAILED, detail))
+            reached = False
+        else:
+            checks.append(Check(name, label, PASSED if reached else NOT_REACHED))
+    return checks
+
+
+def _not_applicable(name: str, scheme: str, tenant: Tenant) -> bool:
+    if name == steps.PROOF:
+        return scheme != "DPoP"
+    if name == steps.ORGANIZATION:
+        return not tenant.organizations
+    return False
+
+
+def _foreign_token_notes(tenant: Tenant, claims: Any, checks: list[Check]) -> list[str]:
+    """Say that a token belongs to another tenant, naming neither it nor its settings."""
+    failed = next((c.name for c in checks if c.state == FAILED), None)
+    if failed not in (steps.KEY, steps.SIGNATURE, steps.ISSUER, steps.AUDIENCE):
+        return []
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    if not isinstance(issuer, str) or issuer == tenant.issuer:
+        audiences = claims.get("aud") if isinstance(claims, dict) else None
+        if failed == steps.AUDIENCE and _another_tenant_has(tenant, issuer, audiences):
+            return ["This token is meant for another tenant's API on this platform."]
+        return []
+    if _another_tenant_has(tenant, issuer, None):
+        return ["This token was issued for another tenant of this platform, not this one."]
+    return []
+
+
+def _another_tenant_has(tenant: Tenant, issuer: Any, audiences: Any) -> bool:
+    """Whether another active tenant trusts this issuer (and one of these audiences)."""
+    if not isinstance(issuer, str):
+        return False
+    host = urlsplit(issuer).hostname or ""
+    others = Tenant.objects.filter(active=True).exclude(pk=tenant.pk)
+    others = others.filter(Q(issuer_override=issuer) | Q(domain=host, issuer_override=""))
+    if audiences is not None:
+        names = [audiences] if isinstance(audiences, str) else audiences
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return False
+        others = others.filter(audiences__audience__in=names)
+    rows = others.values_list("domain", "issuer_override")
+    return any(derive_issuer(domain, override) == issuer for domain, override in rows[:50])

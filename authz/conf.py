@@ -52,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_KEY_SET_LABELS": 100,
     # Seconds between a process's writes of its tenants' traffic counts (the admin's panel).
     "TRAFFIC_FLUSH_INTERVAL": 10.0,
+    # Rates (60/min, 1000/hour, 20/s) for tenants that set none; blank: no limit. The anonymous
+    # one counts, per tenant and client address, requests with no token or a refused one.
+    "RATE_LIMIT_PER_SUBJECT": "",
+    "RATE_LIMIT_PER_TENANT": "",
+    "RATE_LIMIT_ANONYMOUS_PER_ADDRESS": "",
 }
 
 

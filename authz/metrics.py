@@ -59,6 +59,11 @@ CONFIG_PROPAGATION = Histogram(
     "From a tenant change's commit to a process applying it.",
     buckets=PROPAGATION_BUCKETS,
 )
+RATE_LIMITED = Counter(
+    "authz_rate_limited",
+    "Requests refused with 429 because a rate limit of the tenant was reached.",
+    ["tenant"],
+)
 DPOP_REPLAYS = Counter(
     "authz_dpop_replays",
     "DPoP proofs refused because their jti was seen before.",
@@ -158,3 +163,8 @@ def _stored_fetch_key(label: str, outcome: str) -> str:
 def count_dpop_replay(tenant: str) -> None:
     """One replayed DPoP proof refused."""
     DPOP_REPLAYS.labels(tenant_labels.label(tenant)).inc()
+
+
+def count_rate_limited(tenant: str) -> None:
+    """One request refused for its rate."""
+    RATE_LIMITED.labels(tenant_labels.label(tenant)).inc()

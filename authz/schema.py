@@ -20,6 +20,8 @@ ERROR_SCHEMA = {
 ERRORS_EVERYWHERE = {
     "404": "No tenant at this address (`tenant_not_found`), or no such row.",
     "406": "The Accept header admits no type this API answers with (`application/json`).",
+    "429": "A rate limit of the tenant was reached (`rate_limited`): `Retry-After`, "
+    "`RateLimit` and `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers) say when to retry.",
 }
 ERRORS_WITH_BODY = {"415": "The body is not `application/json`."}
 ERRORS_WHEN_PROTECTED = {

@@ -24,6 +24,7 @@ from typing import Any
 from bench import control, load
 from bench.counters import Counters
 from bench.fixtures import (
+    LIMITED,
     STARTED,
     Tokens,
     issuer_name,
@@ -128,6 +129,7 @@ def distinct_lines(tokens: Tokens, tenants: int, count: int) -> list[tuple[str, 
 SCENARIOS = (
     "public",
     "scoped_repeat",
+    "limited_repeat",
     "scoped_distinct",
     "dpop_distinct",
     "invalid_repeat",
@@ -156,6 +158,7 @@ def scenario_requests(
     return {
         "public": (200, [(public_path(0), "")]),
         "scoped_repeat": (200, [(scoped_path(0), tokens.bearer(0))]),
+        "limited_repeat": (200, [(scoped_path(LIMITED), tokens.bearer(LIMITED))]),
         "scoped_distinct": (200, distinct_lines(tokens, tenants, distinct)),
         "dpop_distinct": (200, dpop_lines(tokens, tenants, distinct, keys)),
         "invalid_repeat": (401, [(scoped_path(0), tokens.bad_signature(0))]),
@@ -368,10 +371,17 @@ RATIOS = (
 )
 
 
+LIMITER_RATIO = "limited_repeat_over_scoped_repeat"  # the rate limiter's cost (target >= 0.95)
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Throughput of the scoped scenarios over the public one."""
     rps = {row["scenario"]: row["rps"] for row in rows}
-    return {key: round(rps[key.removesuffix("_over_public")] / rps["public"], 3) for key in RATIOS}
+    figures = {
+        key: round(rps[key.removesuffix("_over_public")] / rps["public"], 3) for key in RATIOS
+    }
+    figures[LIMITER_RATIO] = round(rps["limited_repeat"] / rps["scoped_repeat"], 3)
+    return figures
 
 
 def report_scale(figures: dict[str, Any]) -> str:
@@ -491,7 +501,7 @@ def main() -> None:
     if len(results) > 1:
         summary["embedded"] = results[1]
         for result in results:
-            ratio = ", ".join(f"{key} = {result[key]:.3f}" for key in RATIOS)
+            ratio = ", ".join(f"{key} = {result[key]:.3f}" for key in (*RATIOS, LIMITER_RATIO))
             print(f"{result['mode']} mode: {ratio}")
     summary["run_seconds"] = round(time.monotonic() - STARTED, 1)
     say("done; everything started was stopped")

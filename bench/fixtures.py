@@ -30,17 +30,28 @@ def issuer_name(index: int) -> str:
     return f"iss{index % ISSUERS}"
 
 
+# Tenant LIMITED has rate limits the benchmark never reaches: every request is counted, none
+# refused, so limited_repeat against scoped_repeat is the limiter's cost.
+LIMITED = 1
+LIMITS_NEVER_REACHED = {
+    "rate_limit_per_tenant": "900000000/min",
+    "rate_limit_per_subject": "800000000/min",
+}
+
+
 def tenant_document(
     index: int, issuer_base: str, issuer: str | None = None, prefix: str = "t"
 ) -> dict[str, Any]:
     """Tenant ``index`` as the tenants JSON describes it (one audience, one host)."""
     name = slug(index, prefix)
+    limits = LIMITS_NEVER_REACHED if index == LIMITED and prefix == "t" else {}
     return {
         "slug": name,
         "name": f"Tenant {name}",
         "issuer": f"{issuer_base}/{issuer or issuer_name(index)}/",
         "audiences": [f"https://api.{name}.test"],
         "hosts": [f"{name}.localhost"],
+        **limits,
     }
 
 

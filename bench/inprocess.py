@@ -14,13 +14,14 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bench.bench import DPOP_KEYS, SCENARIOS, add_tenants, ready, scenario_requests
-from bench.fixtures import Tokens, say
+from bench.fixtures import LIMITS_NEVER_REACHED, Tokens, say, slug
 from bench.stack import Stack, start_platform
 from devissuer import dpop
 
@@ -119,6 +120,30 @@ def main() -> None:
                 print(out.getvalue())
             else:
                 print(f"{name:20s} {cpu_microseconds(call, lines, args.requests):7.1f} µs/request")
+        if not args.profile:
+            limiter_cost(application, timed["scoped_repeat"][1], args.requests)
+
+
+def limiter_cost(application: Callable, lines: list, requests: int) -> None:
+    """scoped_repeat without limits and with both of its tenant's, in alternating rounds (the
+    wrk benchmark compares limited_repeat with scoped_repeat instead)."""
+    from tenants.directory import directory
+    from tenants.models import Tenant
+
+    call, rounds = caller(application, 200), {"without": [], "with": []}
+    for _ in range(3):
+        for name, values in (
+            ("without", dict.fromkeys(LIMITS_NEVER_REACHED, "")),
+            ("with", LIMITS_NEVER_REACHED),
+        ):
+            Tenant.objects.filter(slug=slug(0)).update(**values)
+            directory.clear()
+            cpu_microseconds(call, lines, 100)  # the tenant loaded again
+            rounds[name].append(cpu_microseconds(call, lines, requests // 3))
+    without, with_limits = (statistics.median(rounds[n]) for n in ("without", "with"))
+    print(f"scoped_repeat, no rate limit       {without:7.1f} µs/request")
+    print(f"scoped_repeat, tenant+subject limit {with_limits:7.1f} µs/request")
+    print(f"limiter ratio (requests/s with / without) = {without / with_limits:.3f}")
 
 
 if __name__ == "__main__":

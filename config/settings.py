@@ -304,6 +304,11 @@ AUTHZ = {
     "METRICS_TENANT_LABELS": env.int("AUTHZ_METRICS_TENANT_LABELS", default=100),
     "METRICS_KEY_SET_LABELS": env.int("AUTHZ_METRICS_KEY_SET_LABELS", default=100),
     "TRAFFIC_FLUSH_INTERVAL": env.float("AUTHZ_TRAFFIC_FLUSH_INTERVAL", default=10),
+    "RATE_LIMIT_PER_SUBJECT": env.str("AUTHZ_RATE_LIMIT_PER_SUBJECT", default=""),
+    "RATE_LIMIT_PER_TENANT": env.str("AUTHZ_RATE_LIMIT_PER_TENANT", default=""),
+    "RATE_LIMIT_ANONYMOUS_PER_ADDRESS": env.str(
+        "AUTHZ_RATE_LIMIT_ANONYMOUS_PER_ADDRESS", default=""
+    ),
 }
 
 # GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>"; unset, metrics are off.

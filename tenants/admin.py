@@ -218,6 +218,14 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
                     "serve custom domains and other OIDC issuers.",
                 },
             ),
+            (
+                "Rate limits",
+                {
+                    "fields": ["rate_limit_per_tenant", "rate_limit_per_subject"],
+                    "description": "Blank: the platform's default. How often they were hit is "
+                    "in the traffic panel below (rate-limited requests).",
+                },
+            ),
             ("Advanced", {"fields": advanced, "classes": ["collapse"]}),
         ]
 

@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "dpop": "allowed",
     "dpop_algorithms": ["ES256"],
     "dpop_nonce": False,
+    "rate_limit_per_subject": "",
+    "rate_limit_per_tenant": "",
 }
 REQUIRED = ("slug", "name", "audiences")
 
@@ -398,6 +400,8 @@ def _export_one(tenant: Tenant) -> dict[str, Any]:
         "domain": tenant.domain,
         "issuer": tenant.issuer_override,
         "jwks_url": tenant.jwks_url_override,
+        "rate_limit_per_subject": tenant.rate_limit_per_subject,
+        "rate_limit_per_tenant": tenant.rate_limit_per_tenant,
     }
     return {
         "slug": tenant.slug,

@@ -47,6 +47,8 @@ class TenantConfig:
     admin_scope: str = ""
     cors_origins: frozenset[str] = frozenset()
     scope_rules: MappingProxyType = field(default_factory=lambda: EMPTY_RULES)
+    rate_limit_per_subject: str = ""
+    rate_limit_per_tenant: str = ""
 
     @property
     def issuer(self) -> str:
@@ -259,6 +261,8 @@ TENANT_COLUMNS = (
     "dpop",
     "dpop_algorithms",
     "dpop_nonce",
+    "rate_limit_per_subject",
+    "rate_limit_per_tenant",
 )
 PADDING = ", ".join(["NULL"] * (len(TENANT_COLUMNS) - 3))
 CHILD_TABLES = (  # kind, table, its one or two value columns
@@ -336,6 +340,8 @@ def _config(row: dict, parts: dict[str, list]) -> TenantConfig:
         admin_scope=row["admin_scope"],
         cors_origins=frozenset(parts["origin"]),
         scope_rules=_rules(rules) if rules else EMPTY_RULES,
+        rate_limit_per_subject=row["rate_limit_per_subject"],
+        rate_limit_per_tenant=row["rate_limit_per_tenant"],
     )
 
 

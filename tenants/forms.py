@@ -78,6 +78,8 @@ class TenantForm(forms.ModelForm):
             "dpop",
             "dpop_algorithms",
             "dpop_nonce",
+            "rate_limit_per_subject",
+            "rate_limit_per_tenant",
         ]
 
     def clean_domain(self) -> str:

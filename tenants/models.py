@@ -13,6 +13,7 @@ from authz.policy import (
     DPOP_REQUIRED,
     RFC9068_PROFILE,
 )
+from tenants.ratelimit import validate_rate
 from tenants.validation import (
     validate_algorithms,
     validate_domain,
@@ -143,6 +144,22 @@ class Tenant(models.Model):
         validators=[validate_organizations],
         help_text="Auth0 organization ids (org_...), one per line: a token's org_id must be one "
         "of them. Blank: org_id is not checked.",
+    )
+    rate_limit_per_subject = models.CharField(
+        "rate limit per subject",
+        max_length=20,
+        blank=True,
+        validators=[validate_rate],
+        help_text="Requests per token subject, such as 60/min, 1000/hour or 20/s; blank: the "
+        "platform's default (AUTHZ_RATE_LIMIT_PER_SUBJECT), if any.",
+    )
+    rate_limit_per_tenant = models.CharField(
+        "rate limit per tenant",
+        max_length=20,
+        blank=True,
+        validators=[validate_rate],
+        help_text="All of this tenant's requests together, counted before any token work; blank: "
+        "the platform's default (AUTHZ_RATE_LIMIT_PER_TENANT), if any.",
     )
     operators = models.ManyToManyField(
         settings.AUTH_USER_MODEL,
@@ -295,3 +312,17 @@ class TrafficCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant} {self.status} {self.code} x{self.count} in bucket {self.bucket}"
+
+
+class RateWindow(models.Model):
+    """One rate limit's sliding window counter (``tenants/ratelimit.py``), when the shared store
+    is the database: hits in the current fixed window and in the one before it."""
+
+    rate_key = models.CharField(max_length=80, unique=True)
+    window_index = models.BigIntegerField()  # seconds since the epoch // the limit's seconds
+    hits = models.BigIntegerField()
+    previous_hits = models.BigIntegerField()
+    expires = models.BigIntegerField(db_index=True)  # seconds since the epoch
+
+    def __str__(self) -> str:
+        return f"{self.rate_key}: {self.hits} (+{self.previous_hits} before)"

@@ -22,6 +22,7 @@ from authz.conf import authz_settings
 from authz.keys import key_cache
 from authz.store import prune_expired
 from tenants.directory import PRUNE_EVERY, directory, prune_feed
+from tenants.ratelimit import prune_windows
 from tenants.traffic import backend as traffic_backend
 from tenants.traffic import traffic_counter
 
@@ -63,6 +64,7 @@ def _prune_now_and_then() -> None:
         _expired_at = now
         prune_expired()
         traffic_backend().prune()
+        prune_windows()
     if now - _pruned_at >= PRUNE_EVERY:
         _pruned_at = now
         prune_feed()

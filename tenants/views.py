@@ -5,11 +5,27 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from rest_framework.exceptions import MethodNotAllowed
+from rest_framework.exceptions import (
+    APIException,
+    AuthenticationFailed,
+    MethodNotAllowed,
+    NotAuthenticated,
+    Throttled,
+)
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from authz.authentication import Principal
+from ops.login import client_address
+from tenants.ratelimit import (
+    RateLimited,
+    anonymous_limited,
+    limiter,
+    limits_of,
+    policy_header,
+    state_header,
+)
 from tenants.resolution import resolve_tenant
 
 
@@ -28,7 +44,33 @@ class TenantResolutionMixin:
         method = request.method.lower()
         if method not in self.http_method_names or not hasattr(self, method):
             raise MethodNotAllowed(request.method)
-        super().initial(request, *args, **kwargs)
+        if getattr(request, "authz_dry_run", False):  # the token debugger counts nothing
+            super().initial(request, *args, **kwargs)
+            return
+        address = client_address(request._request) if anonymous_limited() else None
+        anonymous = address if not request.META.get("HTTP_AUTHORIZATION") else None
+        _refuse_when_known_over(tenant, limits_of(tenant, None, anonymous))
+        try:
+            super().initial(request, *args, **kwargs)
+        except (NotAuthenticated, AuthenticationFailed) as refused:
+            self.count_rate(request, tenant, limits_of(tenant, None, address), refused)
+            raise
+        except APIException as refused:
+            self.count_rate(request, tenant, limits_of(tenant, _subject(request), None), refused)
+            raise
+        self.count_rate(request, tenant, limits_of(tenant, _subject(request), None))
+
+    def count_rate(
+        self, request: Request, tenant: Any, limits: list, refused: Exception | None = None
+    ) -> None:
+        """Count the request against its limits (one round trip); 429 when one is over."""
+        verdicts = limiter.count(limits)
+        if not verdicts:
+            return
+        request.rate_verdicts = verdicts
+        over = next((verdict for verdict in verdicts if not verdict.allowed), None)
+        if over is not None:
+            raise _throttled(RateLimited(over, tenant.slug)) from refused
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any
@@ -37,11 +79,41 @@ class TenantResolutionMixin:
         nonce = getattr(request, "dpop_nonce", None)
         if nonce is not None and "DPoP-Nonce" not in response:
             response["DPoP-Nonce"] = nonce
+        verdicts = getattr(request, "rate_verdicts", None)
+        if verdicts:
+            response["RateLimit-Policy"] = policy_header(verdicts)
+            response["RateLimit"] = state_header(verdicts)
         return super().finalize_response(request, response, *args, **kwargs)
 
     def endpoint_key_for(self, method: str) -> str | None:
         """The endpoint key whose scope rule guards requests of this method."""
         return self.endpoint_key
+
+
+def _subject(request: Request) -> str | None:
+    """The authenticated subject, once DRF has authenticated (or refused) the request."""
+    principal = getattr(request, "_auth", None)
+    return principal.subject if isinstance(principal, Principal) else None
+
+
+def _refuse_when_known_over(tenant: Any, limits: list) -> None:
+    """429 before any token work, for a tenant or address the store said was over."""
+    verdict = limiter.known_over(limits)
+    if verdict is not None:
+        request_limited = RateLimited(verdict, tenant.slug)
+        raise _throttled(request_limited)
+
+
+def _throttled(limited: RateLimited) -> Throttled:
+    verdict = limited.verdict
+    kinds = {"tenant": "this tenant", "subject": "this caller", "address": "this address"}
+    detail = (
+        f"Too many requests for {kinds[verdict.limit.kind]} ({verdict.limit.rate}); "
+        f"retry in {verdict.retry_after} s."
+    )
+    throttled = Throttled(wait=verdict.retry_after, detail=detail, code="rate_limited")
+    throttled.verdict = verdict
+    return throttled
 
 
 class TenantAPIView(TenantResolutionMixin, APIView):

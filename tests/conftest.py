@@ -15,6 +15,7 @@ from authz.users import provisioned_users
 from config.celery import app as celery_app
 from devissuer.issuer import DevIssuerServer, DevKeyStore, start_in_thread
 from tenants.directory import directory
+from tenants.ratelimit import limiter
 from tests.fixtures import TokenFactory, create_tenant
 
 CHROMIUM = "/usr/bin/chromium"
@@ -81,6 +82,7 @@ def clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None]
     provisioned_users.forget()
     tenant_labels.forget()
     key_set_labels.forget()
+    limiter.forget()
     yield
     celery_app.conf.task_always_eager = True
 

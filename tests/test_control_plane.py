@@ -33,6 +33,7 @@ from tests.processes import (
     Answer,
     Check,
     Stack,
+    Web,
     gunicorn,
     inherited_env,
     platform,
@@ -63,6 +64,7 @@ SETTINGS = {
 }
 PRIVATE = "/api/private"
 REDIS_DATABASE = 11
+RUN = uuid.uuid4().hex[:6]  # that Redis database outlives a run: counts kept there too
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -502,6 +504,7 @@ def test_redis_flush_and_restart_keep_serving_and_changes_still_arrive(
     url = platform_script("start-redis", redis_dir).strip()
     try:
         items = [stack.tenant(slug) for slug in ("kept", "dropped", "stopped", "restarted")]
+        items[0]["rate_limit_per_subject"] = "1000/min"  # counted in the Redis about to stop
         stack.import_tenants(*items[:3])
         kept = fresh_tokens(stack, "kept", audience(items[0]))
         env = {**stack.env, "REDIS_URL": url}
@@ -517,6 +520,10 @@ def test_redis_flush_and_restart_keep_serving_and_changes_still_arrive(
 
             platform_script("stop-redis", redis_dir)
             assert_every(web.everyone("/t/kept/api/private", token=kept), OK)
+            assert (
+                "Cannot count requests in the shared store"
+                in (tmp_path / "web-own-redis.log").read_text()
+            )
             stack.import_tenants({**items[2], "active": False}, env=env)
             web.until(NOT_FOUND, "/t/stopped/api/public", within=PROPAGATION)
 
@@ -615,17 +622,111 @@ def test_metrics_add_up_every_worker_and_count_changes_in_each(stack: Stack) -> 
 
 
 def test_traffic_counts_of_every_worker_reach_the_store_for_the_admin(stack: Stack) -> None:
-    stack.import_tenants(stack.tenant("counted"))
-    stack.web.until(OK, "/t/counted/api/public", within=PROPAGATION)
+    counted = f"counted-{RUN}"
+    stack.import_tenants(stack.tenant(counted))
+    stack.web.until(OK, f"/t/{counted}/api/public", within=PROPAGATION)
 
-    answers = stack.web.everyone("/t/counted/api/private")
+    answers = stack.web.everyone(f"/t/{counted}/api/private")
 
     assert len({a.pid for a in answers}) == 2
     read = (
         "from tenants.traffic import tenant_traffic; "
-        "print(tenant_traffic('counted').hour.get((401, 'not_authenticated'), 0))"
+        f"print(tenant_traffic({counted!r}).hour.get((401, 'not_authenticated'), 0))"
     )
     deadline = time.monotonic() + 5
     while (counted := int(stack.shell(read))) < len(answers) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert counted == len(answers)  # another process reads both workers' flushes
+
+
+# 9. Rate limits hold across both workers: one count in the shared store, in both modes.
+
+
+def limited_token(slug: str, sub: str) -> Callable[[Stack], str]:
+    """A token of one of these tenants' issuers for its audience."""
+    return lambda stack: stack.token(slug, f"https://api.{slug}.test", sub=sub)
+
+
+@pytest.fixture(scope="module")
+def limited(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+    """A gunicorn of the stack's mode with a limit on anonymous requests per address."""
+    env = {**stack.env, "AUTHZ_RATE_LIMIT_ANONYMOUS_PER_ADDRESS": "6/min"}
+    with gunicorn(env, tmp_path_factory.mktemp("limited"), "web-limited") as web:
+        yield web
+
+
+def limited_tenant(stack: Stack, web: Web, name: str, **limits: str) -> str:
+    """A new tenant with these limits, served by every worker with its key set fetched, by
+    requests that count against no limit of its own but the tenant's (one, at the end)."""
+    slug = f"{name}-{RUN}"
+    stack.import_tenants(stack.tenant(slug, **limits))
+    if "rate_limit_per_tenant" not in limits:
+
+        def own() -> str:  # a subject of its own each time
+            return limited_token(slug, f"auth0|{uuid.uuid4()}")(stack)
+
+        web.until(OK, f"/t/{slug}/api/private", token=own, within=PROPAGATION)
+        return slug
+    deadline = time.monotonic() + PROPAGATION
+    warm = limited_token(slug, "auth0|warm-up")(stack)
+    while web.get(f"/t/{slug}/api/private", token=warm).status != 200:
+        assert time.monotonic() < deadline, "the tenant never reached a worker"
+        time.sleep(0.1)
+    time.sleep(RECHECK * 2)  # both workers have applied the import
+    return slug
+
+
+def statuses(answers: list[Answer]) -> list[int]:
+    """The statuses, sorted."""
+    return sorted(a.status for a in answers)
+
+
+def test_a_subject_at_its_limit_is_refused_by_every_worker_and_others_are_served(
+    stack: Stack, limited: Web
+) -> None:
+    quota = limited_tenant(stack, limited, "quota", rate_limit_per_subject="6/min")
+    spare = limited_tenant(stack, limited, "spare", rate_limit_per_subject="6/min")
+    alice = limited_token(quota, "auth0|alice")(stack)
+
+    answers = limited.ask(f"/t/{quota}/api/private", token=alice, n=16)
+
+    assert statuses(answers) == [200] * 6 + [429] * 10, summary(answers)
+    assert all(a.code == "rate_limited" for a in answers if a.status == 429)
+    assert len({a.pid for a in answers if a.status == 429}) == 2, summary(answers)
+    bob = limited_token(quota, "auth0|bob")(stack)
+    assert_every(limited.ask(f"/t/{quota}/api/private", token=bob, n=4), OK)
+    other_tenant = limited_token(spare, "auth0|alice")(stack)
+    assert_every(limited.ask(f"/t/{spare}/api/private", token=other_tenant, n=4), OK)
+
+
+def test_a_tenant_limit_caps_all_its_subjects_together(stack: Stack, limited: Web) -> None:
+    capped = limited_tenant(stack, limited, "capped", rate_limit_per_tenant="6/min")
+    callers = [limited_token(capped, f"auth0|{n}")(stack) for n in "abc"]
+    turn = iter(range(100))
+
+    answers = limited.ask(f"/t/{capped}/api/private", token=lambda: callers[next(turn) % 3], n=12)
+
+    assert statuses(answers) == [200] * 5 + [429] * 7, summary(answers)  # 6 with the warm-up
+
+
+def test_anonymous_requests_are_limited_per_address(stack: Stack, limited: Web) -> None:
+    open_door = limited_tenant(stack, limited, "door", rate_limit_per_subject="1000/min")
+
+    answers = limited.ask(f"/t/{open_door}/api/private", n=10)
+
+    assert statuses(answers) == [401] * 6 + [429] * 4, summary(answers)
+
+
+def test_retry_after_is_honoured(stack: Stack, limited: Web) -> None:
+    quick = limited_tenant(stack, limited, "quick", rate_limit_per_subject="3/s")
+    token = limited_token(quick, "auth0|quick")(stack)
+    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    url = f"{limited.url}/t/{quick}/api/private"
+
+    answers = [requests.get(url, headers=headers, timeout=10) for _ in range(6)]
+    refused = answers[-1]
+    assert refused.status_code == 429, [a.status_code for a in answers]
+    time.sleep(int(refused.headers["Retry-After"]))
+
+    assert requests.get(url, headers=headers, timeout=10).status_code == 200
+    assert refused.headers["RateLimit-Policy"] == '"subject";q=3;w=1'

@@ -187,7 +187,7 @@ def test_page_size_is_declared_with_the_range_the_server_takes(schema):
 @pytest.mark.parametrize(("path", "method"), list(OPERATIONS))
 def test_every_error_status_the_server_gives_is_declared_with_the_error_body(schema, path, method):
     operation = schema["paths"][path][method]
-    expected = {"404", "406"}
+    expected = {"404", "406", "429"}
     if OPERATIONS[path, method]:
         expected |= {"400", "401", "403", "503"}
     if "requestBody" in operation:

@@ -278,3 +278,24 @@ def test_100000_tenants_in_two_processes_stay_under_10000_series(tmp_path):
     assert len(samples) < MAX_SERIES, json.dumps(len(samples))
     assert "other" in tenants and len(tenants) <= 101  # both processes named the same 100
     assert requests_total == 2 * 3 * 100_000  # nothing lost in "other"
+
+
+def test_the_grafana_dashboard_queries_only_families_we_export(client, metrics_on, acme):
+    import re
+
+    from ops.metrics import scrape_registry
+
+    dashboard = json.loads((ROOT / "platform" / "grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bauthz_[a-z_]+", target["expr"])
+    }
+    exported = {family.name for family in scrape_registry().collect()}
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+
+    assert queried and all(
+        name in exported or any(name.removesuffix(s) in exported for s in suffixes)
+        for name in queried
+    ), sorted(queried)

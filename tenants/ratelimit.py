@@ -4,9 +4,10 @@ Each limit is a sliding window counter: the requests of the current fixed window
 the previous one, weighted by how much of it still overlaps the last ``seconds``. Counting is
 atomic in the shared store, all of a request's limits in at most one round trip: with Redis one
 Lua script (a hash per limit: window, count, previous count); without it one upsert per limit
-on the database, whose RETURNING hands back the counts. A request far from its limits is counted
-in this process and written with the next round trip (``Limiter``). Every request counts,
-refused or not, so a caller who keeps sending while limited stays limited.
+on the database, whose RETURNING hands back the counts (and a refused request is taken back in
+the same transaction). A request far from its limits is counted in this process and written with
+the next round trip (``Limiter``). A refused request takes no quota, so a client that waits its
+``Retry-After`` is served.
 
 A process remembers which tenants and anonymous addresses the store said were over, until their
 reset: their next requests are refused before any token work, with no round trip. When the
@@ -26,7 +27,7 @@ from typing import Any
 from django.core.cache.backends.redis import RedisCache
 from django.core.checks import Error, register
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from prometheus_client import Counter
 
 from authz.conf import authz_settings
@@ -222,7 +223,7 @@ class Limiter:
                 for tally in tallies:
                     tally.pending += 1
                 self._pending_since = self._pending_since or time.monotonic()
-                return [_verdict(t.limit, *t.counts(), now) for t in tallies]
+                return [_verdict(t.limit, *t.counts(), now, counted=True) for t in tallies]
         if time.monotonic() < self._down_until:
             UNAVAILABLE.inc()
             return None  # the store failed a moment ago: serve, and try again shortly
@@ -266,12 +267,12 @@ class Limiter:
             batch = {t.limit.key: t for t in self._tallies.values() if t.pending}
             batch.update((t.limit.key, t) for t in tallies)
             asked = {id(t) for t in tallies}
-            amounts = [t.pending + (id(t) in asked) for t in batch.values()]
+            asking = [id(t) in asked for t in batch.values()]
             sent = [t.pending for t in batch.values()]
             self._pending_since = None
         entries = list(batch.values())
         try:
-            counts = _backend().count([t.limit for t in entries], amounts, now)
+            counts, fits = _backend().count([t.limit for t in entries], sent, asking, now)
         except Exception:
             UNAVAILABLE.inc()
             self._down_until = time.monotonic() + STORE_RETRY_AFTER
@@ -282,7 +283,7 @@ class Limiter:
                 tally.pending -= written
                 tally.window = int(now // tally.limit.rate.seconds)
                 tally.previous, tally.current = previous, current
-        verdicts = [_verdict(t.limit, t.previous, t.current, now) for t in tallies]
+        verdicts = [_verdict(t.limit, t.previous, t.current, now, counted=fits) for t in tallies]
         for verdict in verdicts:
             if not verdict.allowed:
                 with self._lock:
@@ -298,41 +299,66 @@ class Limiter:
             logger.warning("Cannot count requests in the shared store: serving without limits.")
 
 
-def _verdict(limit: Limit, previous: int, current: int, now: float) -> Verdict:
-    """The sliding window estimate after this request, and when the caller may retry."""
+def _verdict(limit: Limit, previous: int, current: int, now: float, counted: bool) -> Verdict:
+    """A limit's state for this request: ``counted`` when ``current`` includes it (it fitted
+    every limit), else when it would fit and, if not, how long until it would."""
     seconds, allowed = limit.rate.seconds, limit.rate.count
     elapsed = now % seconds
     overlap = 1 - elapsed / seconds
-    estimate = previous * overlap + current
+    estimate = previous * overlap + current + (0 if counted else 1)
     reset = max(1, math.ceil(seconds - elapsed))
     if estimate <= allowed:
         return Verdict(limit, int(allowed - estimate), reset, 0)
-    if current <= allowed and previous:  # the previous window's weight must fade enough
-        wait = seconds * (1 - (allowed - current) / previous) - elapsed
-    else:  # only the next window can bring it down: current * (1 - f) <= allowed
-        wait = (seconds - elapsed) + seconds * (1 - allowed / current)
+    before = current - (1 if counted else 0)  # the window's requests without this one
+    if before + 1 <= allowed and previous:  # the previous window's weight must fade enough
+        wait = seconds * (1 - (allowed - before - 1) / previous) - elapsed
+    else:  # only the next window can make room: before * (1 - f) + 1 <= allowed
+        wait = (seconds - elapsed) + seconds * (1 - (allowed - 1) / before)
     return Verdict(limit, 0, reset, max(1, math.ceil(wait)))
 
 
-# KEYS: one hash per limit. ARGV: per key, its window index, the seconds it is kept and the
-# requests to add. Returns, per key, the previous window's count and the current one's.
+def _fits(limit: Limit, previous: int, current: int, now: float) -> bool:
+    """Whether one more request fits the limit, with ``current`` requests in its window."""
+    overlap = 1 - (now % limit.rate.seconds) / limit.rate.seconds
+    return previous * overlap + current + 1 <= limit.rate.count
+
+
+# KEYS: one hash per limit. ARGV, per key: its window index, the seconds it is kept, requests
+# already admitted to add, whether this request counts against it (1 or 0), its quota and the
+# previous window's weight now. This request is added only where it fits every limit it counts
+# against: a refused request takes no quota. Returns, per key, the previous window's count and
+# the current one's, then 1 when this request was counted.
 COUNT_SCRIPT = """
-local result = {}
+local states, fits = {}, true
 for i, key in ipairs(KEYS) do
-  local window, amount = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i])
+  local base = 6 * (i - 1)
+  local window, pending = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 3])
   local state = redis.call('HMGET', key, 'w', 'c', 'p')
   local w, c, p = tonumber(state[1]), tonumber(state[2]) or 0, tonumber(state[3]) or 0
   if w == window then
-    c = c + amount
+    c = c + pending
   elseif w == window - 1 then
-    p, c = c, amount
+    p, c = c, pending
   else
-    p, c = 0, amount
+    p, c = 0, pending
+  end
+  local asked = tonumber(ARGV[base + 4]) == 1
+  if asked and p * tonumber(ARGV[base + 6]) + c + 1 > tonumber(ARGV[base + 5]) then
+    fits = false
+  end
+  states[i] = {window, c, p, asked}
+end
+local result = {}
+for i, key in ipairs(KEYS) do
+  local window, c, p, asked = unpack(states[i])
+  if asked and fits then
+    c = c + 1
   end
   redis.call('HSET', key, 'w', window, 'c', c, 'p', p)
-  redis.call('EXPIRE', key, ARGV[3 * i - 1])
+  redis.call('EXPIRE', key, ARGV[6 * (i - 1) + 2])
   result[2 * i - 1], result[2 * i] = p, c
 end
+result[#result + 1] = fits and 1 or 0
 return result
 """
 
@@ -343,18 +369,24 @@ class RedisCounts:
     def __init__(self, store: RedisCache) -> None:
         self.store = store
 
-    def count(self, limits: list[Limit], amounts: list[int], now: float) -> list[tuple[int, int]]:
-        """(previous, current) per limit, once ``amounts`` requests are added."""
+    def count(
+        self, limits: list[Limit], pending: list[int], asked: list[bool], now: float
+    ) -> tuple[list[tuple[int, int]], bool]:
+        """(previous, current) per limit once ``pending`` are added and this request too, where
+        it fits every ``asked`` limit; and whether it did."""
         client = self.store._cache.get_client(write=True)
         script = _scripts.get(id(client))
         if script is None:
             script = _scripts[id(client)] = client.register_script(COUNT_SCRIPT)
         keys = [self.store.make_key(limit.key) for limit in limits]
-        args: list[int] = []
-        for limit, amount in zip(limits, amounts, strict=True):
-            args += [int(now // limit.rate.seconds), 2 * limit.rate.seconds, amount]
+        args: list[Any] = []
+        for limit, more, counts in zip(limits, pending, asked, strict=True):
+            seconds = limit.rate.seconds
+            weight = repr(1 - (now % seconds) / seconds)
+            args += [int(now // seconds), 2 * seconds, more, int(counts), limit.rate.count, weight]
         flat = script(keys=keys, args=args)
-        return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        pairs = [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+        return pairs, bool(int(flat[-1]))
 
 
 _scripts: dict[int, Any] = {}
@@ -364,31 +396,50 @@ class DatabaseCounts:
     """One upsert per limit: the row's window moves on, and RETURNING gives the counts
     (PostgreSQL, and SQLite from 3.35)."""
 
-    def count(self, limits: list[Limit], amounts: list[int], now: float) -> list[tuple[int, int]]:
-        """(previous, current) per limit, once ``amounts`` requests are added."""
+    def count(
+        self, limits: list[Limit], pending: list[int], asked: list[bool], now: float
+    ) -> tuple[list[tuple[int, int]], bool]:
+        """(previous, current) per limit once ``pending`` are added and this request too, where
+        it fits every ``asked`` limit; and whether it did. A request that does not fit is taken
+        back in the same transaction, so no other process counts it."""
         from tenants.models import RateWindow
 
         table = connection.ops.quote_name(RateWindow._meta.db_table)
-        upsert = (
-            f"INSERT INTO {table} (rate_key, window_index, hits, previous_hits, expires) "  # noqa: S608
-            "VALUES (%s, %s, %s, 0, %s) ON CONFLICT (rate_key) DO UPDATE SET "
-            f"hits = CASE WHEN {table}.window_index = excluded.window_index "
-            f"THEN {table}.hits + excluded.hits ELSE excluded.hits END, "
-            f"previous_hits = CASE WHEN {table}.window_index = excluded.window_index "
-            f"THEN {table}.previous_hits "
-            f"WHEN {table}.window_index = excluded.window_index - 1 THEN {table}.hits ELSE 0 END, "
-            "window_index = excluded.window_index, expires = excluded.expires "
-            "RETURNING previous_hits, hits"
-        )
-        results = []
-        with connection.cursor() as cursor:
-            for limit, amount in zip(limits, amounts, strict=True):
+        pairs = []
+        with transaction.atomic(), connection.cursor() as cursor:
+            for limit, more, counts in zip(limits, pending, asked, strict=True):
                 window = int(now // limit.rate.seconds)
                 expires = int(now) + 2 * limit.rate.seconds
-                cursor.execute(upsert, [limit.key, window, amount, expires])
+                cursor.execute(_upsert(table), [limit.key, window, more + counts, expires])
                 previous, current = cursor.fetchone()
-                results.append((int(previous), int(current)))
-        return results
+                pairs.append((int(previous), int(current)))
+            fits = all(
+                _fits(limit, previous, current - 1, now)
+                for limit, counts, (previous, current) in zip(limits, asked, pairs, strict=True)
+                if counts
+            )
+            if not fits:
+                taken_back = f"UPDATE {table} SET hits = hits - 1 WHERE rate_key = %s"  # noqa: S608
+                for index, (limit, counts) in enumerate(zip(limits, asked, strict=True)):
+                    if counts:
+                        cursor.execute(taken_back, [limit.key])
+                        pairs[index] = (pairs[index][0], pairs[index][1] - 1)
+        return pairs, fits
+
+
+def _upsert(table: str) -> str:
+    """Add to a limit's row, moving its window on first (the SET sees the row before)."""
+    return (
+        f"INSERT INTO {table} (rate_key, window_index, hits, previous_hits, expires) "  # noqa: S608
+        "VALUES (%s, %s, %s, 0, %s) ON CONFLICT (rate_key) DO UPDATE SET "
+        f"hits = CASE WHEN {table}.window_index = excluded.window_index "
+        f"THEN {table}.hits + excluded.hits ELSE excluded.hits END, "
+        f"previous_hits = CASE WHEN {table}.window_index = excluded.window_index "
+        f"THEN {table}.previous_hits "
+        f"WHEN {table}.window_index = excluded.window_index - 1 THEN {table}.hits ELSE 0 END, "
+        "window_index = excluded.window_index, expires = excluded.expires "
+        "RETURNING previous_hits, hits"
+    )
 
 
 def prune_windows() -> int:

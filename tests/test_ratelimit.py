@@ -50,11 +50,11 @@ def test_the_sliding_window_weighs_the_previous_window_by_its_overlap():
     limit = Limit("subject", "k", Rate(10, 60))
     quarter_in = 60 * 1000 + 15  # 15 s into a window: the previous one still weighs 0.75
 
-    assert _verdict(limit, previous=8, current=4, now=quarter_in).remaining == 0  # 6 + 4 = 10
-    refused = _verdict(limit, previous=8, current=5, now=quarter_in)  # 6 + 5 = 11
+    assert _verdict(limit, previous=8, current=4, now=quarter_in, counted=True).remaining == 0
+    refused = _verdict(limit, previous=8, current=4, now=quarter_in, counted=False)  # 6 + 5
     assert not refused.allowed
-    assert refused.retry_after == 8  # at 22.5 s in, 8 * 0.625 + 5 = 10
-    assert _verdict(limit, previous=0, current=11, now=quarter_in).retry_after == 51
+    assert refused.retry_after == 8  # at 22.5 s in, 8 * 0.625 + 4 + 1 = 10
+    assert _verdict(limit, previous=0, current=10, now=quarter_in, counted=False).retry_after == 51
 
 
 @pytest.mark.parametrize("store", ["redis", "database"])
@@ -63,15 +63,17 @@ def test_both_stores_count_every_limit_in_its_window(store, db):
     tenant, subject = Limit("tenant", "t-key", Rate(5, 60)), Limit("subject", "s-key", Rate(2, 60))
     start = 1_000_000 * 60.0
 
-    first = counts.count([tenant, subject], [1, 1], start)
-    second = counts.count([tenant, subject], [3, 1], start + 1)
-    next_window = counts.count([tenant], [1], start + 61)
-    far_later = counts.count([tenant], [2], start + 600)
+    first = counts.count([tenant, subject], [0, 0], [True, True], start)
+    second = counts.count([tenant, subject], [2, 0], [True, True], start + 1)
+    refused = counts.count([tenant, subject], [0, 0], [True, True], start + 2)  # subject: 2/60
+    next_window = counts.count([tenant], [0], [True], start + 61)
+    far_later = counts.count([tenant], [1], [False], start + 600)
 
-    assert first == [(0, 1), (0, 1)]
-    assert second == [(0, 4), (0, 2)]
-    assert next_window == [(4, 1)]
-    assert far_later == [(0, 2)]
+    assert first == ([(0, 1), (0, 1)], True)
+    assert second == ([(0, 4), (0, 2)], True)
+    assert refused == ([(0, 4), (0, 2)], False)  # taken back from both limits
+    assert next_window == ([(4, 1)], True)
+    assert far_later == ([(0, 1)], True)
 
 
 def test_a_subject_over_its_limit_gets_429_while_others_are_served(

@@ -76,7 +76,8 @@ class RequestLogMiddleware:
             fields["error_code"],
         )
         if fields["tenant"]:
-            traffic_counter.record(fields["tenant"], response.status_code, traffic_code(response))
+            code = traffic_code(response, fields["error_code"])
+            traffic_counter.record(fields["tenant"], response.status_code, code)
         level = logging.WARNING if response.status_code >= 500 else logging.INFO
         message = "%(method)s %(path)s %(status)s"
         logger.log(level, message, fields, extra={"event": "api_request", **fields})
@@ -113,10 +114,7 @@ def endpoint_of(request: HttpRequest, response: HttpResponse) -> str:
     return (match and match.url_name) or "unmatched"
 
 
-def traffic_code(response: HttpResponse) -> str | None:
+def traffic_code(response: HttpResponse, error_code: str | None) -> str | None:
     """The error code the tenant page counts: the API's, but a replayed DPoP proof apart."""
     drf_request = getattr(response, "renderer_context", {}).get("request")
-    if getattr(drf_request, "dpop_replayed", False):
-        return REPLAY
-    data = getattr(response, "data", None)
-    return data.get("code") if isinstance(data, dict) and response.status_code >= 400 else None
+    return REPLAY if getattr(drf_request, "dpop_replayed", False) else error_code

@@ -29,6 +29,7 @@ from django.core.checks import Error, register
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from prometheus_client import Counter
+from rest_framework.exceptions import Throttled
 
 from authz.conf import authz_settings
 from authz.metrics import count_rate_limited
@@ -104,13 +105,17 @@ class Verdict:
         return self.retry_after == 0
 
 
-class RateLimited(Exception):
-    """A request over one of its limits; ``verdict`` is the one that refused it."""
+KINDS = {TENANT: "this tenant", SUBJECT: "this caller", ADDRESS: "this address"}
 
-    def __init__(self, verdict: Verdict, tenant: str) -> None:
-        super().__init__(verdict.limit.kind)
-        self.verdict = verdict
-        count_rate_limited(tenant)
+
+def throttled(verdict: Verdict, tenant: str) -> Throttled:
+    """DRF's 429 for a request over ``verdict``'s limit (its handler sets Retry-After), counted."""
+    count_rate_limited(tenant)
+    detail = (
+        f"Too many requests for {KINDS[verdict.limit.kind]} ({verdict.limit.rate}); "
+        f"retry in {verdict.retry_after} s."
+    )
+    return Throttled(wait=verdict.retry_after, detail=detail, code="rate_limited")
 
 
 def anonymous_limited() -> bool:

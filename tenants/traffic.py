@@ -176,15 +176,17 @@ class RedisTraffic:
 
     def totals(self, buckets: range, tenants: list[str] | None) -> dict[str, tuple[int, int]]:
         """(requests, refused) per tenant over these buckets; ``tenants``: only those."""
+        if tenants == []:
+            return {}  # an empty page: nothing to read (hmget takes at least one field)
         pipe = self._client().pipeline(transaction=False)
         for bucket in buckets:
             for kind in ("total", "refused"):
                 key = self._totals_key(bucket, kind)
-                pipe.hmget(key, tenants) if tenants else pipe.hgetall(key)
+                pipe.hmget(key, tenants) if tenants is not None else pipe.hgetall(key)
         replies = pipe.execute()
         sums: dict[str, list[int]] = {}
         for index, reply in enumerate(replies):
-            pairs = zip(tenants, reply, strict=True) if tenants else reply.items()
+            pairs = zip(tenants, reply, strict=True) if tenants is not None else reply.items()
             for tenant, count in pairs:
                 if count is not None:
                     name = tenant if isinstance(tenant, str) else tenant.decode()

@@ -10,7 +10,6 @@ from rest_framework.exceptions import (
     AuthenticationFailed,
     MethodNotAllowed,
     NotAuthenticated,
-    Throttled,
 )
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,12 +18,12 @@ from rest_framework.views import APIView
 from authz.authentication import Principal
 from ops.login import client_address
 from tenants.ratelimit import (
-    RateLimited,
     anonymous_limited,
     limiter,
     limits_of,
     policy_header,
     state_header,
+    throttled,
 )
 from tenants.resolution import resolve_tenant
 
@@ -49,7 +48,10 @@ class TenantResolutionMixin:
             return
         address = client_address(request._request) if anonymous_limited() else None
         anonymous = address if not request.META.get("HTTP_AUTHORIZATION") else None
-        _refuse_when_known_over(tenant, limits_of(tenant, None, anonymous))
+        known = limiter.known_over(limits_of(tenant, None, anonymous))
+        if known is not None:  # refused before any token work, with no round trip
+            request.rate_verdicts = [known]
+            raise throttled(known, tenant.slug)
         try:
             super().initial(request, *args, **kwargs)
         except (NotAuthenticated, AuthenticationFailed) as refused:
@@ -70,7 +72,7 @@ class TenantResolutionMixin:
         request.rate_verdicts = verdicts
         over = next((verdict for verdict in verdicts if not verdict.allowed), None)
         if over is not None:
-            raise _throttled(RateLimited(over, tenant.slug)) from refused
+            raise throttled(over, tenant.slug) from refused
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any
@@ -94,26 +96,6 @@ def _subject(request: Request) -> str | None:
     """The authenticated subject, once DRF has authenticated (or refused) the request."""
     principal = getattr(request, "_auth", None)
     return principal.subject if isinstance(principal, Principal) else None
-
-
-def _refuse_when_known_over(tenant: Any, limits: list) -> None:
-    """429 before any token work, for a tenant or address the store said was over."""
-    verdict = limiter.known_over(limits)
-    if verdict is not None:
-        request_limited = RateLimited(verdict, tenant.slug)
-        raise _throttled(request_limited)
-
-
-def _throttled(limited: RateLimited) -> Throttled:
-    verdict = limited.verdict
-    kinds = {"tenant": "this tenant", "subject": "this caller", "address": "this address"}
-    detail = (
-        f"Too many requests for {kinds[verdict.limit.kind]} ({verdict.limit.rate}); "
-        f"retry in {verdict.retry_after} s."
-    )
-    throttled = Throttled(wait=verdict.retry_after, detail=detail, code="rate_limited")
-    throttled.verdict = verdict
-    return throttled
 
 
 class TenantAPIView(TenantResolutionMixin, APIView):

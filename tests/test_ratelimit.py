@@ -5,6 +5,7 @@ import time
 import pytest
 from django.core.cache import caches
 from django.core.exceptions import ValidationError
+from prometheus_client import REGISTRY
 
 from tenants.ratelimit import (
     DatabaseCounts,
@@ -18,6 +19,11 @@ from tenants.ratelimit import (
 from tests.fixtures import bearer
 
 SCOPED = "/t/acme/api/private-scoped"
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric of this process, 0 before its first count."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.mark.parametrize(
@@ -110,14 +116,14 @@ def test_a_tenant_limit_caps_every_subject_together_and_refuses_before_token_wor
     callers = [bearer(tokens("acme").token(sub=f"auth0|{n}", scope="read:messages")) for n in "ab"]
     statuses = [client.get(SCOPED, **callers[i % 2]).status_code for i in range(5)]
     fresh = bearer(tokens("acme").token(sub="auth0|c", scope="read:messages"))
-    from authz.authentication import TOKEN_CACHE_MISS
+    misses = sample("authz_verified_token_cache_total", result="miss")
 
-    misses = TOKEN_CACHE_MISS._value.get()
     known_over = client.get(SCOPED, **fresh)
 
     assert statuses == [200, 200, 200, 200, 429]
     assert known_over.status_code == 429 and "this tenant" in known_over.json()["message"]
-    assert TOKEN_CACHE_MISS._value.get() == misses  # the new token was never verified
+    assert known_over["RateLimit"].startswith('"tenant";r=0;')
+    assert sample("authz_verified_token_cache_total", result="miss") == misses  # not verified
 
 
 def test_anonymous_requests_and_refused_tokens_share_a_limit_per_address(
@@ -184,9 +190,7 @@ def test_when_the_store_cannot_count_requests_are_served_and_it_is_logged(
     make_tenant("acme", rate_limit_per_subject="1/min")
     token = bearer(tokens("acme").token(scope="read:messages"))
     assert client.get(SCOPED, **token).status_code == 200  # keys held from here on
-    from tenants.ratelimit import UNAVAILABLE
-
-    before = UNAVAILABLE._value.get()
+    before = sample("authz_rate_limiter_unavailable_total")
     settings.CACHES = {
         "default": {
             "BACKEND": "authz.store.SharedRedisCache",
@@ -199,7 +203,7 @@ def test_when_the_store_cannot_count_requests_are_served_and_it_is_logged(
 
     assert statuses == [200, 200, 200]
     assert "Cannot count requests in the shared store" in caplog.text
-    assert UNAVAILABLE._value.get() - before == 3  # tried once, then not for a second
+    assert sample("authz_rate_limiter_unavailable_total") - before == 3  # tried once, then not
 
 
 def test_the_token_debugger_counts_nothing(admin_client, client, make_tenant, tokens):
@@ -256,20 +260,18 @@ def test_near_its_limit_every_request_is_counted_in_the_store(db):
 
 
 def test_refusals_are_counted_in_metrics_and_in_the_tenant_traffic(client, make_tenant, tokens):
-    from prometheus_client import REGISTRY
-
     from tenants.traffic import tenant_traffic, traffic_counter
 
     make_tenant("acme", rate_limit_per_subject="1/min")
     token = bearer(tokens("acme").token(scope="read:messages"))
-    before = REGISTRY.get_sample_value("authz_rate_limited_total", {"tenant": "acme"}) or 0
+    before = sample("authz_rate_limited_total", tenant="acme")
     traffic_counter.clear()
 
     statuses = [client.get(SCOPED, **token).status_code for _ in range(3)]
     traffic_counter.flush()
 
     assert statuses == [200, 429, 429]
-    assert REGISTRY.get_sample_value("authz_rate_limited_total", {"tenant": "acme"}) - before == 2
+    assert sample("authz_rate_limited_total", tenant="acme") - before == 2
     assert tenant_traffic("acme").of_code("rate_limited") == 2
 
 

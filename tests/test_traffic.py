@@ -49,6 +49,7 @@ def test_both_stores_add_up_flushes_per_tenant_and_bucket(store, db):
     assert outcomes_of(per_bucket[now - 1]) == {(200, "ok"): 5}
     assert traffic.totals(range(now, now + 1), None) == {"acme": (10, 4), "globex": (1, 1)}
     assert traffic.totals(range(now, now + 1), ["globex", "nobody"]) == {"globex": (1, 1)}
+    assert traffic.totals(range(now, now + 1), []) == {}  # an empty page reads nothing
 
 
 def test_old_buckets_are_pruned_from_the_database(db):

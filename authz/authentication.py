@@ -151,10 +151,7 @@ class TenantTokenAuthentication(BaseAuthentication):
         if policy.dpop_nonce:
             request.dpop_nonce = nonce = dpop.current_nonce(realm)
         try:
-            proof = dpop.verify_proof(proofs, context, policy)
-            if proof.jkt != bound_to:
-                raise dpop.ProofError("The DPoP proof key is not the key the token is bound to.")
-            dpop.check_unused(proof, realm, record)
+            dpop.check_proof(proofs, context, policy, bound_to, record)
         except dpop.NonceRequired as exc:
             raise UseDPoPNonce(exc.description, nonce) from exc  # raised only with nonces on
         except dpop.ProofError as exc:

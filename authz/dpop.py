@@ -15,6 +15,8 @@ import hmac
 import math
 import re
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -27,7 +29,7 @@ from authz.jose import THUMBPRINT_MEMBERS, access_token_hash, b64url, public_key
 from authz.jwks import PRIVATE_MEMBERS, SUPPORTED_KEY_TYPES, is_sound_key
 from authz.metrics import count_dpop_replay
 from authz.policy import IssuerPolicy
-from authz.store import claim, derived_key, shared_store
+from authz.store import claim, claim_ahead, derived_key, shared_store
 from authz.tokens import ALGORITHMS, KEY_TYPE_OF_ALGORITHM, MalformedToken, base64url, json_object
 
 PROOF_TYPE = "dpop+jwt"
@@ -110,33 +112,76 @@ class VerifiedProof:
 
 
 def verify_proof(proof: str, context: ProofContext, policy: IssuerPolicy) -> VerifiedProof:
-    """Check a proof against its request and policy, all but its novelty (``check_unused``)."""
+    """Check a proof against its request and policy, all but its binding and its novelty."""
     header, payload, signing_input, signature = _parts(proof)
     algorithm = _algorithm(header, policy)
     jkt, key = _public_key(header, algorithm)
+    _check_signed(algorithm, signing_input, key, signature, payload, context, policy)
+    return VerifiedProof(jkt, payload["jti"])
+
+
+def check_proof(
+    proof: str, context: ProofContext, policy: IssuerPolicy, bound_to: str, record: bool = True
+) -> None:
+    """Every check of a proof: ``verify_proof``'s, its key against the token's (``cnf.jkt``),
+    then that its ``jti`` was never seen within its window (recorded in the shared store).
+
+    The store is asked before the signature is verified and answers meanwhile; its answer counts
+    only for a proof that passed every other check, in the order above. ``record=False`` only
+    looks, so the token debugger never uses up a client's proof.
+    """
+    header, payload, signing_input, signature = _parts(proof)
+    algorithm = _algorithm(header, policy)
+    jkt, key = _public_key(header, algorithm)
+    with _novelty(context.realm, jkt, payload.get("jti"), record) as is_new:
+        _check_signed(algorithm, signing_input, key, signature, payload, context, policy)
+        if jkt != bound_to:
+            raise ProofError("The DPoP proof key is not the key the token is bound to.")
+        if not is_new():
+            if record:  # a replay the API refused, not one the debugger found
+                count_dpop_replay(context.realm)
+            raise ProofReplayed()
+
+
+def _check_signed(
+    algorithm: str,
+    signing_input: bytes,
+    key: Any,
+    signature: bytes,
+    payload: dict[str, Any],
+    context: ProofContext,
+    policy: IssuerPolicy,
+) -> None:
     if not _verifies(algorithm, signing_input, key, signature):
         raise ProofError("The DPoP proof signature does not verify with its key.")
     _check_claims(payload, context)
     if policy.dpop_nonce and not _nonce_accepted(payload.get("nonce"), context.realm):
         raise NonceRequired()
-    return VerifiedProof(jkt, payload["jti"])
 
 
-def check_unused(proof: VerifiedProof, realm: str, record: bool = True) -> None:
-    """Record the proof's ``jti`` in the shared store; refuse one seen within its window.
-
-    ``record=False`` only looks, so the token debugger never uses up a client's proof.
-    """
+@contextmanager
+def _novelty(realm: str, jkt: str, jti: Any, record: bool) -> Iterator[Callable[[], bool]]:
+    """A function saying whether the proof is new (and recording it): asked of the store now."""
     window = authz_settings.DPOP_PROOF_MAX_AGE + authz_settings.DPOP_PROOF_MAX_FUTURE
-    key = derived_key("dpop-jti", f"{realm}\n{proof.jkt}\n{proof.jti}")
-    try:
-        first_use = claim(key, window) if record else shared_store().get(key) is None
-    except Exception as exc:
-        raise ReplayCheckUnavailable() from exc
-    if not first_use:
-        if record:  # a replay the API refused, not one the debugger found
-            count_dpop_replay(realm)
-        raise ProofReplayed()
+    key = derived_key("dpop-jti", f"{realm}\n{jkt}\n{jti}")
+    if not record:
+        yield _answer_of(lambda: shared_store().get(key) is None)
+        return
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:  # refused in the block
+        yield _answer_of(lambda: claim(key, window))
+        return
+    with claim_ahead(key, window) as claimed:
+        yield _answer_of(claimed)
+
+
+def _answer_of(ask: Callable[[], bool]) -> Callable[[], bool]:
+    def answer() -> bool:
+        try:
+            return ask()
+        except Exception as exc:
+            raise ReplayCheckUnavailable() from exc
+
+    return answer
 
 
 def _parts(proof: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:

@@ -132,11 +132,14 @@ SCENARIOS = (
     "limited_repeat",
     "scoped_distinct",
     "dpop_distinct",
+    "dpop_reused_token",
     "invalid_repeat",
     "insufficient_scope",
 )
 # Scenarios whose every request carries a token never sent before, as many as the run can use.
 DISTINCT = ("scoped_distinct", "dpop_distinct")
+# Scenarios whose every request carries a proof never sent before (a proof is good once).
+FRESH_PROOFS = ("dpop_distinct", "dpop_reused_token")
 DPOP_KEYS = 8  # clients' proof keys: each bound token and its proofs use one of them
 
 
@@ -148,12 +151,30 @@ def dpop_lines(tokens: Tokens, tenants: int, count: int, keys: list) -> list[tup
     ]
 
 
+def reused_token_lines(tokens: Tokens, tenants: int, count: int, keys: list) -> list[tuple]:
+    """``count`` DPoP requests of one bound token per tenant and key, as a client sends them
+    during its token's life (proofs, fresh for each request, come later from ``with_proofs``)."""
+    bound = {}
+    for i in range(count):
+        tenant, key = i % tenants, i % len(keys)
+        if (tenant, key) not in bound:
+            bound[tenant, key] = tokens.dpop_bound(tenant, keys[key])
+    return [(scoped_path(i % tenants), bound[i % tenants, i % len(keys)]) for i in range(count)]
+
+
+DISTINCT_BUILDERS = {
+    "scoped_distinct": lambda tokens, tenants, count, keys: distinct_lines(tokens, tenants, count),
+    "dpop_distinct": dpop_lines,
+    "dpop_reused_token": reused_token_lines,
+}
+
+
 def scenario_requests(
     tokens: Tokens, tenants: int, distinct: int, keys: list
 ) -> dict[str, tuple[int, list]]:
     """Each scenario's expected status and its (path, Authorization) lines, in run order.
 
-    ``dpop_distinct`` lines get their proofs from ``with_proofs`` just before they are sent.
+    DPoP lines get their proofs from ``with_proofs`` just before they are sent.
     """
     return {
         "public": (200, [(public_path(0), "")]),
@@ -161,6 +182,7 @@ def scenario_requests(
         "limited_repeat": (200, [(scoped_path(LIMITED), tokens.bearer(LIMITED))]),
         "scoped_distinct": (200, distinct_lines(tokens, tenants, distinct)),
         "dpop_distinct": (200, dpop_lines(tokens, tenants, distinct, keys)),
+        "dpop_reused_token": (200, reused_token_lines(tokens, tenants, distinct, keys)),
         "invalid_repeat": (401, [(scoped_path(0), tokens.bad_signature(0))]),
         "insufficient_scope": (403, [(scoped_path(0), tokens.bearer(0, scope=""))]),
     }
@@ -168,7 +190,7 @@ def scenario_requests(
 
 def ready(name: str, lines: list, base: str, keys: list) -> list:
     """The lines as sent: DPoP lines with proofs made now (a proof is good for a minute)."""
-    return with_proofs(lines, base, keys) if name == "dpop_distinct" else lines
+    return with_proofs(lines, base, keys) if name in FRESH_PROOFS else lines
 
 
 def timed_scenarios(
@@ -186,11 +208,10 @@ def timed_scenarios(
     results = []
     for name in SCENARIOS:
         expect, lines = scenarios[name]
-        if name in DISTINCT:  # never sent before, as many as the run can use
+        if name in (*DISTINCT, *FRESH_PROOFS):  # never sent before, as many as the run can use
             count = tokens_needed(results[1]["rps"], seconds)
-            say(f"{name}: signing {count} tokens")
-            build = distinct_lines if name == "scoped_distinct" else dpop_lines
-            lines = build(tokens, n, count, *([keys] if name == "dpop_distinct" else []))
+            say(f"{name}: {count} requests")
+            lines = DISTINCT_BUILDERS[name](tokens, n, count, keys)
         lines = ready(name, lines, base, keys)
         say(f"{name}: {seconds} s")
         results.append(run_scenario(name, expect, lines, base, seconds, counters, workdir))
@@ -366,6 +387,7 @@ RATIOS = (
     "scoped_repeat_over_public",
     "scoped_distinct_over_public",
     "dpop_distinct_over_public",
+    "dpop_reused_token_over_public",
     "invalid_repeat_over_public",
     "insufficient_scope_over_public",
 )

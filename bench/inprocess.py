@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.bench import DPOP_KEYS, SCENARIOS, add_tenants, ready, scenario_requests
+from bench.bench import DPOP_KEYS, FRESH_PROOFS, SCENARIOS, add_tenants, ready, scenario_requests
 from bench.fixtures import LIMITS_NEVER_REACHED, Tokens, say, slug
 from bench.stack import Stack, start_platform
 from devissuer import dpop
@@ -102,7 +102,7 @@ def main() -> None:
 
         for name, (expect, lines) in warm.items():  # every tenant and key loaded, paths imported
             lines = ready(name, lines, BASE_URL, keys)
-            once = name == "dpop_distinct"  # a proof sent twice is a replay
+            once = name in FRESH_PROOFS  # a proof sent twice is a replay
             cpu_microseconds(caller(application, expect), lines, len(lines) + (0 if once else 100))
         for name in (args.profile,) if args.profile else SCENARIOS:
             expect, lines = timed[name]

@@ -519,6 +519,34 @@ def test_when_the_store_cannot_answer_the_proof_is_refused_not_risked(
     assert response["Retry-After"] == "5"
 
 
+def test_a_bad_proof_is_refused_for_itself_even_when_the_store_cannot_answer(
+    client, acme, bound, key, settings
+):
+    warm = call(client, bound, dpop.make_proof(key, "GET", URL, access_token=bound))
+    assert warm.status_code == 200
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "authz.store.SharedRedisCache",  # the store asked ahead of the signature
+            "LOCATION": "redis://127.0.0.1:9/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+    stranger = dpop.new_key()
+    forged = dpop.make_proof(stranger, "GET", URL, access_token=bound)
+    header, payload, _ = forged.split(".")
+    _, _, signature = dpop.make_proof(key, "GET", URL, access_token=bound).split(".")
+
+    refused = call(client, bound, f"{header}.{payload}.{signature}")
+    unanswered = call(client, bound, dpop.make_proof(key, "GET", URL, access_token=bound))
+
+    assert (refused.status_code, refused.json()["code"]) == (401, "invalid_dpop_proof")
+    assert "signature" in refused["WWW-Authenticate"]
+    assert (unanswered.status_code, unanswered.json()["code"]) == (
+        503,
+        "dpop_replay_check_unavailable",
+    )
+
+
 def test_the_thumbprint_is_rfc_7638s():
     # RFC 7638 section 3.1's example key and its thumbprint.
     jwk = {

@@ -154,3 +154,84 @@ def test_processes_counting_at_once_on_the_database_cache_lose_no_increment(tmp_
 
     assert [counter.returncode for counter in counters] == [0, 0, 0], errors
     assert cache_shell(environment, "print(cache.get('counted'))") == "300"
+
+
+def _redis_store(**options: object):
+    from authz.store import SharedRedisCache
+
+    if not os.environ.get("REDIS_URL"):
+        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
+    prefix = f"ahead-{time.time_ns()}"
+    return SharedRedisCache(os.environ["REDIS_URL"], {"KEY_PREFIX": prefix, "OPTIONS": options})
+
+
+def test_a_claim_asked_ahead_is_won_once_and_read_back_like_add():
+    store = _redis_store()
+
+    with store.add_ahead("proof", 1, 5) as first:
+        won_first = first()
+    with store.add_ahead("proof", 1, 5) as again:
+        won_again = again()
+
+    assert (won_first, won_again) == (True, False)
+    assert store.get("proof") == 1  # stored as Django's add stores it
+    assert 0 < store._cache.get_client().ttl(store.make_and_validate_key("proof")) <= 5
+
+
+def test_an_answer_never_asked_for_is_dropped_and_the_connection_goes_back_clean():
+    store = _redis_store(max_connections=1)  # a connection not given back would block the rest
+    store.set("warm", 1, 5)  # the pool's one connection is open
+    socket = _the_socket(store)
+
+    with pytest.raises(RuntimeError), store.add_ahead("refused", 1, 5):
+        raise RuntimeError("a check in the block refused the request")
+    store.set("next", "its own answer", 5)
+
+    assert store.get("next") == "its own answer"  # not the dropped answer of the claim
+    assert store.get("refused") == 1  # the claim was made: Redis had it before the refusal
+    # An answer left unread would make redis-py reconnect, or, still in flight, be read as the
+    # next command's: the one connection served everything.
+    assert _the_socket(store) is socket
+
+
+def _the_socket(store):
+    """The socket of the pool's one connection (a reconnection makes a new one)."""
+    (connection,) = store._cache.get_client().connection_pool._available_connections
+    return connection._sock
+
+
+def test_a_store_that_cannot_be_reached_fails_only_when_asked():
+    import redis
+
+    from authz.store import SharedRedisCache
+
+    unreachable = SharedRedisCache(
+        "redis://127.0.0.1:9/0",  # the discard port: nothing listens
+        {"OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2}},
+    )
+
+    with unreachable.add_ahead("proof", 1, 5) as added:
+        entered = True  # the block runs: the caller's own checks come first
+        with pytest.raises(redis.ConnectionError):
+            added()
+    assert entered
+
+
+@pytest.mark.django_db
+def test_the_database_cache_claims_ahead_only_when_asked(settings):
+    from django.core.management import call_command
+
+    from authz.store import claim, claim_ahead
+
+    call_command("createcachetable", "authz_cache_ahead")
+    settings.CACHES = {
+        "default": {"BACKEND": "authz.store.SharedDatabaseCache", "LOCATION": "authz_cache_ahead"}
+    }
+
+    with pytest.raises(RuntimeError), claim_ahead("internal:refused", 30):
+        raise RuntimeError("refused before the answer was asked for")
+    with claim_ahead("internal:served", 30) as claimed:
+        served = claimed()
+
+    assert served is True and claim("internal:served", 30) is False
+    assert claim("internal:refused", 30) is True  # a refused request wrote nothing

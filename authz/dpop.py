@@ -29,7 +29,7 @@ from authz.jose import THUMBPRINT_MEMBERS, access_token_hash, b64url, public_key
 from authz.jwks import PRIVATE_MEMBERS, SUPPORTED_KEY_TYPES, is_sound_key
 from authz.metrics import count_dpop_replay
 from authz.policy import IssuerPolicy
-from authz.store import claim, claim_ahead, derived_key, shared_store
+from authz.store import claim_ahead, derived_key, shared_store
 from authz.tokens import ALGORITHMS, KEY_TYPE_OF_ALGORITHM, MalformedToken, base64url, json_object
 
 PROOF_TYPE = "dpop+jwt"
@@ -166,9 +166,6 @@ def _novelty(realm: str, jkt: str, jti: Any, record: bool) -> Iterator[Callable[
     key = derived_key("dpop-jti", f"{realm}\n{jkt}\n{jti}")
     if not record:
         yield _answer_of(lambda: shared_store().get(key) is None)
-        return
-    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:  # refused in the block
-        yield _answer_of(lambda: claim(key, window))
         return
     with claim_ahead(key, window) as claimed:
         yield _answer_of(claimed)

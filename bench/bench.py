@@ -136,8 +136,6 @@ SCENARIOS = (
     "invalid_repeat",
     "insufficient_scope",
 )
-# Scenarios whose every request carries a token never sent before, as many as the run can use.
-DISTINCT = ("scoped_distinct", "dpop_distinct")
 # Scenarios whose every request carries a proof never sent before (a proof is good once).
 FRESH_PROOFS = ("dpop_distinct", "dpop_reused_token")
 DPOP_KEYS = 8  # clients' proof keys: each bound token and its proofs use one of them
@@ -162,6 +160,8 @@ def reused_token_lines(tokens: Tokens, tenants: int, count: int, keys: list) -> 
     return [(scoped_path(i % tenants), bound[i % tenants, i % len(keys)]) for i in range(count)]
 
 
+# Scenarios whose every request is one never sent before (a new token, a new proof or both),
+# built for as many requests as the run can use.
 DISTINCT_BUILDERS = {
     "scoped_distinct": lambda tokens, tenants, count, keys: distinct_lines(tokens, tenants, count),
     "dpop_distinct": dpop_lines,
@@ -208,7 +208,7 @@ def timed_scenarios(
     results = []
     for name in SCENARIOS:
         expect, lines = scenarios[name]
-        if name in (*DISTINCT, *FRESH_PROOFS):  # never sent before, as many as the run can use
+        if name in DISTINCT_BUILDERS:
             count = tokens_needed(results[1]["rps"], seconds)
             say(f"{name}: {count} requests")
             lines = DISTINCT_BUILDERS[name](tokens, n, count, keys)

@@ -1,6 +1,5 @@
 """The base of every tenant-served API view, and the API's answer where no route matches."""
 
-import re
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -17,6 +16,7 @@ from rest_framework.views import APIView
 
 from authz.authentication import Principal
 from ops.login import client_address
+from ops.middleware import API_PATH
 from tenants.ratelimit import (
     anonymous_limited,
     limiter,
@@ -100,9 +100,6 @@ def _subject(request: Request) -> str | None:
 
 class TenantAPIView(TenantResolutionMixin, APIView):
     """An APIView served per tenant."""
-
-
-API_PATH = re.compile(r"^(/t/[^/]+)?/api/")
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

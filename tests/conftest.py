@@ -30,6 +30,15 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.fixture(
+    scope="module",
+    params=["embedded", pytest.param("redis", marks=pytest.mark.django_db(transaction=True))],
+)
+def mode(request: pytest.FixtureRequest) -> str:
+    """Which shared store a module's real processes run on: each test runs in both modes."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """Debian's Chromium, headless, driven by Playwright."""

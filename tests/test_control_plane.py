@@ -84,15 +84,6 @@ def own_database(redis_url: str) -> str:
     return urlunsplit(urlsplit(redis_url)._replace(path=f"/{REDIS_DATABASE}"))
 
 
-@pytest.fixture(
-    scope="module",
-    params=["embedded", pytest.param("redis", marks=pytest.mark.django_db(transaction=True))],
-)
-def mode(request: pytest.FixtureRequest) -> str:
-    """Which shared store the platform runs on."""
-    return request.param
-
-
 @pytest.fixture(scope="module")
 def stack(
     mode: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

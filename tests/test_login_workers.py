@@ -30,15 +30,6 @@ REDIS_DATABASE = 12  # apart from the one clean_state flushes and from test_cont
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(
-    scope="module",
-    params=["embedded", pytest.param("redis", marks=pytest.mark.django_db(transaction=True))],
-)
-def mode(request: pytest.FixtureRequest) -> str:
-    """Which shared store the platform runs on."""
-    return request.param
-
-
 @pytest.fixture(scope="module")
 def web_env(
     mode: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

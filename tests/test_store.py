@@ -92,11 +92,7 @@ def test_one_process_wins_an_expired_claim_on_the_database_cache(tmp_path):
 
 
 def test_the_redis_store_keeps_one_client_per_pool_and_still_works():
-    if not os.environ.get("REDIS_URL"):
-        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
-    from authz.store import SharedRedisCache
-
-    store = SharedRedisCache(os.environ["REDIS_URL"], {"KEY_PREFIX": "client-test"})
+    store = _redis_store()
 
     first, again = store._cache.get_client(write=True), store._cache.get_client(write=True)
     assert first is again

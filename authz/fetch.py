@@ -32,7 +32,11 @@ IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 LAST_32_BITS = (NAT64_WELL_KNOWN, IPV4_COMPATIBLE, IPV4_TRANSLATED)
 
-JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# Limits that keep parsing a fetched document linear: brackets are counted before parsing (a
+# key set has a few dozen), integers are refused before int() converts them.
+MAX_DEPTH = 32
+MAX_BRACKETS = 10_000
+MAX_INT_DIGITS = 64
 
 # Called as getaddrinfo(host, port, type=SOCK_STREAM); tests pass their own to pin DNS answers.
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
@@ -50,7 +54,11 @@ class Refused(FetchError):
     """Refused for a reason a retry will not change, a certificate that fails to verify included."""
 
 
-class NestingTooDeep(ValueError):
+class TooComplex(ValueError):
+    """A JSON document has more structure or longer numbers than any issuer document needs."""
+
+
+class NestingTooDeep(TooComplex):
     """A JSON document nests arrays and objects deeper than allowed."""
 
 
@@ -101,28 +109,44 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     return [v4 for v4 in embedded if v4 is not None]
 
 
-def load_json(body: bytes, max_depth: int = 32) -> Any:
-    """Parse JSON, refusing nesting deeper than max_depth before the parser can recurse."""
+def load_json(body: bytes, max_depth: int = MAX_DEPTH, what: str = "document") -> Any:
+    """Parse JSON in time linear in its size: brackets and long integers are refused first."""
+    if body.count(b"[") + body.count(b"{") > MAX_BRACKETS:
+        raise TooComplex(f"The {what} has more than {MAX_BRACKETS} arrays and objects.")
     text = body.decode("utf-8-sig")
-    message = f"The document nests deeper than {max_depth} levels."
-    if _nesting_exceeds(text, max_depth):
-        raise NestingTooDeep(message)
+    too_deep = NestingTooDeep(f"The {what} nests deeper than {max_depth} levels.")
     try:
-        return json.loads(text)
+        document = json.loads(text, parse_int=_int_parser(what))
     except RecursionError as exc:
-        raise NestingTooDeep(message) from exc
+        raise too_deep from exc
+    if _depth_exceeds(document, max_depth):
+        raise too_deep
+    return document
 
 
-def _nesting_exceeds(text: str, max_depth: int) -> bool:
-    """Whether arrays and objects nest deeper than max_depth; string contents do not count."""
-    depth = 0
-    for match in JSON_TOKEN.finditer(text):
-        lexeme = match.group()
-        if lexeme[0] == '"':
+def _int_parser(what: str) -> Callable[[str], int]:
+    """int(), refusing literals past MAX_INT_DIGITS: converting a long one is quadratic."""
+
+    def bounded_int(digits: str) -> int:
+        if len(digits) > MAX_INT_DIGITS:
+            raise TooComplex(f"The {what} has an integer longer than {MAX_INT_DIGITS} digits.")
+        return int(digits)
+
+    return bounded_int
+
+
+def _depth_exceeds(document: Any, max_depth: int) -> bool:
+    """Whether arrays and objects nest deeper than max_depth, walked without recursion."""
+    pending = [(document, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
             continue
-        depth += 1 if lexeme in "[{" else -1
-        if depth > max_depth:
+        if depth >= max_depth:
             return True
+        pending.extend((child, depth + 1) for child in value)
     return False
 
 

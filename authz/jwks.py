@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from authz import fetch
@@ -133,6 +132,18 @@ def read_stamp() -> str | None:
     return shared_store().get(STAMP_KEY)
 
 
+@dataclass(frozen=True)
+class KeySet:
+    """The usable keys of a fetched key set, and one sentence per entry left out."""
+
+    keys: tuple[dict[str, Any], ...]
+    skipped: tuple[str, ...] = ()
+
+
+class UnusableKey(ValueError):
+    """A key set entry this platform cannot verify with; its message says why, in a sentence."""
+
+
 def fetch_document(url: str, deadline: float | None = None) -> bytes:
     """GET an issuer document within one total deadline, from the address that was checked."""
     try:
@@ -148,52 +159,80 @@ def fetch_document(url: str, deadline: float | None = None) -> bytes:
         raise InvalidKeySet(str(exc)) from exc
 
 
-def fetch_jwks(url: str, deadline: float | None = None) -> tuple[dict[str, Any], ...]:
-    """Fetch and validate a key set; return its usable public signing keys (maybe none)."""
+def fetch_jwks(url: str, deadline: float | None = None) -> KeySet:
+    """Fetch and validate a key set: its usable public signing keys (maybe none), and why the
+    other entries were skipped."""
     return parse_jwks(fetch_document(url, deadline))
 
 
 def load_document(body: bytes, what: str = "key set") -> Any:
-    """Parse an issuer's JSON with bounded depth; InvalidKeySet when it is not JSON."""
+    """Parse an issuer's JSON in linear time; InvalidKeySet when it is not JSON or too complex."""
     try:
-        return fetch.load_json(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InvalidKeySet(f"The {what} is not JSON (or is nested too deeply).") from exc
+        return fetch.load_json(body, what=what)
+    except fetch.TooComplex as exc:
+        raise InvalidKeySet(str(exc)) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidKeySet(f"The {what} is not JSON.") from exc
 
 
-def parse_jwks(body: bytes) -> tuple[dict[str, Any], ...]:
-    """The public signing keys with a kid that PyJWT can load.
+def parse_jwks(body: bytes) -> KeySet:
+    """The public signing keys with a kid that PyJWT can load, and why the others were skipped.
 
-    A well-formed set with none is the issuer's own answer, and an empty tuple: every key is
-    withdrawn. Anything that is not a key set is refused, and the last good keys stay.
+    A well-formed set with none is the issuer's own answer: every key is withdrawn. Anything that
+    is not a key set is refused, and the last good keys stay.
     """
     document = load_document(body)
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise InvalidKeySet('The key set has no "keys" list.')
+    entries, limit = document["keys"], authz_settings.JWKS_MAX_KEYS
     keys: dict[str, dict[str, Any]] = {}
-    for candidate in document["keys"][: authz_settings.JWKS_MAX_KEYS]:
-        public = _usable_public_key(candidate)
-        if public is not None:
-            keys.setdefault(public["kid"], public)
-    return tuple(keys.values())
+    skipped: list[str] = []
+    for number, candidate in enumerate(entries[:limit], start=1):
+        try:
+            public = usable_public_key(candidate, number)
+        except UnusableKey as exc:
+            skipped.append(str(exc))
+            continue
+        if public["kid"] in keys:
+            skipped.append(f"Key {quoted(public['kid'])} appears twice; the first one is kept.")
+        keys.setdefault(public["kid"], public)
+    if len(entries) > limit:
+        skipped.append(f"{len(entries) - limit} entries after the first {limit} were ignored.")
+    return KeySet(tuple(keys.values()), tuple(skipped))
 
 
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
 
 
-def _usable_public_key(candidate: object) -> dict[str, Any] | None:
-    if not isinstance(candidate, dict) or candidate.get("kty") not in SUPPORTED_KEY_TYPES:
-        return None
-    if not isinstance(candidate.get("kid"), str) or not candidate["kid"]:
-        return None
+def usable_public_key(candidate: object, number: int) -> dict[str, Any]:
+    """The public members of one key set entry; UnusableKey saying why it cannot be used."""
+    if not isinstance(candidate, dict):
+        raise UnusableKey(f"Entry {number} is not a JSON object.")
+    kid = candidate.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise UnusableKey(f"Entry {number} has no kid.")
+    if candidate.get("kty") not in SUPPORTED_KEY_TYPES:
+        kty = quoted(candidate.get("kty"))
+        raise UnusableKey(f"Key {quoted(kid)} has key type {kty}, not RSA, EC or OKP.")
     if candidate.get("use", "sig") != "sig":
-        return None
+        raise UnusableKey(f"Key {quoted(kid)} is not for signing.")
     public = {name: value for name, value in candidate.items() if name not in PRIVATE_MEMBERS}
+    alg = quoted(public.get("alg"))
     try:
-        parsed = public_key_of(public)
-    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
-        return None
-    return public if is_sound_key(parsed, public) else None
+        sound = is_sound_key(public_key_of(public), public)
+    except Exception as exc:  # PyJWT raises many types on hostile JWKs (alg none: NotImplemented)
+        raise UnusableKey(
+            f"Key {quoted(kid)} is not a public key PyJWT loads for alg {alg}."
+        ) from exc
+    if not sound:
+        raise UnusableKey(f"Key {quoted(kid)} has a size, exponent or curve refused here.")
+    return public
+
+
+def quoted(value: object, limit: int = 40) -> str:
+    """A value from the key set, quoted and cut short for a message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 # RSA: 2048 to 8192 bits and a small odd public exponent, or a garbage token naming the key
@@ -278,11 +317,14 @@ def _log_refresh(jwks_url: str, outcome: str, key_count: int, seconds: float) ->
 def _fetch_and_store(jwks_url: str, deadline: float | None) -> KeySetRecord:
     previous = read_record(jwks_url)
     try:
-        keys = fetch_jwks(jwks_url, deadline)
+        key_set = fetch_jwks(jwks_url, deadline)
     except JWKSError as exc:
         _store(_failed(previous, jwks_url, str(exc)), previous)
         raise
-    error = None if keys else NO_USABLE_KEY
+    keys = key_set.keys
+    if key_set.skipped:
+        logger.warning("key set %s: %s", jwks_url, " ".join(key_set.skipped))
+    error = None if keys else " ".join((NO_USABLE_KEY, *key_set.skipped))
     now = time.time()
     record = KeySetRecord(keys, _version_of(keys), jwks_url, now, error, now if error else None)
     return _store(record, previous)

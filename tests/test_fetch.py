@@ -15,7 +15,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from authz.fetch import NestingTooDeep, Refused, Unreachable, fetch, is_public_address, load_json
+from authz.fetch import (
+    NestingTooDeep,
+    Refused,
+    TooComplex,
+    Unreachable,
+    fetch,
+    is_public_address,
+    load_json,
+)
 
 BODY = b'{"keys": []}'
 
@@ -458,15 +466,15 @@ def test_dripped_headers_over_tls_end_at_the_deadline(serve, tmp_path):
 
 
 def test_deep_nesting_is_refused_without_recursion():
-    with pytest.raises(NestingTooDeep):
+    with pytest.raises(TooComplex, match="more than 10000 arrays and objects"):
         load_json(b"[" * 100_000)
     with pytest.raises(NestingTooDeep):
-        load_json(b'{"a":' * 50_000 + b"1" + b"}" * 50_000)
+        load_json(b'{"a":' * 5_000 + b"1" + b"}" * 5_000)
 
 
 def test_the_parser_recursion_limit_is_caught_too():
     with pytest.raises(NestingTooDeep):
-        load_json(b"[" * 100_000 + b"]" * 100_000, max_depth=10**6)
+        load_json(b"[" * 10_000 + b"]" * 10_000, max_depth=10**6)
 
 
 def test_moderate_nesting_is_parsed():

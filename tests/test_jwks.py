@@ -68,7 +68,8 @@ def canned():
         (b"[]", '"keys" list'),
         (b'{"keys": {}}', '"keys" list'),
         (b"\xff\xfe", "not JSON"),
-        (b"[" * 100 + b"]" * 100, "nested too deeply"),
+        (b"[" * 100 + b"]" * 100, "nests deeper than 32 levels"),
+        (b'{"keys": [], "n": ' + b"9" * 65 + b"}", "integer longer than 64 digits"),
     ],
 )
 def test_junk_key_sets_are_refused(canned, body, reason):
@@ -86,7 +87,7 @@ def test_junk_key_sets_are_refused(canned, body, reason):
     ids=["no-keys", "symmetric-only", "broken-rsa"],
 )
 def test_a_well_formed_set_without_usable_keys_is_an_empty_answer(canned, body):
-    assert fetch_jwks(canned.answer(200, body)) == ()
+    assert fetch_jwks(canned.answer(200, body)).keys == ()
 
 
 def test_an_empty_set_withdraws_the_keys_but_junk_keeps_them(canned, issuer):
@@ -135,7 +136,7 @@ def test_private_members_are_stripped_and_keys_deduplicated(issuer):
     published = issuer.store.jwks("acme")["keys"][0]
     body = json.dumps({"keys": [{**published, "d": "secret"}, published]}).encode()
 
-    keys = parse_jwks(body)
+    keys = parse_jwks(body).keys
 
     assert len(keys) == 1 and "d" not in keys[0]
 
@@ -181,7 +182,7 @@ def test_junk_issuer_gives_503_and_records_the_error(client, make_tenant, tokens
     response = client.get("/t/junk/api/private", **bearer(tokens("junk").token()))
 
     assert response.status_code == 503
-    assert read_record(url).last_error == "The key set is not JSON (or is nested too deeply)."
+    assert read_record(url).last_error == "The key set is not JSON."
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "10.0.0.8", "169.254.169.254"])
@@ -222,7 +223,7 @@ def _okp_jwk(key: object, crv: str) -> dict:
 
 
 def _kept(jwk: dict) -> bool:
-    return bool(parse_jwks(json.dumps({"keys": [jwk]}).encode()))
+    return bool(parse_jwks(json.dumps({"keys": [jwk]}).encode()).keys)
 
 
 @pytest.mark.parametrize(
@@ -260,3 +261,76 @@ def _kept(jwk: dict) -> bool:
 )
 def test_only_sound_keys_on_their_named_curves_are_kept(jwk, kept):
     assert _kept(jwk()) is kept
+
+
+def _named(jwk: dict, kid: str, **members: object) -> dict:
+    return {**jwk, "kid": kid, **members}
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ({"alg": "none"}, "Key 'bad' is not a public key PyJWT loads for alg 'none'."),
+        ({"alg": "HS256"}, "Key 'bad' is not a public key PyJWT loads for alg 'HS256'."),
+        ({"alg": ["RS256"]}, "Key 'bad' is not a public key PyJWT loads for alg ['RS256']."),
+        ({"kty": ["RSA"]}, "Key 'bad' has key type ['RSA'], not RSA, EC or OKP."),
+        ({"use": "enc"}, "Key 'bad' is not for signing."),
+        ({"e": "Aw", "n": "AQAB"}, "Key 'bad' has a size, exponent or curve refused here."),
+    ],
+    ids=["alg-none", "alg-hs256", "alg-list", "kty-list", "use-enc", "rsa-17-bits"],
+)
+def test_an_unusable_entry_is_skipped_with_a_reason_and_the_usable_keys_kept(members, reason):
+    good = _rsa_jwk()
+    body = json.dumps({"keys": [_named(good, "bad", **members), _named(good, "good")]}).encode()
+
+    key_set = parse_jwks(body)
+
+    assert [key["kid"] for key in key_set.keys] == ["good"]
+    assert key_set.skipped == (reason,)
+
+
+def test_entries_without_a_kid_or_past_the_limit_are_named(settings):
+    settings.AUTHZ = {**settings.AUTHZ, "JWKS_MAX_KEYS": 3}
+    good = _rsa_jwk()
+    entries = ["x", {**good, "kid": ""}, good, good, good, good]
+
+    key_set = parse_jwks(json.dumps({"keys": entries}).encode())
+
+    assert key_set.skipped == (
+        "Entry 1 is not a JSON object.",
+        "Entry 2 has no kid.",
+        "3 entries after the first 3 were ignored.",
+    )
+    assert len(key_set.keys) == 1
+
+
+def test_a_long_kid_is_cut_short_in_the_reason():
+    body = json.dumps({"keys": [{"kty": "oct", "kid": "k" * 100_000}]}).encode()
+
+    (reason,) = parse_jwks(body).skipped
+
+    assert len(reason) < 120 and reason.startswith("Key 'kkk")
+
+
+def test_an_alg_none_entry_beside_good_keys_refreshes_cleanly(canned, issuer):
+    published = issuer.store.jwks("acme")["keys"]
+    forged = {**published[0], "kid": "none-key", "alg": "none"}
+    url = canned.answer(200, json.dumps({"keys": [forged, *published]}).encode())
+
+    record = refresh_key_set(url)
+
+    assert [key["kid"] for key in record.keys] == [key["kid"] for key in published]
+    assert record.last_error is None and key_set_health(read_record(url)).status == "ok"
+
+
+def test_a_key_set_of_unusable_entries_only_is_a_recorded_error(canned, issuer):
+    published = issuer.store.jwks("acme")["keys"][0]
+    url = canned.answer(200, json.dumps({"keys": [{**published, "alg": "none"}]}).encode())
+
+    record = refresh_key_set(url)
+
+    kid = published["kid"]
+    reason = f"Key {kid!r} is not a public key PyJWT loads for alg 'none'."
+    assert record.keys == () and record.last_error == f"{NO_USABLE_KEY} {reason}"
+    assert read_record(url).last_error == record.last_error
+    assert key_set_health(read_record(url)).status == "empty"

@@ -22,7 +22,12 @@ from urllib.parse import urljoin, urlsplit
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_SIZE = 64 * 1024
+# Bytes read past the body limit: the status line and headers (interim 100 Continue responses
+# included), then chunk sizes, chunk extensions and trailers. Enough for any honest server.
+HEADER_BYTES = 64 * 1024
+FRAMING_BYTES = 64 * 1024
 USER_AGENT = "tenant-authz"
+SHOWN_URL_CHARS = 200  # a redirect's Location is the issuer's text: messages quote only its start
 # http.client refuses these in a request path; refusing them here gives a sentence instead.
 UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
 
@@ -174,17 +179,21 @@ class _Target:
 
 def _parse(url: str, allow_insecure: bool) -> _Target:
     """Split and validate an issuer URL; refuse http unless insecure issuers are allowed."""
-    parts = urlsplit(url)
+    shown = url if len(url) <= SHOWN_URL_CHARS else f"{url[:SHOWN_URL_CHARS]}…"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise Refused(f"The issuer URL {shown} is not a valid URL.") from exc
     if parts.scheme not in (DEFAULT_PORTS if allow_insecure else ("https",)):
-        raise Refused(f"The issuer URL {url} must use https.")
-    if not parts.hostname or UNSENDABLE_URL.search(url):
-        raise Refused(f"The issuer URL {url} is not a valid URL.")
+        raise Refused(f"The issuer URL {shown} must use https.")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not parts.hostname or UNSENDABLE_URL.search(url) or not path.isascii():
+        raise Refused(f"The issuer URL {shown} is not a valid URL.")
     try:
         host = parts.hostname.encode("idna").decode("ascii")
         port = parts.port or DEFAULT_PORTS[parts.scheme]
     except (UnicodeError, ValueError) as exc:
-        raise Refused(f"The issuer URL {url} has an invalid host or port.") from exc
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        raise Refused(f"The issuer URL {shown} has an invalid host or port.") from exc
     return _Target(url, parts.scheme, host, port, path)
 
 
@@ -203,27 +212,35 @@ class _Deadline:
 
 
 class _DeadlineReader(io.RawIOBase):
-    """A socket's receiving side where every recv waits only for the time left."""
+    """A socket's receiving side where every recv waits only for the time left, and the bytes
+    received stay within a limit that the caller raises once the headers are read."""
 
-    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+    def __init__(self, sock: socket.socket, deadline: _Deadline, host: str) -> None:
         super().__init__()
-        self._sock, self._deadline = sock, deadline
+        self._sock, self._deadline, self._host = sock, deadline, host
+        self.received, self.limit, self.part = 0, HEADER_BYTES, "headers"
 
     def readable(self) -> bool:
         """Always: this is a reader."""
         return True
 
     def readinto(self, buffer: Any) -> int:
-        """One recv, bounded by the deadline."""
+        """One recv, bounded by the deadline; Refused past the limit."""
         self._sock.settimeout(self._deadline.remaining())
-        return self._sock.recv_into(buffer)
+        count = self._sock.recv_into(buffer)
+        self.received += count
+        if self.received > self.limit:
+            message = f"The issuer {self._host} sent {self.part} larger than {self.limit} bytes."
+            raise Refused(message)
+        return count
 
 
 class _DeadlineSocket:
     """The socket as http.client sees it; the caller owns and closes the real one."""
 
-    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+    def __init__(self, sock: socket.socket, deadline: _Deadline, host: str) -> None:
         self._sock, self._deadline = sock, deadline
+        self.reader = _DeadlineReader(sock, deadline, host)
 
     def sendall(self, data: bytes) -> None:
         """Send within the time left."""
@@ -232,7 +249,7 @@ class _DeadlineSocket:
 
     def makefile(self, mode: str) -> io.BufferedReader:
         """The response stream http.client parses."""
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+        return io.BufferedReader(self.reader)
 
     def close(self) -> None:
         """Nothing: http.client closes early when the response says Connection: close."""
@@ -261,7 +278,11 @@ class _Session:
 
     def _redirected(self, target: _Target, location: str) -> _Target:
         """The redirect's target, refused unless it keeps scheme, host and port."""
-        redirected = _parse(urljoin(target.url, location), self.allow_insecure)
+        try:
+            joined = urljoin(target.url, location)
+        except ValueError as exc:
+            raise Refused(f"The issuer {target.host} redirected to an invalid URL.") from exc
+        redirected = _parse(joined, self.allow_insecure)
         if redirected.origin != target.origin:
             scheme, host, port = redirected.origin
             message = f"The issuer {target.host} redirected to another origin"
@@ -336,7 +357,7 @@ class _Session:
     def _request(self, sock: socket.socket, target: _Target) -> http.client.HTTPResponse:
         """Send the GET on the connected socket and parse the status line and headers."""
         connection = http.client.HTTPConnection(target.host, target.port)
-        connection.sock = _DeadlineSocket(sock, self.deadline)
+        connection.sock = wrapped = _DeadlineSocket(sock, self.deadline, target.host)
         headers = {
             "Host": target.host_header,
             "Accept": "application/json",
@@ -344,7 +365,10 @@ class _Session:
             "Connection": "close",
         }
         connection.request("GET", target.path, headers=headers)
-        return connection.getresponse()
+        response = connection.getresponse()
+        wrapped.reader.limit += self.max_bytes + FRAMING_BYTES
+        wrapped.reader.part = "a response"
+        return response
 
     def _read_body(self, response: http.client.HTTPResponse, host: str) -> bytes:
         """The body, one recv at a time, refused past max_bytes."""

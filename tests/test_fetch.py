@@ -488,3 +488,80 @@ def test_brackets_inside_strings_do_not_count():
     document = b'{"a": "' + b"[{" * 100 + b'", "b": "\\"' + b"[" * 100 + b'"}'
 
     assert load_json(document, max_depth=2) == {"a": "[{" * 100, "b": '"' + "[" * 100}
+
+
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("http://[x/", "redirected to an invalid URL"),
+        ("http://127.0.0.1:99999/jwks.json", "invalid host or port"),
+        ("http://127.0.0.1:port/jwks.json", "invalid host or port"),
+        ("/caf\u00e9/jwks.json", "is not a valid URL"),
+        ("http://" + "a" * 64 + "/jwks.json", "invalid host or port"),
+        ("http://a..b/jwks.json", "invalid host or port"),
+        ("/" + "x" * 10_000 + "\u00e9", r"is not a valid URL"),
+    ],
+    ids=[
+        "bad-ipv6",
+        "port-99999",
+        "port-word",
+        "non-ascii-path",
+        "label-too-long",
+        "empty-label",
+        "long",
+    ],
+)
+def test_a_redirect_to_a_location_that_does_not_parse_is_refused(serve, location, reason):
+    server = serve(answer("302 Found", Location=location))
+
+    with pytest.raises(Refused, match=reason) as raised:
+        get(server.url())
+    assert len(str(raised.value)) < 300
+
+
+def test_a_non_ascii_path_is_refused_before_connecting(closed_port):
+    with pytest.raises(Refused, match="is not a valid URL"):
+        get(f"http://127.0.0.1:{closed_port}/caf\u00e9")
+
+
+def endless(head: bytes, repeated: bytes) -> Respond:
+    """Send head, then repeated for as long as the client reads or the test lasts."""
+
+    def respond(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        conn.sendall(head)
+        while not stop.is_set():
+            conn.sendall(repeated)
+
+    return respond
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("respond", "reason"),
+    [
+        (endless(b"", b"HTTP/1.1 100 Continue\r\n\r\n"), "sent headers larger than 65536 bytes"),
+        (endless(b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"x" * 1000 + b"\r\n"), "headers larger"),
+        (endless(b"HTTP/1.1 200 OK\r\nX-Pad: ", b"x" * 1000), "headers larger"),
+        (endless(CHUNKED, b"1;" + b"x" * 60_000 + b"\r\n{\r\n"), "a response larger than"),
+        (endless(CHUNKED + b"2\r\n{}\r\n0\r\n", b"X-Trailer: y\r\n"), "a response larger than"),
+        (endless(CHUNKED, b"1\r\n \r\n"), "larger than"),
+    ],
+    ids=[
+        "endless-100-continue",
+        "many-headers",
+        "one-endless-header",
+        "chunk-extensions",
+        "endless-trailers",
+        "one-byte-chunks",
+    ],
+)
+def test_a_hostile_response_is_refused_after_bounded_bytes_and_time(serve, respond, reason):
+    server = serve(respond)
+    started = time.monotonic()
+
+    with pytest.raises(Refused, match=reason):
+        get(server.url(), deadline_seconds=5, max_bytes=256 * 1024)
+
+    assert time.monotonic() - started < 2.5

@@ -217,8 +217,9 @@ class _DeadlineReader(io.RawIOBase):
 
     def __init__(self, sock: socket.socket, deadline: _Deadline, host: str) -> None:
         super().__init__()
-        self._sock, self._deadline, self._host = sock, deadline, host
-        self.received, self.limit, self.part = 0, HEADER_BYTES, "headers"
+        self._sock, self._deadline = sock, deadline
+        self.received, self.limit = 0, HEADER_BYTES
+        self.refusal = f"The issuer {host} sent headers larger than {HEADER_BYTES} bytes."
 
     def readable(self) -> bool:
         """Always: this is a reader."""
@@ -230,8 +231,7 @@ class _DeadlineReader(io.RawIOBase):
         count = self._sock.recv_into(buffer)
         self.received += count
         if self.received > self.limit:
-            message = f"The issuer {self._host} sent {self.part} larger than {self.limit} bytes."
-            raise Refused(message)
+            raise Refused(self.refusal)
         return count
 
 
@@ -269,10 +269,10 @@ class _Session:
         """GET the target, following same-origin redirects; return the body of the 200."""
         for _ in range(max_redirects + 1):
             with self._connect(target) as sock:
-                response = self._request(sock, target)
+                response, reader = self._request(sock, target)
                 location = _redirect_location(response, target.host)
                 if location is None:
-                    return self._read_body(response, target.host)
+                    return self._read_body(response, reader, target.host)
             target = self._redirected(target, location)
         raise Refused(f"The issuer {target.host} redirected more than {max_redirects} times.")
 
@@ -354,7 +354,9 @@ class _Session:
             raise outcome[0]
         return outcome[0]
 
-    def _request(self, sock: socket.socket, target: _Target) -> http.client.HTTPResponse:
+    def _request(
+        self, sock: socket.socket, target: _Target
+    ) -> tuple[http.client.HTTPResponse, _DeadlineReader]:
         """Send the GET on the connected socket and parse the status line and headers."""
         connection = http.client.HTTPConnection(target.host, target.port)
         connection.sock = wrapped = _DeadlineSocket(sock, self.deadline, target.host)
@@ -366,20 +368,29 @@ class _Session:
         }
         connection.request("GET", target.path, headers=headers)
         response = connection.getresponse()
-        wrapped.reader.limit += self.max_bytes + FRAMING_BYTES
-        wrapped.reader.part = "a response"
-        return response
+        return response, wrapped.reader
 
-    def _read_body(self, response: http.client.HTTPResponse, host: str) -> bytes:
-        """The body, one recv at a time, refused past max_bytes."""
+    def _read_body(
+        self, response: http.client.HTTPResponse, reader: _DeadlineReader, host: str
+    ) -> bytes:
+        """The body, one recv at a time, refused past max_bytes or FRAMING_BYTES of framing."""
         too_large = f"The document from {host} is larger than {self.max_bytes} bytes."
         if response.length is not None and response.length > self.max_bytes:
             raise Refused(too_large)
-        body = bytearray()
-        while chunk := response.read1(READ_SIZE):
+        body, headers_end = bytearray(), reader.received
+        reader.refusal = f"The issuer {host} sent more than {FRAMING_BYTES} bytes of framing."
+        # Chunk sizes, extensions and trailers may cost FRAMING_BYTES beyond the body and the next
+        # read; tiny chunks cost a Python loop each, so their framing is bounded, not the total only.
+        while True:
+            reader.limit = headers_end + len(body) + READ_SIZE + FRAMING_BYTES
+            chunk = response.read1(READ_SIZE)
+            if not chunk:
+                break
             body += chunk
             if len(body) > self.max_bytes:
                 raise Refused(too_large)
+            if reader.received - headers_end - len(body) > FRAMING_BYTES:
+                raise Refused(reader.refusal)
         if response.length:
             raise Unreachable(f"The issuer {host} closed the connection before the end.")
         return bytes(body)

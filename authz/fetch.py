@@ -379,8 +379,8 @@ class _Session:
             raise Refused(too_large)
         body, headers_end = bytearray(), reader.received
         reader.refusal = f"The issuer {host} sent more than {FRAMING_BYTES} bytes of framing."
-        # Chunk sizes, extensions and trailers may cost FRAMING_BYTES beyond the body and the next
-        # read; tiny chunks cost a Python loop each, so their framing is bounded, not the total only.
+        # Chunk sizes, extensions and trailers get FRAMING_BYTES past the body and the next read;
+        # tiny chunks cost a Python loop each, so their framing is bounded, not the total only.
         while True:
             reader.limit = headers_end + len(body) + READ_SIZE + FRAMING_BYTES
             chunk = response.read1(READ_SIZE)

@@ -21,6 +21,7 @@ from authz.jwks import (
     read_record,
     refresh_key_set,
 )
+from bench.hostile_bodies import BODIES, check_and_parse, cpu_seconds, pause_meter
 from tests.fixtures import bearer
 
 
@@ -334,3 +335,27 @@ def test_a_key_set_of_unusable_entries_only_is_a_recorded_error(canned, issuer):
     assert record.keys == () and record.last_error == f"{NO_USABLE_KEY} {reason}"
     assert read_record(url).last_error == record.last_error
     assert key_set_health(read_record(url)).status == "empty"
+
+
+def _cpu_of_batch(body: bytes, repeat: int) -> float:
+    """Least thread CPU seconds of three batches of ``repeat`` parses."""
+    return cpu_seconds(lambda: [check_and_parse(body) for _ in range(repeat)], rounds=3)
+
+
+@pytest.mark.parametrize("name", list(BODIES))
+def test_every_hostile_body_costs_linear_time(name):
+    small, large = BODIES[name](16 * 1024), BODIES[name](128 * 1024)
+    repeat = max(1, int(0.002 / max(_cpu_of_batch(small, 1), 1e-6)))
+
+    growth = _cpu_of_batch(large, repeat) / _cpu_of_batch(small, repeat)
+
+    assert growth <= 24, f"{name}: {growth:.1f}x from 16 to 128 KiB (linear is 8x)"
+
+
+def test_the_issue_body_is_refused_at_once_while_another_thread_runs():
+    body = BODIES["issue: quote then escaped quotes"](256 * 1024)
+
+    with pause_meter() as gaps:
+        seconds = cpu_seconds(lambda: check_and_parse(body), rounds=3)
+
+    assert seconds < 0.1 and gaps[0] < 0.25, (seconds, gaps[0])

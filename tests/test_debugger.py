@@ -99,6 +99,26 @@ def test_a_refused_token_gets_exactly_the_apis_answer_and_its_check(
     )
 
 
+@pytest.mark.parametrize(
+    "claims, failed",
+    [
+        ({"aud": ""}, "audience"),
+        ({"exp": "tomorrow"}, "time"),
+        ({"exp": None}, "required"),
+        ({"scope": 7}, "scope_claims"),
+    ],
+)
+def test_a_repeated_refusal_names_the_same_check(admin_client, acme, acme_tokens, claims, failed):
+    token = acme_tokens.token(**claims)
+
+    first = run(admin_client, acme, token)
+    again = run(admin_client, acme, token)  # answered from the refused-token cache
+
+    assert states(first)[failed] == "failed"
+    assert states(again) == states(first)
+    assert again.context["answer"].body == first.context["answer"].body
+
+
 def test_a_pasted_proof_is_checked_but_not_used_up(admin_client, client, acme, acme_tokens):
     key = dpop.new_key()
     bound = acme_tokens.token(cnf={"jkt": dpop.key_thumbprint(key)}, scope="read:messages")

@@ -591,7 +591,7 @@ def test_a_bad_proof_is_refused_for_itself_even_when_the_store_cannot_answer(
     assert warm.status_code == 200
     settings.CACHES = {
         "default": {
-            "BACKEND": "authz.store.SharedRedisCache",  # the store asked ahead of the signature
+            "BACKEND": "authz.store.SharedRedisCache",  # never asked about a refused proof
             "LOCATION": "redis://127.0.0.1:9/0",
             "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
         }

@@ -10,9 +10,10 @@ names its check (``authz/steps.py``): the checks before it passed, those after i
 
 import io
 import json
+import string
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, unquote_to_bytes, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
@@ -163,10 +164,11 @@ def _decoded(token: str) -> tuple[Any, Any]:
 
 def _request(method: str, url: str, authorization: str, proof: str) -> WSGIRequest:
     parts, port = _url_parts(url)
+    path, query = _on_the_wire(parts)
     environ = {
         "REQUEST_METHOD": method,
-        "PATH_INFO": parts.path or "/",
-        "QUERY_STRING": parts.query,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
         "SERVER_NAME": parts.hostname,
         "SERVER_PORT": str(port),
         "SERVER_PROTOCOL": "HTTP/1.1",
@@ -209,6 +211,13 @@ def _url_parts(url: str) -> tuple[SplitResult, int]:
     if split_domain_port(parts.netloc) == ("", ""):
         raise CannotDebug("The URL's host is not a valid host name.")
     return parts, port
+
+
+def _on_the_wire(parts: SplitResult) -> tuple[str, str]:
+    """PATH_INFO and QUERY_STRING as a WSGI server passes them: the path decoded to bytes
+    (shown as latin-1), the query still percent-encoded; non-ASCII text is sent as UTF-8."""
+    path = unquote_to_bytes(parts.path or "/").decode("latin-1")
+    return path, quote(parts.query, safe=string.punctuation)
 
 
 def _view_for(django_request: WSGIRequest, tenant: Tenant) -> tuple[Any, Any]:

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 import uuid
+from urllib.parse import quote
 
 import jwt
 import pytest
@@ -276,6 +277,7 @@ def test_a_provisioning_tenant_gets_no_user_from_the_debugger(admin_client, make
         ("http://testserver:0/t/acme/api/private-scoped", "port"),
         ("http://test server/t/acme/api/private-scoped", "not a valid host name"),
         ("http://user@testserver/t/acme/api/private-scoped", "user name"),
+        ("http://testserver/t/acme/api/€", "not one of the API's endpoints"),
     ],
 )
 def test_a_url_that_is_not_this_tenants_endpoint_is_explained(
@@ -287,6 +289,22 @@ def test_a_url_that_is_not_this_tenants_endpoint_is_explained(
 
     assert response.context["answer"] is None
     assert problem in response.context["problem"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/t/acme/api/private-scoped?q=€ ü", "/t/acme/api/%70rivate-scoped"],
+)
+def test_a_url_is_sent_as_a_client_would_send_it(admin_client, client, acme, acme_tokens, path):
+    token = acme_tokens.token(scope="read:messages")
+    on_the_wire = quote(path, safe="/%?=")
+    api = client.get(on_the_wire, **bearer(token))
+
+    response = run(admin_client, acme, token, url=f"http://testserver{path}")
+
+    answer = response.context["answer"]
+    assert answer.served == (api.status_code == 200)
+    assert answer.served or answer.status == api.status_code
 
 
 @pytest.mark.parametrize(

@@ -161,7 +161,7 @@ def foreign_notes(response) -> list[str]:
 
 
 def test_a_token_of_another_tenant_is_said_to_be_so_without_naming_it(
-    operator, client, acme, make_tenant, tokens
+    either_store, operator, client, acme, make_tenant, tokens
 ):
     globex, token = make_tenant("globex"), tokens("globex").token(scope="read:messages")
     assert client.get("/t/globex/api/private", **bearer(token)).status_code == 200  # keys stored
@@ -184,7 +184,7 @@ def test_a_token_of_another_tenant_is_said_to_be_so_without_naming_it(
     ids=["unknown-kid", "globex-kid", "tampered", "stranger-key"],
 )
 def test_an_unverified_token_naming_another_tenants_issuer_says_nothing_of_it(
-    operator, client, acme, make_tenant, tokens, forge
+    either_store, operator, client, acme, make_tenant, tokens, forge
 ):
     make_tenant("globex")
     globex_tokens = tokens("globex")

@@ -143,25 +143,8 @@ def test_a_proof_that_does_not_describe_the_request_is_refused(client, acme, bou
     assert says in message
 
 
-@pytest.fixture(params=["redis", "database"])
-def store(request, settings) -> str:
-    """The replay store in both modes: Redis (``REDIS_URL``), or the embedded database cache."""
-    if request.param == "database":
-        from django.core.management import call_command
-
-        request.getfixturevalue("db")
-        call_command("createcachetable", "authz_cache_dpop")
-        settings.CACHES = {
-            "default": {
-                "BACKEND": "authz.store.SharedDatabaseCache",
-                "LOCATION": "authz_cache_dpop",
-            }
-        }
-    return request.param
-
-
 def test_a_forged_proof_is_refused_and_leaves_the_victims_proof_id_unused(
-    client, store, acme, bound, key
+    client, either_store, acme, bound, key
 ):
     attacker = dpop.new_key()
     forged = dpop.make_proof(
@@ -189,7 +172,7 @@ def test_a_forged_proof_is_refused_and_leaves_the_victims_proof_id_unused(
     ],
     ids=["htu", "htm", "iat", "ath"],
 )
-def test_a_refused_proof_leaves_its_proof_id_unused(client, store, acme, bound, key, defect):
+def test_a_refused_proof_leaves_its_proof_id_unused(client, either_store, acme, bound, key, defect):
     wrong = dpop.make_proof(key, "GET", URL, access_token=bound, jti="once", **defect)
     right = dpop.make_proof(key, "GET", URL, access_token=bound, jti="once")
 

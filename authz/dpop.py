@@ -15,8 +15,6 @@ import hmac
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -29,8 +27,15 @@ from authz.jose import THUMBPRINT_MEMBERS, access_token_hash, b64url, public_key
 from authz.jwks import PRIVATE_MEMBERS, SUPPORTED_KEY_TYPES, is_sound_key
 from authz.metrics import count_dpop_replay
 from authz.policy import IssuerPolicy
-from authz.store import claim_ahead, derived_key, shared_store
-from authz.tokens import ALGORITHMS, KEY_TYPE_OF_ALGORITHM, MalformedToken, base64url, json_object
+from authz.store import claim, derived_key, shared_store
+from authz.tokens import (
+    ALGORITHMS,
+    KEY_TYPE_OF_ALGORITHM,
+    MalformedToken,
+    base64url,
+    json_object,
+    seconds_of,
+)
 
 PROOF_TYPE = "dpop+jwt"
 PROOF_CLAIMS = ("jti", "htm", "htu", "iat", "ath")
@@ -126,21 +131,17 @@ def check_proof(
     """Every check of a proof: ``verify_proof``'s, its key against the token's (``cnf.jkt``),
     then that its ``jti`` was never seen within its window (recorded in the shared store).
 
-    The store is asked before the signature is verified and answers meanwhile; its answer counts
-    only for a proof that passed every other check, in the order above. ``record=False`` only
-    looks, so the token debugger never uses up a client's proof.
+    Only a proof that passed every other check claims its ``jti``: a forged proof naming a
+    victim's key and ``jti`` must not use that id up. ``record=False`` only looks, so the token
+    debugger never uses up a client's proof.
     """
-    header, payload, signing_input, signature = _parts(proof)
-    algorithm = _algorithm(header, policy)
-    jkt, key = _public_key(header, algorithm)
-    with _novelty(context.realm, jkt, payload.get("jti"), record) as is_new:
-        _check_signed(algorithm, signing_input, key, signature, payload, context, policy)
-        if jkt != bound_to:
-            raise ProofError("The DPoP proof key is not the key the token is bound to.")
-        if not is_new():
-            if record:  # a replay the API refused, not one the debugger found
-                count_dpop_replay(context.realm)
-            raise ProofReplayed()
+    verified = verify_proof(proof, context, policy)
+    if verified.jkt != bound_to:
+        raise ProofError("The DPoP proof key is not the key the token is bound to.")
+    if not _is_new(context.realm, verified, record):
+        if record:  # a replay the API refused, not one the debugger found
+            count_dpop_replay(context.realm)
+        raise ProofReplayed()
 
 
 def _check_signed(
@@ -159,26 +160,14 @@ def _check_signed(
         raise NonceRequired()
 
 
-@contextmanager
-def _novelty(realm: str, jkt: str, jti: Any, record: bool) -> Iterator[Callable[[], bool]]:
-    """A function saying whether the proof is new (and recording it): asked of the store now."""
+def _is_new(realm: str, proof: VerifiedProof, record: bool) -> bool:
+    """Whether the proof's ``jti`` is unseen in its window; recorded unless ``record`` is off."""
     window = authz_settings.DPOP_PROOF_MAX_AGE + authz_settings.DPOP_PROOF_MAX_FUTURE
-    key = derived_key("dpop-jti", f"{realm}\n{jkt}\n{jti}")
-    if not record:
-        yield _answer_of(lambda: shared_store().get(key) is None)
-        return
-    with claim_ahead(key, window) as claimed:
-        yield _answer_of(claimed)
-
-
-def _answer_of(ask: Callable[[], bool]) -> Callable[[], bool]:
-    def answer() -> bool:
-        try:
-            return ask()
-        except Exception as exc:
-            raise ReplayCheckUnavailable() from exc
-
-    return answer
+    key = derived_key("dpop-jti", f"{realm}\n{proof.jkt}\n{proof.jti}")
+    try:
+        return claim(key, window) if record else shared_store().get(key) is None
+    except Exception as exc:
+        raise ReplayCheckUnavailable() from exc
 
 
 def _parts(proof: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
@@ -260,10 +249,9 @@ def _check_claims(payload: dict[str, Any], context: ProofContext) -> None:
         raise ProofError("The DPoP proof jti must be a string of 1 to 256 characters.")
     if payload["htm"] != context.method:
         raise ProofError(f"The DPoP proof is for another method (htm is not {context.method}).")
-    htu = payload["htu"]
-    if not isinstance(htu, str) or normalized_url(htu) != normalized_url(context.url):
+    if not _same_url(payload["htu"], context.url):
         raise ProofError(f"The DPoP proof is for another URL (htu is not {context.url}).")
-    _check_age(payload["iat"])
+    _check_times(payload)
     if not _same_text(payload["ath"], access_token_hash(context.access_token)):
         raise ProofError("The DPoP proof is for another access token (ath does not match).")
 
@@ -275,15 +263,31 @@ def _same_text(sent: Any, expected: str) -> bool:
     return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("ascii"))
 
 
-def _check_age(issued_at: Any) -> None:
-    number = isinstance(issued_at, int | float) and not isinstance(issued_at, bool)
-    if not number or not math.isfinite(issued_at):
-        raise ProofError("The DPoP proof iat must be a number of seconds.")
-    age = time.time() - issued_at
-    if age > authz_settings.DPOP_PROOF_MAX_AGE:
+def _same_url(htu: Any, url: str) -> bool:
+    """Whether ``htu`` names the request's URL; a URL that does not parse matches nothing."""
+    expected = normalized_url(url)
+    return expected is not None and isinstance(htu, str) and normalized_url(htu) == expected
+
+
+def _check_times(payload: dict[str, Any]) -> None:
+    """``iat`` within its window; ``exp`` and ``nbf``, optional in a proof, honoured if sent."""
+    times = {name: _seconds(payload, name) for name in ("iat", "exp", "nbf") if name in payload}
+    now, future = time.time(), authz_settings.DPOP_PROOF_MAX_FUTURE
+    if now - times["iat"] > authz_settings.DPOP_PROOF_MAX_AGE:
         raise ProofError("The DPoP proof is too old (iat); make a new proof for each request.")
-    if -age > authz_settings.DPOP_PROOF_MAX_FUTURE:
+    if times["iat"] - now > future:
         raise ProofError("The DPoP proof was issued in the future (iat); check the client clock.")
+    if now - times.get("exp", math.inf) >= future:  # the same allowance for clock skew
+        raise ProofError("The DPoP proof has expired (exp).")
+    if times.get("nbf", -math.inf) - now > future:
+        raise ProofError("The DPoP proof is not valid yet (nbf).")
+
+
+def _seconds(payload: dict[str, Any], name: str) -> int:
+    seconds = seconds_of(payload[name])
+    if seconds is None:
+        raise ProofError(f"The DPoP proof {name} must be a number of seconds.")
+    return seconds
 
 
 def _normalized_path(path: str) -> str:

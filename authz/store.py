@@ -11,8 +11,6 @@ import datetime
 import hashlib
 import math
 import pickle
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from django.core.cache import BaseCache, caches
@@ -46,40 +44,6 @@ class PooledRedisCacheClient(RedisCacheClient):
             client = self._clients[id(pool)] = self._client(connection_pool=pool)
         return client
 
-    @contextmanager
-    def add_ahead(self, key: str, value: Any, timeout: int) -> Iterator[Callable[[], bool]]:
-        """``add`` sent now, its answer read when the yielded function is called.
-
-        The command holds a connection of its own until the block ends; a failure to send is
-        raised by the function, so the caller's own checks come first. An answer never asked for
-        is read and dropped, so the connection goes back to the pool clean.
-        """
-        pool = self._get_connection_pool(True)
-        connection, failure, answered = None, None, False
-        try:
-            connection = pool.get_connection()
-            connection.send_command("SET", key, self._serializer.dumps(value), "NX", "EX", timeout)
-        except Exception as exc:  # raised by added(), after the caller's own checks
-            failure = exc
-
-        def added() -> bool:
-            nonlocal answered
-            answered = True
-            if failure is not None:
-                raise failure
-            return connection.read_response() is not None
-
-        try:
-            yield added
-        finally:
-            if connection is not None:
-                if not answered and failure is None:
-                    try:
-                        connection.read_response()
-                    except Exception:  # redis-py has disconnected it already; make sure
-                        connection.disconnect()
-                pool.release(connection)
-
 
 class SharedRedisCache(RedisCache):
     """Django's Redis cache backend with ``PooledRedisCacheClient``."""
@@ -87,11 +51,6 @@ class SharedRedisCache(RedisCache):
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
         super().__init__(server, params)
         self._class = PooledRedisCacheClient
-
-    def add_ahead(self, key: str, value: Any, timeout: float) -> Any:
-        """``add``, asked now and answered later (``PooledRedisCacheClient.add_ahead``)."""
-        key = self.make_and_validate_key(key)
-        return self._cache.add_ahead(key, value, self.get_backend_timeout(timeout))
 
 
 def shared_store() -> BaseCache:
@@ -122,23 +81,6 @@ def claim(key: str, timeout: float, value: Any = 1) -> bool:
         return bool(store.add(key, value, timeout=timeout))
     expiry = _now() + datetime.timedelta(seconds=math.ceil(timeout))
     return insert_unless_live(store, store.make_and_validate_key(key), value, expiry)
-
-
-@contextmanager
-def claim_ahead(key: str, timeout: float) -> Iterator[Callable[[], bool]]:
-    """``claim``, asked now and answered by the yielded function, inside the block.
-
-    With Redis the command is sent at once and the store works on it while this process does
-    something else (a DPoP proof's signature check): the round trip no longer adds to the
-    request's time. The database cache claims only when asked, so a request refused in the
-    block writes nothing.
-    """
-    store = shared_store()
-    if not isinstance(store, SharedRedisCache):
-        yield lambda: claim(key, timeout)
-        return
-    with store.add_ahead(key, 1, timeout) as added:
-        yield added
 
 
 def _now() -> datetime.datetime:

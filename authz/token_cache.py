@@ -62,6 +62,7 @@ class _Refused:
     key: SigningKey | None
     error: type[TokenError]
     description: str
+    check: str  # the raise site's, where one error class serves several checks
     size = ENTRY_OVERHEAD
 
 
@@ -191,13 +192,13 @@ class RefusedTokenCache(FairCache[_Refused]):
         if entry.policy is not policy or not _key_still_held(policy, entry.key):
             self.discard(digest)
             return None
-        return entry.error(entry.description)
+        return entry.error(entry.description, entry.check)
 
     def put(
         self, policy: IssuerPolicy, digest: bytes, key: SigningKey | None, error: TokenError
     ) -> None:
         """Remember a lasting failure (the caller decides which are)."""
-        self.store(digest, _Refused(policy, key, type(error), error.description))
+        self.store(digest, _Refused(policy, key, type(error), error.description, error.check))
 
 
 verified_tokens = VerifiedTokenCache()

@@ -6,7 +6,6 @@ algorithm objects check signatures, and nothing from ``jwt`` escapes this module
 
 import base64
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +35,8 @@ CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 KEY_TYPE_OF_ALGORITHM = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 # RFC 7518 section 3.4: each ES algorithm has its one curve.
 CURVE_OF_ALGORITHM = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+# 2**53: past it a JSON number is no longer a whole number of seconds in a double.
+MAX_SECONDS = 2**53
 
 
 class TokenError(Exception):
@@ -354,10 +355,18 @@ def _check_organization(organization: Any, trusted: frozenset[str]) -> None:
 
 def _seconds(payload: dict[str, Any], name: str) -> int:
     """A NumericDate claim in whole seconds; RFC 7519 wants a JSON number, not a string."""
-    value = payload[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    seconds = seconds_of(payload[name])
+    if seconds is None:
         raise InvalidClaims(f"The {name} claim must be a number of seconds.", check=steps.TIME)
-    return int(value)
+    return seconds
+
+
+def seconds_of(value: Any) -> int | None:
+    """A JSON NumericDate in whole seconds; None for a bool, string, inf, nan or huge number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    # Compared, never converted: float() of 400 digits raises OverflowError; nan compares False.
+    return int(value) if -MAX_SECONDS <= value <= MAX_SECONDS else None
 
 
 def _check_audience(audience: Any, accepted: tuple[str, ...]) -> None:

@@ -10,25 +10,40 @@ names its check (``authz/steps.py``): the checks before it passed, those after i
 
 import io
 import json
+import string
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, quote, unquote_to_bytes, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.wsgi import WSGIRequest
 from django.db.models import Q
+from django.http.request import split_domain_port
 from django.urls import Resolver404, URLPattern, get_resolver, resolve
 from rest_framework.exceptions import APIException
 
 from authz import steps
-from authz.tokens import MalformedToken, base64url, json_object, read_header
+from authz.jwks import KeySetRecord, read_records
+from authz.policy import IssuerPolicy
+from authz.tokens import (
+    MalformedToken,
+    SigningKey,
+    TokenError,
+    UnknownKey,
+    base64url,
+    json_object,
+    read_header,
+    verify_token,
+)
+from tenants.directory import TenantConfig, directory
 from tenants.models import Tenant, derive_issuer
 from tenants.resolution import find_tenant
 from tenants.views import TenantResolutionMixin
 
 PASSED, FAILED, NOT_REACHED, NOT_APPLICABLE = "passed", "failed", "not reached", "not applicable"
 DETAIL_ID = "1"  # the id put in a message path: the handler never runs, any id does
+FOREIGN_CANDIDATES = 10  # other tenants whose stored keys a token is tried against
 
 
 @dataclass
@@ -124,7 +139,7 @@ def debug(tenant: Tenant, token: str, proof: str, method: str, url: str) -> Answ
         except Exception:
             raise CannotDebug(f"The API could not answer ({type(exc).__name__}).") from exc
         answer.checks = _checks(_failed_check(exc), str(_detail(exc)), scheme, tenant)
-        answer.notes += _foreign_token_notes(tenant, answer.claims, answer.checks)
+        answer.notes += _foreign_token_notes(tenant, token, answer.claims, answer.checks)
         return answer
     answer.served = True
     answer.checks = _checks(None, "", scheme, tenant)
@@ -148,15 +163,14 @@ def _decoded(token: str) -> tuple[Any, Any]:
 
 
 def _request(method: str, url: str, authorization: str, proof: str) -> WSGIRequest:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CannotDebug("The URL must be an http or https URL with a host.")
+    parts, port = _url_parts(url)
+    path, query = _on_the_wire(parts)
     environ = {
         "REQUEST_METHOD": method,
-        "PATH_INFO": parts.path or "/",
-        "QUERY_STRING": parts.query,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
         "SERVER_NAME": parts.hostname,
-        "SERVER_PORT": str(parts.port or (443 if parts.scheme == "https" else 80)),
+        "SERVER_PORT": str(port),
         "SERVER_PROTOCOL": "HTTP/1.1",
         "HTTP_HOST": parts.netloc,
         "REMOTE_ADDR": "127.0.0.1",
@@ -172,6 +186,38 @@ def _request(method: str, url: str, authorization: str, proof: str) -> WSGIReque
     if proof:
         environ["HTTP_DPOP"] = proof
     return WSGIRequest(environ)
+
+
+def _url_parts(url: str) -> tuple[SplitResult, int]:
+    """The parts and port of a URL a client could call; CannotDebug says what is wrong."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise CannotDebug("The URL is not a valid URL (its host cannot be read).") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CannotDebug("The URL must be an http or https URL with a host.")
+    if not parts.netloc.isascii():
+        raise CannotDebug("The URL's host must be ASCII: write a non-ASCII name in its xn-- form.")
+    if parts.username is not None:
+        raise CannotDebug("The URL must not carry a user name or password.")
+    try:
+        port = parts.port
+    except ValueError:  # out of range, or not a number
+        port = 0
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    if not 0 < port < 65536:
+        raise CannotDebug("The URL's port must be a number from 1 to 65535.")
+    if split_domain_port(parts.netloc) == ("", ""):
+        raise CannotDebug("The URL's host is not a valid host name.")
+    return parts, port
+
+
+def _on_the_wire(parts: SplitResult) -> tuple[str, str]:
+    """PATH_INFO and QUERY_STRING as a WSGI server passes them: the path decoded to bytes
+    (shown as latin-1), the query still percent-encoded; non-ASCII text is sent as UTF-8."""
+    path = unquote_to_bytes(parts.path or "/").decode("latin-1")
+    return path, quote(parts.query, safe=string.punctuation)
 
 
 def _view_for(django_request: WSGIRequest, tenant: Tenant) -> tuple[Any, Any]:
@@ -239,33 +285,62 @@ def _not_applicable(name: str, scheme: str, tenant: Tenant) -> bool:
     return False
 
 
-def _foreign_token_notes(tenant: Tenant, claims: Any, checks: list[Check]) -> list[str]:
-    """Say that a token belongs to another tenant, naming neither it nor its settings."""
+def _foreign_token_notes(tenant: Tenant, token: str, claims: Any, checks: list[Check]) -> list[str]:
+    """Say that a token belongs to another tenant, naming neither it nor its settings: only
+    when the token verifies under that tenant's policy with its stored keys, so that no
+    unsigned token can ask which issuers the platform's tenants trust."""
     failed = next((c.name for c in checks if c.state == FAILED), None)
     if failed not in (steps.KEY, steps.SIGNATURE, steps.ISSUER, steps.AUDIENCE):
         return []
     issuer = claims.get("iss") if isinstance(claims, dict) else None
-    if not isinstance(issuer, str) or issuer == tenant.issuer:
-        audiences = claims.get("aud") if isinstance(claims, dict) else None
-        if failed == steps.AUDIENCE and _another_tenant_has(tenant, issuer, audiences):
-            return ["This token is meant for another tenant's API on this platform."]
+    owner = _verifying_tenant(token, _candidates(tenant, issuer))
+    if owner is None:
         return []
-    if _another_tenant_has(tenant, issuer, None):
-        return ["This token was issued for another tenant of this platform, not this one."]
-    return []
+    if owner.policy.issuer == tenant.issuer:
+        return ["This token is meant for another tenant's API on this platform."]
+    return ["This token was issued for another tenant of this platform, not this one."]
 
 
-def _another_tenant_has(tenant: Tenant, issuer: Any, audiences: Any) -> bool:
-    """Whether another active tenant trusts this issuer (and one of these audiences)."""
+def _candidates(tenant: Tenant, issuer: Any) -> list[TenantConfig]:
+    """At most FOREIGN_CANDIDATES other active tenants that trust this issuer, as configured."""
     if not isinstance(issuer, str):
-        return False
-    host = urlsplit(issuer).hostname or ""
+        return []
+    try:
+        host = urlsplit(issuer).hostname or ""
+    except ValueError:
+        return []
     others = Tenant.objects.filter(active=True).exclude(pk=tenant.pk)
     others = others.filter(Q(issuer_override=issuer) | Q(domain=host, issuer_override=""))
-    if audiences is not None:
-        names = [audiences] if isinstance(audiences, str) else audiences
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            return False
-        others = others.filter(audiences__audience__in=names)
-    rows = others.values_list("domain", "issuer_override")
-    return any(derive_issuer(domain, override) == issuer for domain, override in rows[:50])
+    rows = others.order_by("pk").values_list("slug", "domain", "issuer_override")
+    slugs = [slug for slug, *where in rows[:FOREIGN_CANDIDATES] if derive_issuer(*where) == issuer]
+    return [config for slug in slugs if (config := directory.by_slug(slug)) is not None]
+
+
+def _verifying_tenant(token: str, candidates: list[TenantConfig]) -> TenantConfig | None:
+    """The first candidate whose policy and stored keys (never fetched here) accept the token."""
+    if not candidates:
+        return None
+    try:
+        records = read_records(sorted({c.policy.jwks_url for c in candidates}))
+    except Exception:  # the store cannot answer: say nothing rather than fail the page
+        return None
+    for candidate in candidates:
+        record = records.get(candidate.policy.jwks_url)
+        if record is not None and _verifies(token, candidate.policy, record):
+            return candidate
+    return None
+
+
+def _verifies(token: str, policy: IssuerPolicy, record: KeySetRecord) -> bool:
+    stored = {key["kid"]: key for key in record.keys}
+
+    def stored_key(kid: str) -> SigningKey:
+        if kid not in stored:
+            raise UnknownKey()
+        return SigningKey.from_jwk(stored[kid])
+
+    try:
+        verify_token(token, policy, stored_key)
+    except TokenError:
+        return False
+    return True

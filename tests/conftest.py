@@ -132,3 +132,21 @@ def acme_tokens(tokens: Callable[..., TokenFactory]) -> TokenFactory:
 def key_dir(tmp_path: Path) -> Path:
     """A private key directory for tests that rotate or restart an issuer."""
     return tmp_path / "keys"
+
+
+@pytest.fixture(params=["redis", "database"])
+def either_store(request: pytest.FixtureRequest, settings: Any) -> str:
+    """In-process tests on both shared stores: Redis (``REDIS_URL``) or the embedded default's
+    database cache (a table of its own, created in the test's transaction)."""
+    if request.param == "database":
+        from django.core.management import call_command
+
+        request.getfixturevalue("db")
+        call_command("createcachetable", "authz_cache_either")
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "authz.store.SharedDatabaseCache",
+                "LOCATION": "authz_cache_either",
+            }
+        }
+    return request.param

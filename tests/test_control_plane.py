@@ -453,6 +453,30 @@ def test_a_dpop_proof_is_accepted_once_across_every_worker(stack: Stack) -> None
     assert crossed, "no replay reached a worker other than the one that accepted the proof"
 
 
+def test_a_forged_proof_sent_to_every_worker_leaves_the_victims_proof_id_unused(
+    stack: Stack,
+) -> None:
+    item = stack.tenant("victims")
+    stack.import_tenants(item)
+    victim, attacker = dpop.new_key(), dpop.new_key()
+    token = stack.token("victims", audience(item), dpop_key=victim)
+    path, url = "/t/victims/api/private", "http://127.0.0.1/t/victims/api/private"
+    stack.web.until(OK, path, headers=dpop_call(stack, path, token, victim), within=PROPAGATION)
+    victims_jwk = {"jwk": dpop.public_jwk(victim)}
+
+    def forged() -> dict[str, str]:  # the victim's key and a chosen jti, the attacker's signature
+        proof = dpop.make_proof(attacker, "GET", url, token, jti="chosen", headers=victims_jwk)
+        return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+    refused = stack.web.everyone(path, headers=forged, n=8)
+    genuine = dpop.make_proof(victim, "GET", url, access_token=token, jti="chosen")
+    first_use = {"Authorization": f"DPoP {token}", "DPoP": genuine}
+    answer = stack.web.ask(path, headers=first_use, n=1)[0]
+
+    assert all(a.code == "invalid_dpop_proof" for a in refused), summary(refused)
+    assert answer.status == 200, summary([answer])
+
+
 def test_a_dpop_nonce_issued_by_one_worker_is_accepted_by_every_worker(stack: Stack) -> None:
     item = stack.tenant("nonces", dpop_nonce=True)
     stack.import_tenants(item)

@@ -1,11 +1,15 @@
 """The token debugger on the tenant page: the API's own answer, check by check, without effects."""
 
+import base64
 import json
 import logging
 import time
 import uuid
+from urllib.parse import quote
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import User
 from django.test import Client
@@ -96,6 +100,26 @@ def test_a_refused_token_gets_exactly_the_apis_answer_and_its_check(
     )
 
 
+@pytest.mark.parametrize(
+    "claims, failed",
+    [
+        ({"aud": ""}, "audience"),
+        ({"exp": "tomorrow"}, "time"),
+        ({"exp": None}, "required"),
+        ({"scope": 7}, "scope_claims"),
+    ],
+)
+def test_a_repeated_refusal_names_the_same_check(admin_client, acme, acme_tokens, claims, failed):
+    token = acme_tokens.token(**claims)
+
+    first = run(admin_client, acme, token)
+    again = run(admin_client, acme, token)  # answered from the refused-token cache
+
+    assert states(first)[failed] == "failed"
+    assert states(again) == states(first)
+    assert again.context["answer"].body == first.context["answer"].body
+
+
 def test_a_pasted_proof_is_checked_but_not_used_up(admin_client, client, acme, acme_tokens):
     key = dpop.new_key()
     bound = acme_tokens.token(cnf={"jkt": dpop.key_thumbprint(key)}, scope="read:messages")
@@ -114,16 +138,83 @@ def test_a_pasted_proof_is_checked_but_not_used_up(admin_client, client, acme, a
     assert "already used" in after.context["answer"].body
 
 
-def test_a_token_of_another_tenant_is_said_to_be_so_without_naming_it(
-    admin_client, acme, make_tenant, tokens
-):
-    make_tenant("globex")
+@pytest.fixture
+def operator(acme, django_user_model) -> Client:
+    """A staff operator of acme alone, not a superuser: other tenants are secret to them."""
+    user = django_user_model.objects.create_user("op", password="pw-op-123", is_staff=True)
+    acme.operators.add(user)
+    browser = Client()
+    browser.force_login(user)
+    return browser
 
-    response = run(admin_client, acme, tokens("globex").token(scope="read:messages"))
+
+def unsigned(claims: dict, kid: str = "made-up") -> str:
+    """A token with an RS256 header and a signature that no key made."""
+    header = {"alg": "RS256", "typ": "JWT", "kid": kid}
+    parts = (json.dumps(header).encode(), json.dumps(claims).encode(), b"not a signature")
+    return ".".join(base64.urlsafe_b64encode(part).decode().rstrip("=") for part in parts)
+
+
+def foreign_notes(response) -> list[str]:
+    """The notes that speak of another tenant."""
+    return [note for note in response.context["answer"].notes if "another tenant" in note]
+
+
+def test_a_token_of_another_tenant_is_said_to_be_so_without_naming_it(
+    either_store, operator, client, acme, make_tenant, tokens
+):
+    globex, token = make_tenant("globex"), tokens("globex").token(scope="read:messages")
+    assert client.get("/t/globex/api/private", **bearer(token)).status_code == 200  # keys stored
+
+    response = run(operator, acme, token)
 
     page = response.content.decode()
     assert "issued for another tenant of this platform" in page
-    assert "globex" not in page.replace(escape(response.context["answer"].claims_text), "")
+    assert globex.slug not in page.replace(escape(response.context["answer"].claims_text), "")
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda t, kid: unsigned(t.claims()),
+        lambda t, kid: unsigned(t.claims(), kid),  # globex's kid, no signature of its key
+        lambda t, kid: t.token()[:-6] + "AAAAAA",  # globex's key, another signature
+        lambda t, kid: tokens_with_stranger_key(t, kid),
+    ],
+    ids=["unknown-kid", "globex-kid", "tampered", "stranger-key"],
+)
+def test_an_unverified_token_naming_another_tenants_issuer_says_nothing_of_it(
+    either_store, operator, client, acme, make_tenant, tokens, forge
+):
+    make_tenant("globex")
+    globex_tokens = tokens("globex")
+    genuine = globex_tokens.token(scope="read:messages")
+    assert client.get("/t/globex/api/private", **bearer(genuine)).status_code == 200  # stored
+    kid = jwt.get_unverified_header(genuine)["kid"]
+
+    response = run(operator, acme, forge(globex_tokens, kid))
+
+    assert response.context["answer"].status == 401
+    assert foreign_notes(response) == []
+
+
+def tokens_with_stranger_key(factory, kid: str) -> str:
+    """A token naming the issuer and its kid, signed by a key the issuer never had."""
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(factory.claims(), stranger, algorithm="RS256", headers={"kid": kid})
+
+
+def test_the_debugger_never_fetches_another_tenants_keys(
+    operator, issuer, acme, make_tenant, tokens
+):
+    make_tenant("globex")  # nobody called it yet: its key set is not stored
+    jwks = "GET /globex/.well-known/jwks.json"
+    before = issuer.stats().get(jwks, 0)
+
+    response = run(operator, acme, tokens("globex").token(scope="read:messages"))
+
+    assert foreign_notes(response) == []  # not known without its stored keys
+    assert issuer.stats().get(jwks, 0) == before
 
 
 def test_operators_debug_only_their_own_tenants(make_tenant, django_user_model, client, tokens):
@@ -178,6 +269,15 @@ def test_a_provisioning_tenant_gets_no_user_from_the_debugger(admin_client, make
         ("http://testserver/t/globex/api/private-scoped", "not served by the tenant acme"),
         ("http://unknown.invalid/api/private-scoped", "ALLOWED_HOSTS"),
         ("http://testserver/t/acme/api/nowhere", "not one of the API's endpoints"),
+        ("http://testserver:99999/t/acme/api/private-scoped", "port"),
+        ("http://testserver:http/t/acme/api/private-scoped", "port"),
+        ("http://[x/t/acme/api/private-scoped", "not a valid URL"),
+        ("http://[::1/t/acme/api/private-scoped", "not a valid URL"),
+        ("http://bücher.localhost/api/private-scoped", "ASCII"),
+        ("http://testserver:0/t/acme/api/private-scoped", "port"),
+        ("http://test server/t/acme/api/private-scoped", "not a valid host name"),
+        ("http://user@testserver/t/acme/api/private-scoped", "user name"),
+        ("http://testserver/t/acme/api/€", "not one of the API's endpoints"),
     ],
 )
 def test_a_url_that_is_not_this_tenants_endpoint_is_explained(
@@ -189,6 +289,22 @@ def test_a_url_that_is_not_this_tenants_endpoint_is_explained(
 
     assert response.context["answer"] is None
     assert problem in response.context["problem"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/t/acme/api/private-scoped?q=€ ü", "/t/acme/api/%70rivate-scoped"],
+)
+def test_a_url_is_sent_as_a_client_would_send_it(admin_client, client, acme, acme_tokens, path):
+    token = acme_tokens.token(scope="read:messages")
+    on_the_wire = quote(path, safe="/%?=")
+    api = client.get(on_the_wire, **bearer(token))
+
+    response = run(admin_client, acme, token, url=f"http://testserver{path}")
+
+    answer = response.context["answer"]
+    assert answer.served == (api.status_code == 200)
+    assert answer.served or answer.status == api.status_code
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,17 @@ PROOF_DEFECTS = {
     "old": ({"iat": lambda: int(time.time()) - 120}, "too old"),
     "future": ({"iat": lambda: int(time.time()) + 60}, "in the future"),
     "iat-string": ({"iat": "now"}, "iat must be a number"),
+    "iat-400-digits": ({"iat": 10**400}, "iat must be a number"),
+    "iat-bool": ({"iat": True}, "iat must be a number"),
+    "iat-huge-float": ({"iat": 1e308}, "iat must be a number"),
+    "iat-infinity": ({"iat": float("inf")}, "iat must be a number"),
+    "iat-nan": ({"iat": float("nan")}, "iat must be a number"),
+    "exp-past": ({"exp": lambda: int(time.time()) - 30}, "expired"),
+    "nbf-future": ({"nbf": lambda: int(time.time()) + 60}, "not valid yet"),
+    "exp-400-digits": ({"exp": 10**400}, "exp must be a number"),
+    "exp-string": ({"exp": "later"}, "exp must be a number"),
+    "nbf-400-digits": ({"nbf": -(10**400)}, "nbf must be a number"),
+    "nbf-bool": ({"nbf": False}, "nbf must be a number"),
     "other-token": ({"ath": access_token_hash("another.token.value")}, "another access token"),
     "no-jti": ({"jti": None}, 'no "jti"'),
     "no-htm": ({"htm": None}, 'no "htm"'),
@@ -132,13 +143,41 @@ def test_a_proof_that_does_not_describe_the_request_is_refused(client, acme, bou
     assert says in message
 
 
-def test_a_proof_signed_by_another_key_than_its_jwk_is_refused(client, acme, bound, key):
-    other = dpop.new_key()
-    proof = dpop.make_proof(
-        other, "GET", URL, access_token=bound, headers={"jwk": dpop.public_jwk(key)}
+def test_a_forged_proof_is_refused_and_leaves_the_victims_proof_id_unused(
+    client, either_store, acme, bound, key
+):
+    attacker = dpop.new_key()
+    forged = dpop.make_proof(
+        attacker,
+        "GET",
+        URL,
+        access_token=bound,
+        jti="chosen",
+        headers={"jwk": dpop.public_jwk(key)},
     )
+    genuine = dpop.make_proof(key, "GET", URL, access_token=bound, jti="chosen")
 
-    assert "signature" in refused(call(client, bound, proof), "invalid_dpop_proof")
+    assert "signature" in refused(call(client, bound, forged), "invalid_dpop_proof")
+    assert call(client, bound, genuine).status_code == 200  # its first use: not a replay
+    assert "already used" in refused(call(client, bound, genuine), "invalid_dpop_proof")
+
+
+@pytest.mark.parametrize(
+    "defect",
+    [
+        {"htu": "http://testserver/elsewhere"},
+        {"htm": "POST"},
+        {"iat": 10**400},
+        {"ath": access_token_hash("another.token.value")},
+    ],
+    ids=["htu", "htm", "iat", "ath"],
+)
+def test_a_refused_proof_leaves_its_proof_id_unused(client, either_store, acme, bound, key, defect):
+    wrong = dpop.make_proof(key, "GET", URL, access_token=bound, jti="once", **defect)
+    right = dpop.make_proof(key, "GET", URL, access_token=bound, jti="once")
+
+    refused(call(client, bound, wrong), "invalid_dpop_proof")
+    assert call(client, bound, right).status_code == 200
 
 
 def test_a_proof_of_another_key_than_the_tokens_is_refused(client, acme, bound):
@@ -453,6 +492,15 @@ def test_urls_are_normalized_as_rfc_3986_says(url, normal):
     assert normalized_url(url) == normal
 
 
+@pytest.mark.parametrize("htu", ["not a url", "http://acme.localhost:99999/api/private", ""])
+def test_an_unparsable_request_url_matches_no_htu(client, acme, bound, key, htu):
+    proof = dpop.make_proof(key, "GET", htu, access_token=bound)
+
+    response = call(client, bound, proof, path="/api/private", HTTP_HOST="acme.localhost:99999")
+
+    assert "another URL" in refused(response, "invalid_dpop_proof")
+
+
 def test_a_proof_with_an_equivalent_url_spelling_is_served(client, acme, bound, key):
     url = "HTTP://TESTSERVER:80/t/acme/api/%70rivate?ignored=1"
 
@@ -526,7 +574,7 @@ def test_a_bad_proof_is_refused_for_itself_even_when_the_store_cannot_answer(
     assert warm.status_code == 200
     settings.CACHES = {
         "default": {
-            "BACKEND": "authz.store.SharedRedisCache",  # the store asked ahead of the signature
+            "BACKEND": "authz.store.SharedRedisCache",  # never asked about a refused proof
             "LOCATION": "redis://127.0.0.1:9/0",
             "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
         }

@@ -159,6 +159,9 @@ def test_a_subject_that_is_not_a_non_empty_string_is_refused(client, acme, acme_
         ("exp", "tomorrow", "invalid_claims"),
         ("iat", "now", "invalid_claims"),
         ("nbf", "soon", "invalid_claims"),
+        pytest.param("exp", 10**400, "invalid_claims", id="exp-400-digits"),  # no float()
+        ("nbf", float("nan"), "invalid_claims"),
+        ("iat", True, "invalid_claims"),
         ("iss", 42, "invalid_issuer"),
     ],
 )

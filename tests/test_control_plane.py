@@ -350,6 +350,39 @@ def test_a_clean_stop_ends_within_the_graceful_timeout_while_a_fetch_hangs(
     assert (answer.status_code, answer.json()["code"]) == (503, "issuer_unavailable")
 
 
+DRIP = 25.0  # longer than the background fetch deadline (15 s)
+
+
+def test_tenant_changes_reach_every_worker_in_time_while_a_key_set_refresh_drips(
+    stack: Stack,
+) -> None:
+    dripper, changing = stack.tenant(f"dripper-{RUN}"), stack.tenant(f"changing-{RUN}")
+    stack.import_tenants(dripper, changing)
+    path, token = (
+        f"/t/{dripper['slug']}/api/private",
+        stack.token(dripper["slug"], audience(dripper)),
+    )
+    env = {**stack.env, "AUTHZ_JWKS_REFRESH_INTERVAL": str(REFRESH)}
+    with gunicorn(env, stack.home, "web-drip") as web:
+        web.until(OK, path, token=token, within=PROPAGATION)  # both workers use the key set
+        web.until(OK, f"/t/{changing['slug']}/api/public", within=PROPAGATION)
+        fetches = stack.jwks_fetches(dripper["slug"])
+        make_slow(stack, dripper["slug"], DRIP)
+        try:
+            started = time.monotonic()
+            while stack.jwks_fetches(dripper["slug"]) == fetches:  # a refresh is now dripping
+                assert time.monotonic() - started < REFRESH * 3, "no background refresh began"
+                assert_every(web.everyone(path, token=token), OK)  # keeps the key set in use
+
+            stack.import_tenants({**changing, "active": False})
+
+            elapsed = web.until(NOT_FOUND, f"/t/{changing['slug']}/api/public", within=PROPAGATION)
+            assert elapsed < PROPAGATION
+            assert stack.jwks_fetches(dripper["slug"]) == fetches + 1  # still that one refresh
+        finally:
+            make_slow(stack, dripper["slug"], 0)
+
+
 # 4. Slugs and hosts that look like the platform's own keys.
 
 HOSTILE_SLUGS = ("generation", "internal", "jwks-stamp", "tenants-config-version")

@@ -1,8 +1,11 @@
 """Key sets on the request path: rotation, the unknown-kid cooldown, outages, the warm path."""
 
 import os
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -176,13 +179,31 @@ def test_warm_request_among_10000_tenants_makes_no_query_and_no_fetch(
     assert issuer.hits("/acme/.well-known/jwks.json") == fetches
 
 
-def redis_get_calls() -> int:
-    """GET commands the test Redis server has answered so far."""
+@contextmanager
+def redis_commands() -> Iterator[list[str]]:
+    """The commands the test Redis server runs inside the block, as MONITOR reports them."""
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    try:
-        return client.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
-    finally:
-        client.close()
+    seen: list[str] = []
+    marker = f"end-of-watch-{uuid.uuid4().hex}"
+    with client.monitor() as monitor:
+        watcher = threading.Thread(target=_watch, args=(monitor, seen, marker), daemon=True)
+        watcher.start()
+        commands: list[str] = []
+        try:
+            yield commands
+        finally:
+            client.echo(marker)
+            watcher.join(timeout=10)
+            client.close()
+        assert not watcher.is_alive(), "MONITOR never reported the end of the watch"
+        commands += seen
+
+
+def _watch(monitor: "redis.client.Monitor", seen: list[str], marker: str) -> None:
+    for command in monitor.listen():
+        if marker in command["command"]:
+            return
+        seen.append(command["command"])
 
 
 def test_warm_requests_read_no_key_set_while_none_changes(client, make_tenant, tokens, settings):
@@ -197,13 +218,15 @@ def test_warm_requests_read_no_key_set_while_none_changes(client, make_tenant, t
     for slug in slugs:
         assert get_private(client, slug, factories[slug].token()).status_code == 200
     time.sleep(1.1)  # every key set's entry is past its recheck interval
-    before = redis_get_calls()
 
-    statuses = {get_private(client, slug, factories[slug].token()).status_code for slug in slugs}
+    with redis_commands() as commands:
+        for slug in slugs:
+            assert get_private(client, slug, factories[slug].token()).status_code == 200
 
-    assert statuses == {200}
+    reads = [command for command in commands if command.split(" ", 1)[0] in ("GET", "MGET")]
+    assert not [command for command in reads if "jwks-record" in command], reads
     # One read of the key set stamp, not one per key set or per tenant.
-    assert redis_get_calls() - before <= 4
+    assert len([command for command in reads if "jwks-stamp" in command]) == 1, reads
 
 
 def test_tenants_sharing_a_jwks_url_share_one_fetch(client, make_tenant, tokens, issuer):

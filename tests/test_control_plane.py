@@ -28,7 +28,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from devissuer import dpop
-from devissuer.issuer import DevKeyStore
+from devissuer.issuer import DevKeyStore, start_in_thread
 from tests.processes import (
     ROOT,
     Answer,
@@ -574,6 +574,67 @@ def test_second_worker_uses_the_key_set_the_first_fetched(stack: Stack) -> None:
     assert_every(answers, OK)
     assert {a.pid for a in answers} - {first.pid}
     assert stack.jwks_fetches("solo") == 1
+
+
+def test_tenants_sharing_a_key_set_share_one_fetch_across_workers(stack: Stack) -> None:
+    issuer = f"sharing-{RUN}"
+    items = [stack.tenant(f"sharer-{n}-{RUN}", issuer) for n in "ab"]
+    stack.import_tenants(*items)
+    stack.web.until(OK, f"/t/{items[1]['slug']}/api/public", within=PROPAGATION)
+
+    first = stack.web.get(
+        f"/t/{items[0]['slug']}/api/private", token=stack.token(issuer, audience(items[0]))
+    )
+    answers = stack.web.everyone(
+        f"/t/{items[1]['slug']}/api/private", token=fresh_tokens(stack, issuer, audience(items[1]))
+    )
+
+    assert first.status == 200, first
+    assert_every(answers, OK)
+    assert stack.jwks_fetches(issuer) == 1
+
+
+def test_every_worker_serves_the_stored_keys_while_their_issuer_is_down(stack: Stack) -> None:
+    name = f"downcached-{RUN}"
+    DevKeyStore(stack.key_dir).current(name)  # the stack's issuer mints with the same key
+    down = start_in_thread(DevKeyStore(stack.key_dir))
+    item = stack.tenant(name, jwks_url=f"{down.url_for(name)}.well-known/jwks.json")
+    stack.import_tenants(item)
+    stack.web.until(OK, f"/t/{name}/api/public", within=PROPAGATION)
+    first = stack.web.get(f"/t/{name}/api/private", token=stack.token(name, audience(item)))
+    assert (first.status, down.hits("/.well-known/jwks.json")) == (200, 1), first
+
+    down.stop()
+    answers = stack.web.everyone(
+        f"/t/{name}/api/private", token=fresh_tokens(stack, name, audience(item))
+    )
+
+    assert_every(answers, OK)
+    assert {a.pid for a in answers} - {first.pid}
+
+
+def test_made_up_kids_at_every_worker_cost_one_fetch_per_cooldown(stack: Stack) -> None:
+    item = stack.tenant(f"kids-{RUN}")
+    stack.import_tenants(item)
+    slug = item["slug"]
+    stack.web.until(
+        OK, f"/t/{slug}/api/private", token=stack.token(slug, audience(item)), within=PROPAGATION
+    )
+    time.sleep(COOLDOWN + 1.2)  # the first fetch's cooldown is over (whole seconds in the database)
+    fetches = stack.jwks_fetches(slug)
+    _, key = DevKeyStore(stack.key_dir).current(slug)
+
+    def made_up_kid() -> str:
+        now = int(time.time())
+        claims = {"iss": item["issuer"], "aud": audience(item), "iat": now, "exp": now + 600}
+        return jwt.encode({**claims, "sub": "x@clients"}, key, "RS256", {"kid": uuid.uuid4().hex})
+
+    started = time.monotonic()
+    answers = stack.web.ask(f"/t/{slug}/api/private", token=made_up_kid, n=40)
+    elapsed = time.monotonic() - started
+
+    assert_every(answers, answered(401, "unknown_key"))
+    assert 1 <= stack.jwks_fetches(slug) - fetches <= 1 + elapsed / COOLDOWN, elapsed
 
 
 BURST_CLIENTS, BURST_REQUESTS = 8, 64

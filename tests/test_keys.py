@@ -11,7 +11,11 @@ import pytest
 import redis
 import requests
 
-from authz.jwks import read_record
+from django.core.cache import cache
+
+from authz.jwks import lock_key, read_record
+from authz.keys import WAIT_GRACE, WAIT_MAX_POLL
+from authz.store import derived_key
 from authz.tasks import refresh_key_set
 from devissuer.issuer import start_in_thread
 from tenants.directory import jwks_urls
@@ -115,6 +119,67 @@ def test_issuer_down_without_keys_is_503_not_401(client, make_tenant, tokens, ow
     assert response.json()["code"] == "issuer_unavailable"
     assert response["Retry-After"] == "30"
     assert "WWW-Authenticate" not in response
+
+
+def hold_fetch(jwks_url: str) -> None:
+    """What another process does when it has claimed the one fetch of this URL."""
+    cache.add(derived_key("jwks-cooldown", jwks_url), 1, timeout=30)
+    cache.add(lock_key(jwks_url), "another-process", timeout=30)
+
+
+def test_a_request_waits_for_the_fetch_in_flight_and_uses_what_it_stored(
+    client, acme, acme_tokens, issuer
+):
+    url = jwks_url_of("acme")
+    hold_fetch(url)
+    fetches = issuer.hits("/acme/.well-known/jwks.json")
+
+    def finish_the_fetch() -> None:
+        time.sleep(0.3)
+        cache.delete(lock_key(url))
+        refresh_key_set.delay(url)
+
+    finisher = threading.Thread(target=finish_the_fetch)
+    started = time.monotonic()
+    finisher.start()
+    response = get_private(client, "acme", acme_tokens.token())
+    waited = time.monotonic() - started
+    finisher.join()
+
+    assert response.status_code == 200
+    assert 0.3 <= waited < 0.3 + WAIT_MAX_POLL + 0.5, waited
+    assert issuer.hits("/acme/.well-known/jwks.json") == fetches + 1  # the other's, not its own
+
+
+def test_a_fetch_that_never_ends_is_waited_for_until_the_deadline(
+    client, acme, acme_tokens, settings
+):
+    settings.AUTHZ = {**settings.AUTHZ, "JWKS_FETCH_DEADLINE": 0.5}
+    hold_fetch(jwks_url_of("acme"))
+
+    started = time.monotonic()
+    response = get_private(client, "acme", acme_tokens.token())
+    waited = time.monotonic() - started
+
+    assert (response.status_code, response.json()["code"]) == (503, "issuer_unavailable")
+    assert 0.5 <= waited < 1.5, waited
+
+
+def test_an_issuer_that_is_down_costs_later_requests_no_wait(
+    client, make_tenant, tokens, own_issuer
+):
+    make_tenant("downfast", issuer=own_issuer.url_for("downfast"))
+    factory = tokens("downfast")
+    factory.server = own_issuer
+    own_issuer.stop()
+    assert get_private(client, "downfast", factory.token()).status_code == 503  # its own fetch
+
+    started = time.monotonic()
+    response = get_private(client, "downfast", factory.token())  # in the cooldown: no fetch
+    waited = time.monotonic() - started
+
+    assert (response.status_code, response.json()["code"]) == (503, "issuer_unavailable")
+    assert waited < WAIT_GRACE / 2, waited
 
 
 def test_keys_older_than_max_stale_are_not_used(client, make_tenant, tokens, own_issuer, settings):

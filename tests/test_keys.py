@@ -10,7 +10,6 @@ from contextlib import contextmanager
 import pytest
 import redis
 import requests
-
 from django.core.cache import cache
 
 from authz.jwks import lock_key, read_record

@@ -8,8 +8,9 @@ process without that thread runs it inline on the first request after the interv
 
 A URL first seen in this process starts from the shared record another process already fetched.
 An unknown kid, or no usable key set, triggers at most one on-demand fetch per URL per cooldown,
-single-flight across processes: a rotated key works at once, a flood of made-up kids cannot hammer
-the issuer, and a hanging issuer holds at most one worker per URL.
+single-flight across processes: a rotated key works at once, and a flood of made-up kids cannot
+hammer the issuer. A request with no usable key set waits for a fetch in flight elsewhere (up to
+the request-path deadline) rather than answering 503 while the issuer is answering.
 """
 
 import logging

@@ -120,6 +120,19 @@ def read_records(jwks_urls: list[str]) -> dict[str, KeySetRecord]:
     return {keys[key]: KeySetRecord.from_dict(data) for key, data in found.items()}
 
 
+def lock_key(jwks_url: str) -> str:
+    """Shared-store key held while one process fetches a JWKS URL."""
+    return derived_key("jwks-lock", jwks_url)
+
+
+def read_fetch_state(jwks_url: str) -> tuple[KeySetRecord | None, bool]:
+    """The stored record of a URL and whether a fetch of it is in flight, in one round trip."""
+    record, lock = record_key(jwks_url), lock_key(jwks_url)
+    found = shared_store().get_many([record, lock])
+    data = found.get(record)
+    return (KeySetRecord.from_dict(data) if data else None), lock in found
+
+
 def drop_record(jwks_url: str) -> None:
     """Forget the record of a URL no tenant uses any more."""
     store = shared_store()
@@ -285,9 +298,9 @@ def refresh_key_set(
     ``trigger`` names who asked (scheduled, background, on_demand) in the fetch metrics.
     """
     store = shared_store()
-    lock_key, token = derived_key("jwks-lock", jwks_url), uuid.uuid4().hex
+    lock, token = lock_key(jwks_url), uuid.uuid4().hex
     lock_seconds = (deadline or authz_settings.JWKS_FETCH_DEADLINE) + 5
-    if not claim(lock_key, lock_seconds, token):
+    if not claim(lock, lock_seconds, token):
         count_key_set_fetch(jwks_url, "busy", trigger)
         raise RefreshInProgress(f"The key set at {jwks_url} is being refreshed elsewhere.")
     started = time.monotonic()
@@ -300,8 +313,8 @@ def refresh_key_set(
         error = f": {exc}"
         raise
     finally:
-        if store.get(lock_key) == token:
-            store.delete(lock_key)
+        if store.get(lock) == token:
+            store.delete(lock)
         count_key_set_fetch(jwks_url, outcome, trigger)
         _log_refresh(jwks_url, outcome + error, key_count, time.monotonic() - started)
 

@@ -8,8 +8,9 @@ process without that thread runs it inline on the first request after the interv
 
 A URL first seen in this process starts from the shared record another process already fetched.
 An unknown kid, or no usable key set, triggers at most one on-demand fetch per URL per cooldown,
-single-flight across processes: a rotated key works at once, a flood of made-up kids cannot hammer
-the issuer, and a hanging issuer holds at most one worker per URL.
+single-flight across processes: a rotated key works at once, and a flood of made-up kids cannot
+hammer the issuer. A request with no usable key set waits for a fetch in flight elsewhere (up to
+the request-path deadline) rather than answering 503 while the issuer is answering.
 """
 
 import logging
@@ -22,6 +23,7 @@ from authz.jwks import (
     JWKSError,
     KeySetRecord,
     RefreshInProgress,
+    read_fetch_state,
     read_record,
     read_records,
     read_stamp,
@@ -40,6 +42,13 @@ UNREAD = object()  # matches no stamp: an entry marked so is re-read on its next
 # On a missing kid, the shared record is re-read at most this often per URL: a key another
 # process just fetched works here at once, and a flood of made-up kids costs a few reads a second.
 REREAD_EVERY = 0.25
+# A request that finds no usable key set while another thread or process fetches it waits for
+# that fetch (up to the request-path deadline) instead of answering 503: it polls the shared
+# record and lock, first after WAIT_FIRST_POLL, backing off to WAIT_MAX_POLL. With no fetch in
+# flight and no record yet, the one that claimed the fetch may not have begun: WAIT_GRACE.
+WAIT_FIRST_POLL = 0.01
+WAIT_MAX_POLL = 0.1
+WAIT_GRACE = 0.5
 
 
 class KeySetUnavailable(Exception):
@@ -60,9 +69,14 @@ class _Entry:
     stamp: object
 
     def usable(self) -> bool:
-        if self.fetched_at is None:
-            return False
-        return time.time() - self.fetched_at <= authz_settings.KEYSET_MAX_STALE
+        return _fresh(self.fetched_at)
+
+
+def _fresh(fetched_at: float | None) -> bool:
+    """Whether keys fetched then may still be used."""
+    if fetched_at is None:
+        return False
+    return time.time() - fetched_at <= authz_settings.KEYSET_MAX_STALE
 
 
 def _parse(record: KeySetRecord, now: float, stamp: object) -> _Entry:
@@ -83,6 +97,19 @@ def _updated(entry: _Entry | None, record: KeySetRecord | None, now: float, stam
             stamp=stamp,
         )
     return _parse(record, now, stamp)
+
+
+def _fetch_over(record: KeySetRecord | None, fetching: bool, waited: float) -> bool:
+    """Whether a waiter has what it waited for: usable keys, or a fetch that ended either way.
+
+    With a record and no fetch in flight, there is nothing to wait for: an issuer that is down
+    costs its callers no wait. With neither, the winner of the claim may not have started yet.
+    """
+    if record is not None and _fresh(record.fetched_at):
+        return True
+    if fetching:
+        return False
+    return record is not None or waited >= WAIT_GRACE
 
 
 def _has(entry: _Entry | None, kid: str) -> bool:
@@ -121,7 +148,8 @@ class KeyCache:
         if not _has(entry, kid) and self._may_fetch(jwks_url):
             entry = self._fetch(jwks_url) or entry
         if entry is None or not entry.usable():
-            # Nothing fetched yet at all: another process is most likely fetching it right now.
+            entry = self._wait_for_fetch(jwks_url) or entry
+        if entry is None or not entry.usable():
             retry_after = 1 if entry is None else 30
             raise KeySetUnavailable(f"No usable key set at {jwks_url}.", retry_after)
         if kid not in entry.keys:
@@ -211,6 +239,28 @@ class KeyCache:
             logger.warning("Cannot read the key set at %s from the shared store.", jwks_url)
             return None
         entry = _updated(self._entries.get(jwks_url), record, time.monotonic(), stamp)
+        self._put(jwks_url, entry)
+        return entry
+
+    def _wait_for_fetch(self, jwks_url: str) -> _Entry | None:
+        """The entry a fetch in flight elsewhere stores, waited for up to the fetch deadline."""
+        started = time.monotonic()
+        give_up = started + authz_settings.JWKS_FETCH_DEADLINE
+        pause = WAIT_FIRST_POLL
+        while True:
+            try:
+                record, fetching = read_fetch_state(jwks_url)
+            except Exception:
+                logger.warning("Cannot read the key set at %s from the shared store.", jwks_url)
+                return None
+            now = time.monotonic()
+            if _fetch_over(record, fetching, now - started) or now >= give_up:
+                return self._entry_of(jwks_url, record)
+            time.sleep(min(pause, give_up - now))
+            pause = min(pause * 2, WAIT_MAX_POLL)
+
+    def _entry_of(self, jwks_url: str, record: KeySetRecord | None) -> _Entry | None:
+        entry = _updated(self._entries.get(jwks_url), record, time.monotonic(), UNREAD)
         self._put(jwks_url, entry)
         return entry
 

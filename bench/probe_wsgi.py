@@ -22,14 +22,14 @@ from django.db.backends.signals import connection_created
 from bench.stack import HELD_PATH
 
 SQL_DIR = os.environ.get("BENCH_SQL_DIR")
-SYNC_THREAD = "authz-sync"  # tenants/sync.py names its thread so
+SYNC_THREADS = ("authz-sync", "authz-refresh")  # tenants/sync.py names its threads so
 DUMP_EVERY = 0.2
 statements: Counter = Counter()
 
 
 def count_statement(execute: Callable, sql: str, params: Any, many: bool, context: dict) -> Any:
     """Count one statement by thread, and apart the change feed's and the shared store's."""
-    thread = "sync" if threading.current_thread().name == SYNC_THREAD else "request"
+    thread = "sync" if threading.current_thread().name in SYNC_THREADS else "request"
     statements[thread] += 1
     if "tenants_tenantchange" in sql:
         statements[f"{thread}_feed"] += 1

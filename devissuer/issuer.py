@@ -42,8 +42,12 @@ DEFAULT_EXPIRES_IN = 3600
 ERROR_CODES = {HTTPStatus.BAD_REQUEST: "invalid_request", HTTPStatus.NOT_FOUND: "not_found"}
 ROUTE_RE = re.compile(
     r"/(?P<name>[^/]+)/(?P<route>\.well-known/openid-configuration|\.well-known/jwks\.json"
-    r"|oauth/token|rotate)"
+    r"|oauth/token|rotate|slow)"
 )
+# How long one issuer's key set may be made to take (POST /<name>/slow), and how often a
+# slow key set sends its next piece.
+MAX_SLOW_SECONDS = 600.0
+DRIP_EVERY = 0.5
 
 
 class BadRequest(Exception):
@@ -236,6 +240,7 @@ class DevIssuerServer(ThreadingHTTPServer):
         self.base_url = (public_url or self._bound_url()).rstrip("/")
         self._hits: Counter[tuple[str, str]] = Counter()
         self._hits_lock = threading.Lock()
+        self._slow: dict[str, float] = {}
         self._thread: threading.Thread | None = None
 
     def _bound_url(self) -> str:
@@ -267,6 +272,16 @@ class DevIssuerServer(ThreadingHTTPServer):
         """Return the request counts keyed ``"METHOD PATH"``."""
         with self._hits_lock:
             return {f"{method} {path}": n for (method, path), n in self._hits.items()}
+
+    def set_slow(self, name: str, seconds: float) -> None:
+        """Make an issuer's key set take ``seconds`` to arrive (0: at once again)."""
+        with self._hits_lock:
+            self._slow[name] = seconds
+
+    def slowness(self, name: str) -> float:
+        """Seconds an issuer's key set takes to arrive."""
+        with self._hits_lock:
+            return self._slow.get(name, 0.0)
 
     def stop(self) -> None:
         """Stop serving (if started in a thread) and close the listening socket."""
@@ -350,6 +365,7 @@ class DevIssuerHandler(BaseHTTPRequestHandler):
             ("GET", ".well-known/jwks.json"): self._jwks,
             ("POST", "oauth/token"): self._token,
             ("POST", "rotate"): self._rotate,
+            ("POST", "slow"): self._set_slow,
         }
 
     def _discovery(self, name: str) -> None:
@@ -369,7 +385,22 @@ class DevIssuerHandler(BaseHTTPRequestHandler):
 
     def _jwks(self, name: str) -> None:
         jwks = self.server.store.jwks(name)
-        self._json(HTTPStatus.OK, jwks, {"Cache-Control": "max-age=60"})
+        seconds = self.server.slowness(name)
+        self._json(HTTPStatus.OK, jwks, {"Cache-Control": "max-age=60"}, drip_seconds=seconds)
+
+    def _set_slow(self, name: str) -> None:
+        """``{"seconds": N}``: the key set drips over N seconds from now on (0 stops it)."""
+        body = self._read_body()
+        if body is None:
+            return
+        fields, _ = _decode_body(body, self.headers.get("Content-Type", ""))
+        seconds = fields.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise BadRequest('Send {"seconds": N}, a number.')
+        if not 0 <= seconds <= MAX_SLOW_SECONDS:
+            raise BadRequest(f"seconds must be between 0 and {MAX_SLOW_SECONDS:g}.")
+        self.server.set_slow(name, float(seconds))
+        self._json(HTTPStatus.OK, {"seconds": seconds})
 
     def _rotate(self, name: str) -> None:
         kid, previous = self.server.store.rotate_keys(name)
@@ -440,7 +471,13 @@ class DevIssuerHandler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus, error: str, description: str) -> None:
         self._json(status, {"error": error, "error_description": description})
 
-    def _json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
+    def _json(
+        self,
+        status: int,
+        payload: object,
+        headers: dict[str, str] | None = None,
+        drip_seconds: float = 0.0,
+    ) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -449,7 +486,19 @@ class DevIssuerHandler(BaseHTTPRequestHandler):
             self.send_header(header, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(data)
+            self._write(data, drip_seconds)
+
+    def _write(self, data: bytes, drip_seconds: float) -> None:
+        """Send the body at once, or in pieces spread over ``drip_seconds``."""
+        pieces = max(1, min(len(data), round(drip_seconds / DRIP_EVERY)))
+        size = -(-len(data) // pieces)
+        try:
+            for start in range(0, len(data), size):
+                time.sleep(drip_seconds / pieces)
+                self.wfile.write(data[start : start + size])
+                self.wfile.flush()
+        except OSError:
+            self.close_connection = True  # the client gave up waiting
 
 
 class TokenRequest:

@@ -1,12 +1,17 @@
-"""Each web process's background thread: applies tenant changes and keeps key sets fresh.
+"""Each web process's two background threads: one applies changes, one keeps key sets fresh.
 
-Every CONFIG_RECHECK_INTERVAL it reads the tenant change feed (one query) and the shared key
-set stamp (one store read), so no request ever waits on either; and it refreshes the key sets
-that this process uses once they are older than JWKS_REFRESH_INTERVAL, one process per URL,
-so a deployment without a worker (the embedded default) keeps its keys fresh too. Where a
-worker is expected (a broker is configured), it steps in only after twice the interval. It also
-writes this process's traffic counts every TRAFFIC_FLUSH_INTERVAL (``tenants/traffic.py``). A
-process without the thread (tests, management commands) does the same checks inline instead.
+Every CONFIG_RECHECK_INTERVAL the ``authz-sync`` thread reads the tenant change feed (one query)
+and the shared key set stamp (one store read), so no request ever waits on either. It also
+writes this process's traffic counts every TRAFFIC_FLUSH_INTERVAL (``tenants/traffic.py``).
+
+The ``authz-refresh`` thread refreshes the key sets that this process uses once they are older
+than JWKS_REFRESH_INTERVAL, one process per URL, so a deployment without a worker (the embedded
+default) keeps its keys fresh too. Where a worker is expected (a broker is configured), it steps
+in only after twice the interval. It has a thread of its own because a slow issuer holds it for
+up to JWKS_BACKGROUND_FETCH_DEADLINE per URL, and tenant changes and key removals must still
+arrive within the recheck interval meanwhile.
+
+A process without the threads (tests, management commands) does the same checks inline instead.
 """
 
 import atexit
@@ -14,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from celery import current_app
 from django.db import close_old_connections
@@ -30,15 +36,24 @@ logger = logging.getLogger(__name__)
 
 
 def sync_once() -> None:
-    """One round: apply tenant changes, follow key set changes, refresh what is due."""
+    """One round of the change thread: apply tenant changes, follow key set changes."""
     try:
         directory.sync()
         key_cache.sync()
-        key_cache.refresh_due(worker_expected=not current_app.conf.task_always_eager)
         _flush_traffic_now_and_then()
         _prune_now_and_then()
     except Exception:
         logger.exception("Background sync failed; the next round tries again.")
+    finally:
+        close_old_connections()
+
+
+def refresh_once() -> None:
+    """One round of the refresh thread: refresh the key sets used here that are due."""
+    try:
+        key_cache.refresh_due(worker_expected=not current_app.conf.task_always_eager)
+    except Exception:
+        logger.exception("Background key set refresh failed; the next round tries again.")
     finally:
         close_old_connections()
 
@@ -71,14 +86,14 @@ def _prune_now_and_then() -> None:
 
 
 class BackgroundSync:
-    """Starts the thread once per process, and again in each forked child."""
+    """Starts the threads once per process, and again in each forked child."""
 
     def __init__(self) -> None:
         self._pid: int | None = None
         self._registered = False
 
     def enable(self) -> None:
-        """Run the thread in this process and in every process forked from it."""
+        """Run the threads in this process and in every process forked from it."""
         if not authz_settings.BACKGROUND_SYNC:
             return
         if not self._registered:
@@ -98,16 +113,23 @@ class BackgroundSync:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        threading.Thread(target=self._run, name="authz-sync", daemon=True).start()
+        threading.Thread(target=self._sync, name="authz-sync", daemon=True).start()
+        threading.Thread(target=self._refresh, name="authz-refresh", daemon=True).start()
 
-    def _run(self) -> None:
-        pid = os.getpid()
+    def _sync(self) -> None:
         sync_once()
         directory.synced_in_background = key_cache.synced_in_background = True
         traffic_counter.flushed_in_background = True
-        stop = threading.Event()
+        self._every_recheck(sync_once)
+
+    def _refresh(self) -> None:
+        self._every_recheck(refresh_once)
+
+    def _every_recheck(self, round_: Callable[[], None]) -> None:
+        """Run ``round_`` every CONFIG_RECHECK_INTERVAL for as long as this process lives."""
+        pid, stop = os.getpid(), threading.Event()
         while self._pid == pid and not stop.wait(authz_settings.CONFIG_RECHECK_INTERVAL):
-            sync_once()
+            round_()
 
 
 background_sync = BackgroundSync()

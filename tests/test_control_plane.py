@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +28,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from devissuer import dpop
-from devissuer.issuer import DevKeyStore
+from devissuer.issuer import DevKeyStore, start_in_thread
 from tests.processes import (
     ROOT,
     Answer,
@@ -137,16 +138,6 @@ def fresh_tokens(stack: Stack, issuer_name: str, aud: str) -> Callable[[], str]:
     return lambda: stack.token(issuer_name, aud, sub=f"client-{uuid.uuid4().hex}@clients")
 
 
-def warm_key_set(stack: Stack, path: str, host: str, token: str) -> None:
-    """One request, so that one worker has fetched the tenant's key set before a burst.
-
-    A worker whose first request for a URL arrives while another worker is fetching that URL
-    answers 503 issuer_unavailable at once, even from a healthy issuer; the tests of tenant
-    changes warm the key set first, so that they test the change.
-    """
-    stack.web.get(path, host=host, token=token)
-
-
 # 1. Tenant changes from another process reach every worker.
 
 
@@ -189,8 +180,6 @@ def test_moved_host_serves_its_new_tenant_in_every_worker(stack: Stack) -> None:
     stack.import_tenants(first, second)
     token = stack.token("hostb", audience(second))
     stack.web.until(realm_of("hosta"), PRIVATE, host="shared.localhost", within=PROPAGATION)
-    warm_key_set(stack, PRIVATE, "shared.localhost", token)
-    warm_key_set(stack, "/t/hostb/api/private", "127.0.0.1", token)
     assert_every(stack.web.everyone(PRIVATE, host="shared.localhost", token=token), answered(401))
 
     stack.import_tenants({**first, "hosts": []}, {**second, "hosts": ["shared.localhost"]})
@@ -321,17 +310,17 @@ def test_dripping_issuer_answers_503_within_the_deadline_and_others_stay_fast(
         hanging = pool.submit(stack.web.get, "/t/drip/api/private", token=drip_token)
         time.sleep(0.3)  # one worker is now reading the drip
         meanwhile = [stack.web.get("/t/steady/api/private", token=steady_token) for _ in range(10)]
-        second = stack.web.get("/t/drip/api/private", token=drip_token)
         still_hanging = not hanging.done()
+        second = stack.web.get("/t/drip/api/private", token=drip_token)
         first = hanging.result()
 
     assert still_hanging
     assert (first.status, first.code) == (503, "issuer_unavailable")
     assert first.seconds < FETCH_DEADLINE + 2, first
     assert all(a.status == 200 and a.seconds < 1 for a in meanwhile), meanwhile
-    # The other worker does not wait on the same URL: one hanging issuer holds one worker.
+    # The other worker waits for that one fetch, not a fetch of its own, and answers when it ends.
     assert (second.status, second.code) == (503, "issuer_unavailable"), second
-    assert second.pid != first.pid and second.seconds < 1, second
+    assert second.pid != first.pid and second.seconds < FETCH_DEADLINE + 1, second
     assert_every(stack.web.everyone("/t/steady/api/private", token=steady_token), OK)
 
 
@@ -359,6 +348,39 @@ def test_a_clean_stop_ends_within_the_graceful_timeout_while_a_fetch_hangs(
     assert exit_code == 0
     assert seconds < 10, f"took {seconds:.1f} s to stop"
     assert (answer.status_code, answer.json()["code"]) == (503, "issuer_unavailable")
+
+
+DRIP = 25.0  # longer than the background fetch deadline (15 s)
+
+
+def test_tenant_changes_reach_every_worker_in_time_while_a_key_set_refresh_drips(
+    stack: Stack,
+) -> None:
+    dripper, changing = stack.tenant(f"dripper-{RUN}"), stack.tenant(f"changing-{RUN}")
+    stack.import_tenants(dripper, changing)
+    path, token = (
+        f"/t/{dripper['slug']}/api/private",
+        stack.token(dripper["slug"], audience(dripper)),
+    )
+    env = {**stack.env, "AUTHZ_JWKS_REFRESH_INTERVAL": str(REFRESH)}
+    with gunicorn(env, stack.home, "web-drip") as web:
+        web.until(OK, path, token=token, within=PROPAGATION)  # both workers use the key set
+        web.until(OK, f"/t/{changing['slug']}/api/public", within=PROPAGATION)
+        fetches = stack.jwks_fetches(dripper["slug"])
+        make_slow(stack, dripper["slug"], DRIP)
+        try:
+            started = time.monotonic()
+            while stack.jwks_fetches(dripper["slug"]) == fetches:  # a refresh is now dripping
+                assert time.monotonic() - started < REFRESH * 3, "no background refresh began"
+                assert_every(web.everyone(path, token=token), OK)  # keeps the key set in use
+
+            stack.import_tenants({**changing, "active": False})
+
+            elapsed = web.until(NOT_FOUND, f"/t/{changing['slug']}/api/public", within=PROPAGATION)
+            assert elapsed < PROPAGATION
+            assert stack.jwks_fetches(dripper["slug"]) == fetches + 1  # still that one refresh
+        finally:
+            make_slow(stack, dripper["slug"], 0)
 
 
 # 4. Slugs and hosts that look like the platform's own keys.
@@ -389,7 +411,6 @@ def test_hostile_slugs_and_hosts_each_work_without_disturbing_the_others(stack: 
 
     for item in items:
         slug = item["slug"]
-        warm_key_set(stack, f"/t/{slug}/api/private", "127.0.0.1", tokens[slug])
         assert_every(stack.web.everyone(f"/t/{slug}/api/private", token=tokens[slug]), OK)
         for host in item.get("hosts", []):
             assert_every(stack.web.everyone(PRIVATE, host=host, token=tokens[slug]), OK)
@@ -577,6 +598,128 @@ def test_second_worker_uses_the_key_set_the_first_fetched(stack: Stack) -> None:
     assert_every(answers, OK)
     assert {a.pid for a in answers} - {first.pid}
     assert stack.jwks_fetches("solo") == 1
+
+
+def test_tenants_sharing_a_key_set_share_one_fetch_across_workers(stack: Stack) -> None:
+    issuer = f"sharing-{RUN}"
+    items = [stack.tenant(f"sharer-{n}-{RUN}", issuer) for n in "ab"]
+    stack.import_tenants(*items)
+    stack.web.until(OK, f"/t/{items[1]['slug']}/api/public", within=PROPAGATION)
+
+    first = stack.web.get(
+        f"/t/{items[0]['slug']}/api/private", token=stack.token(issuer, audience(items[0]))
+    )
+    answers = stack.web.everyone(
+        f"/t/{items[1]['slug']}/api/private", token=fresh_tokens(stack, issuer, audience(items[1]))
+    )
+
+    assert first.status == 200, first
+    assert_every(answers, OK)
+    assert stack.jwks_fetches(issuer) == 1
+
+
+def test_every_worker_serves_the_stored_keys_while_their_issuer_is_down(stack: Stack) -> None:
+    name = f"downcached-{RUN}"
+    DevKeyStore(stack.key_dir).current(name)  # the stack's issuer mints with the same key
+    down = start_in_thread(DevKeyStore(stack.key_dir))
+    item = stack.tenant(name, jwks_url=f"{down.url_for(name)}.well-known/jwks.json")
+    stack.import_tenants(item)
+    stack.web.until(OK, f"/t/{name}/api/public", within=PROPAGATION)
+    first = stack.web.get(f"/t/{name}/api/private", token=stack.token(name, audience(item)))
+    assert (first.status, down.hits("/.well-known/jwks.json")) == (200, 1), first
+
+    down.stop()
+    answers = stack.web.everyone(
+        f"/t/{name}/api/private", token=fresh_tokens(stack, name, audience(item))
+    )
+
+    assert_every(answers, OK)
+    assert {a.pid for a in answers} - {first.pid}
+
+
+def test_made_up_kids_at_every_worker_cost_one_fetch_per_cooldown(stack: Stack) -> None:
+    item = stack.tenant(f"kids-{RUN}")
+    stack.import_tenants(item)
+    slug = item["slug"]
+    stack.web.until(
+        OK, f"/t/{slug}/api/private", token=stack.token(slug, audience(item)), within=PROPAGATION
+    )
+    time.sleep(COOLDOWN + 1.2)  # the first fetch's cooldown is over (whole seconds in the database)
+    fetches = stack.jwks_fetches(slug)
+    _, key = DevKeyStore(stack.key_dir).current(slug)
+
+    def made_up_kid() -> str:
+        now = int(time.time())
+        claims = {"iss": item["issuer"], "aud": audience(item), "iat": now, "exp": now + 600}
+        return jwt.encode({**claims, "sub": "x@clients"}, key, "RS256", {"kid": uuid.uuid4().hex})
+
+    started = time.monotonic()
+    answers = stack.web.ask(f"/t/{slug}/api/private", token=made_up_kid, n=40)
+    elapsed = time.monotonic() - started
+
+    assert_every(answers, answered(401, "unknown_key"))
+    assert 1 <= stack.jwks_fetches(slug) - fetches <= 1 + elapsed / COOLDOWN, elapsed
+
+
+BURST_CLIENTS, BURST_REQUESTS = 8, 64
+# Real issuers take a round trip or more over the internet, each its own.
+LATENCIES = (0.3, 0.6)
+
+
+def make_slow(stack: Stack, issuer_name: str, seconds: float) -> None:
+    """The development issuer's key set of this issuer now takes ``seconds`` to arrive."""
+    url = f"{stack.issuer_url(issuer_name)}slow"
+    requests.post(url, json={"seconds": seconds}, timeout=10).raise_for_status()
+
+
+def cold_burst(stack: Stack, tokens: dict[str, list[str]]) -> dict[str, list[int]]:
+    """BURST_CLIENTS clients per tenant, all started at once, share its tokens; statuses."""
+    clients = [(slug, batch) for slug, own in tokens.items() for batch in _shares(own)]
+    barrier = threading.Barrier(len(clients))
+
+    def client(slug: str, batch: list[str]) -> list[int]:
+        barrier.wait(timeout=30)
+        url = f"{stack.web.url}/t/{slug}/api/private"
+        return [
+            requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
+            for token in batch
+        ]
+
+    with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+        answers = [(slug, pool.submit(client, slug, batch)) for slug, batch in clients]
+        statuses: dict[str, list[int]] = {slug: [] for slug in tokens}
+        for slug, answer in answers:
+            statuses[slug] += answer.result()
+    return statuses
+
+
+def _shares(tokens: list[str]) -> list[list[str]]:
+    return [tokens[index::BURST_CLIENTS] for index in range(BURST_CLIENTS)]
+
+
+def test_a_burst_at_cold_tenants_waits_for_one_fetch_per_url_and_gets_no_503(
+    stack: Stack,
+) -> None:
+    lone, first, second = f"lone-{RUN}", f"pair-a-{RUN}", f"pair-b-{RUN}"
+    items = [stack.tenant(lone), stack.tenant(first, f"pair-{RUN}")]
+    items.append(stack.tenant(second, f"pair-{RUN}"))
+    stack.import_tenants(*items)
+    stack.web.until(OK, f"/t/{second}/api/public", within=PROPAGATION)
+    make_slow(stack, lone, LATENCIES[0])
+    make_slow(stack, f"pair-{RUN}", LATENCIES[1])
+    tokens = {
+        item["slug"]: [
+            stack.token(issuer, audience(item), sub=f"client-{n}@clients")
+            for n in range(BURST_REQUESTS)
+        ]
+        for item, issuer in zip(items, (lone, f"pair-{RUN}", f"pair-{RUN}"), strict=True)
+    }
+
+    statuses = cold_burst(stack, tokens)
+
+    counts = {slug: Counter(got) for slug, got in statuses.items()}
+    assert all(got == {200: BURST_REQUESTS} for got in counts.values()), counts
+    assert (stack.jwks_fetches(lone), stack.jwks_fetches(f"pair-{RUN}")) == (1, 1)
 
 
 # 7. The embedded default, changed from another shell with no .env.

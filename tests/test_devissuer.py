@@ -461,3 +461,30 @@ def test_quiet_unless_verbose(key_store: DevKeyStore, capfd: pytest.CaptureFixtu
             assert " 200 " in err
         else:
             assert err == ""
+
+
+def test_a_slow_issuer_drips_its_key_set_and_only_its_own(issuer_server: DevIssuerServer) -> None:
+    slow = requests.post(f"{issuer_server.url_for('acme')}slow", json={"seconds": 1}, timeout=5)
+    assert slow.json() == {"seconds": 1}
+
+    started = time.monotonic()
+    dripped = requests.get(f"{issuer_server.url_for('acme')}.well-known/jwks.json", timeout=5)
+    took = time.monotonic() - started
+    other = requests.get(f"{issuer_server.url_for('other')}.well-known/jwks.json", timeout=5)
+
+    assert dripped.json()["keys"] and 1 <= took < 2, took
+    assert other.elapsed.total_seconds() < 0.5
+    requests.post(f"{issuer_server.url_for('acme')}slow", json={"seconds": 0}, timeout=5)
+    again = requests.get(f"{issuer_server.url_for('acme')}.well-known/jwks.json", timeout=5)
+    assert again.elapsed.total_seconds() < 0.5
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"seconds": "1"}, {"seconds": True}, {"seconds": -1}, {"seconds": 601}]
+)
+def test_a_slow_request_without_a_sane_number_is_refused(
+    issuer_server: DevIssuerServer, body: dict[str, Any]
+) -> None:
+    response = requests.post(f"{issuer_server.url_for('acme')}slow", json=body, timeout=5)
+
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_request")

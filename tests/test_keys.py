@@ -1,15 +1,20 @@
 """Key sets on the request path: rotation, the unknown-kid cooldown, outages, the warm path."""
 
 import os
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
 import requests
+from django.core.cache import cache
 
-from authz.jwks import read_record
-from authz.keys import key_cache
+from authz.jwks import lock_key, read_record
+from authz.keys import WAIT_GRACE, WAIT_MAX_POLL
+from authz.store import derived_key
 from authz.tasks import refresh_key_set
 from devissuer.issuer import start_in_thread
 from tenants.directory import jwks_urls
@@ -85,7 +90,7 @@ def own_issuer(issuer_keys):
     server.stop()
 
 
-def test_issuer_down_with_keys_cached_keeps_serving(client, make_tenant, tokens, own_issuer):
+def test_a_failed_refresh_keeps_the_last_good_keys(client, make_tenant, tokens, own_issuer):
     make_tenant("downcached", issuer=own_issuer.url_for("downcached"))
     factory = tokens("downcached")
     factory.server = own_issuer
@@ -93,7 +98,6 @@ def test_issuer_down_with_keys_cached_keeps_serving(client, make_tenant, tokens,
 
     own_issuer.stop()
     refresh_key_set.delay(jwks_url_of("downcached"))  # fails: the last good keys must stay
-    key_cache.clear()  # as in another web process: keys come from the shared record
     response = get_private(client, "downcached", factory.token())
 
     assert response.status_code == 200
@@ -114,6 +118,67 @@ def test_issuer_down_without_keys_is_503_not_401(client, make_tenant, tokens, ow
     assert response.json()["code"] == "issuer_unavailable"
     assert response["Retry-After"] == "30"
     assert "WWW-Authenticate" not in response
+
+
+def hold_fetch(jwks_url: str) -> None:
+    """What another process does when it has claimed the one fetch of this URL."""
+    cache.add(derived_key("jwks-cooldown", jwks_url), 1, timeout=30)
+    cache.add(lock_key(jwks_url), "another-process", timeout=30)
+
+
+def test_a_request_waits_for_the_fetch_in_flight_and_uses_what_it_stored(
+    client, acme, acme_tokens, issuer
+):
+    url = jwks_url_of("acme")
+    hold_fetch(url)
+    fetches = issuer.hits("/acme/.well-known/jwks.json")
+
+    def finish_the_fetch() -> None:
+        time.sleep(0.3)
+        cache.delete(lock_key(url))
+        refresh_key_set.delay(url)
+
+    finisher = threading.Thread(target=finish_the_fetch)
+    started = time.monotonic()
+    finisher.start()
+    response = get_private(client, "acme", acme_tokens.token())
+    waited = time.monotonic() - started
+    finisher.join()
+
+    assert response.status_code == 200
+    assert 0.3 <= waited < 0.3 + WAIT_MAX_POLL + 0.5, waited
+    assert issuer.hits("/acme/.well-known/jwks.json") == fetches + 1  # the other's, not its own
+
+
+def test_a_fetch_that_never_ends_is_waited_for_until_the_deadline(
+    client, acme, acme_tokens, settings
+):
+    settings.AUTHZ = {**settings.AUTHZ, "JWKS_FETCH_DEADLINE": 0.5}
+    hold_fetch(jwks_url_of("acme"))
+
+    started = time.monotonic()
+    response = get_private(client, "acme", acme_tokens.token())
+    waited = time.monotonic() - started
+
+    assert (response.status_code, response.json()["code"]) == (503, "issuer_unavailable")
+    assert 0.5 <= waited < 1.5, waited
+
+
+def test_an_issuer_that_is_down_costs_later_requests_no_wait(
+    client, make_tenant, tokens, own_issuer
+):
+    make_tenant("downfast", issuer=own_issuer.url_for("downfast"))
+    factory = tokens("downfast")
+    factory.server = own_issuer
+    own_issuer.stop()
+    assert get_private(client, "downfast", factory.token()).status_code == 503  # its own fetch
+
+    started = time.monotonic()
+    response = get_private(client, "downfast", factory.token())  # in the cooldown: no fetch
+    waited = time.monotonic() - started
+
+    assert (response.status_code, response.json()["code"]) == (503, "issuer_unavailable")
+    assert waited < WAIT_GRACE / 2, waited
 
 
 def test_keys_older_than_max_stale_are_not_used(client, make_tenant, tokens, own_issuer, settings):
@@ -176,13 +241,31 @@ def test_warm_request_among_10000_tenants_makes_no_query_and_no_fetch(
     assert issuer.hits("/acme/.well-known/jwks.json") == fetches
 
 
-def redis_get_calls() -> int:
-    """GET commands the test Redis server has answered so far."""
+@contextmanager
+def redis_commands() -> Iterator[list[str]]:
+    """The commands the test Redis server runs inside the block, as MONITOR reports them."""
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    try:
-        return client.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
-    finally:
-        client.close()
+    seen: list[str] = []
+    marker = f"end-of-watch-{uuid.uuid4().hex}"
+    with client.monitor() as monitor:
+        watcher = threading.Thread(target=_watch, args=(monitor, seen, marker), daemon=True)
+        watcher.start()
+        commands: list[str] = []
+        try:
+            yield commands
+        finally:
+            client.echo(marker)
+            watcher.join(timeout=10)
+            client.close()
+        assert not watcher.is_alive(), "MONITOR never reported the end of the watch"
+        commands += seen
+
+
+def _watch(monitor: "redis.client.Monitor", seen: list[str], marker: str) -> None:
+    for command in monitor.listen():
+        if marker in command["command"]:
+            return
+        seen.append(command["command"])
 
 
 def test_warm_requests_read_no_key_set_while_none_changes(client, make_tenant, tokens, settings):
@@ -197,32 +280,15 @@ def test_warm_requests_read_no_key_set_while_none_changes(client, make_tenant, t
     for slug in slugs:
         assert get_private(client, slug, factories[slug].token()).status_code == 200
     time.sleep(1.1)  # every key set's entry is past its recheck interval
-    before = redis_get_calls()
 
-    statuses = {get_private(client, slug, factories[slug].token()).status_code for slug in slugs}
+    with redis_commands() as commands:
+        for slug in slugs:
+            assert get_private(client, slug, factories[slug].token()).status_code == 200
 
-    assert statuses == {200}
+    reads = [command for command in commands if command.split(" ", 1)[0] in ("GET", "MGET")]
+    assert not [command for command in reads if "jwks-record" in command], reads
     # One read of the key set stamp, not one per key set or per tenant.
-    assert redis_get_calls() - before <= 4
-
-
-def test_tenants_sharing_a_jwks_url_share_one_fetch(client, make_tenant, tokens, issuer):
-    make_tenant("sharer-a", issuer_name="shared-keys")
-    make_tenant("sharer-b", issuer_name="shared-keys")
-    url = jwks_url_of("sharer-a")
-    before = issuer.hits("/shared-keys/.well-known/jwks.json")
-
-    first = get_private(
-        client, "sharer-a", tokens("shared-keys", "https://api.sharer-a.test").token()
-    )
-    key_cache.clear()  # as in another web process: it starts from the shared record
-    second = get_private(
-        client, "sharer-b", tokens("shared-keys", "https://api.sharer-b.test").token()
-    )
-
-    assert (first.status_code, second.status_code) == (200, 200)
-    assert jwks_url_of("sharer-b") == url
-    assert issuer.hits("/shared-keys/.well-known/jwks.json") - before == 1
+    assert len([command for command in reads if "jwks-stamp" in command]) == 1, reads
 
 
 def test_unknown_kid_cooldown_is_shared_by_tenants_of_one_url(client, make_tenant, tokens, issuer):

@@ -5,10 +5,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
+from celery.signals import before_task_publish
 from django.core.cache import cache
 from django.db import connection
 
@@ -77,6 +79,21 @@ def test_saving_a_tenant_refreshes_its_keys_after_commit(worker, issuer):
     assert issuer.store.current("saved")[0] in kids
 
 
+@contextmanager
+def published_tasks() -> Iterator[list[tuple[str, tuple]]]:
+    """The tasks this process sends to the broker inside the block: (name, args)."""
+    sent: list[tuple[str, tuple]] = []
+
+    def record(sender: str, body: tuple, **kwargs: object) -> None:
+        sent.append((sender, tuple(body[0])))
+
+    before_task_publish.connect(record, weak=False)
+    try:
+        yield sent
+    finally:
+        before_task_publish.disconnect(record)
+
+
 @pytest.mark.worker
 def test_an_import_queues_one_refresh_per_url_after_commit(worker, issuer):
     items = [
@@ -90,10 +107,12 @@ def test_an_import_queues_one_refresh_per_url_after_commit(worker, issuer):
     ]
     before = issuer.hits("/imported/.well-known/jwks.json")
 
-    summary = import_tenants({"tenants": items})
+    with published_tasks() as sent:
+        summary = import_tenants({"tenants": items})
 
-    kids = wait_for(lambda: kids_of(jwks_url_of("imported-a")))
-    time.sleep(0.5)  # a second refresh, if one was queued, lands by now
+    url = jwks_url_of("imported-a")
+    assert sent == [("authz.tasks.refresh_key_set", (url,))]  # whatever the worker's speed
+    kids = wait_for(lambda: kids_of(url))
     assert issuer.store.current("imported")[0] in kids
     assert (summary.key_sets, issuer.hits("/imported/.well-known/jwks.json") - before) == (1, 1)
 

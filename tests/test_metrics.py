@@ -7,13 +7,18 @@ worker's refreshes reaching the web role, and the cardinality test below runs tw
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,6 +31,7 @@ from tenants.directory import directory
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-test-token-" + "m" * 20
 MAX_SERIES = 10_000
+STORE_BACKOFF = 5.0  # seconds (README)
 
 
 @pytest.fixture
@@ -230,6 +236,76 @@ def test_label_slots_name_at_most_their_size_and_agree_between_holders(settings,
     assert named_first == named_second
     assert "other" in named_first and 1 < len(named_first) <= 11
     assert sorted(first.holders()) == sorted(named_first - {"other"})
+
+
+class Blackhole:
+    """A Redis address that takes connections and never answers them; counts the connections."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.listener.accept()[0])
+            except OSError:  # closed
+                return
+
+    def attempts(self) -> int:
+        """Connections made to it so far."""
+        return len(self.held)
+
+    def close(self) -> None:
+        """Stop listening and drop every connection."""
+        self.listener.close()
+        for held in self.held:
+            held.close()
+
+
+@pytest.fixture(params=["redis", "database"])
+def failing_store(request, settings) -> Iterator[Callable[[], int]]:
+    """A shared store that fails every call: a blackholed Redis (each call waits for its socket
+    timeout) or a database cache without its table; yields how many calls reached it."""
+    if request.param == "redis":
+        blackhole = Blackhole()
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "authz.store.SharedRedisCache",
+                "LOCATION": f"redis://127.0.0.1:{blackhole.port}/0",
+                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            }
+        }
+        yield blackhole.attempts
+        blackhole.close()
+        return
+    request.getfixturevalue("transactional_db")
+    settings.CACHES = {
+        "default": {"BACKEND": "authz.store.SharedDatabaseCache", "LOCATION": "no_such_table"}
+    }
+    with CaptureQueriesContext(connection) as queries:
+        yield lambda: sum("no_such_table" in query["sql"] for query in queries.captured_queries)
+
+
+@pytest.mark.timeout(60)
+def test_label_slots_back_off_for_5_seconds_after_a_store_failure(failing_store, settings):
+    slots = LabelSlots("test-tenant", "METRICS_TENANT_LABELS")
+    assert slots.label("tenant-0") == "other"
+    one_lookup = failing_store()
+    assert one_lookup >= 1
+
+    started = time.monotonic()
+    named = {slots.label(f"tenant-{i}") for i in range(1, 10)}
+    nine_more = time.monotonic() - started
+
+    assert named == {"other"}
+    assert failing_store() == one_lookup, "every lookup asked the failing store"
+    assert nine_more < 0.5
+    time.sleep(STORE_BACKOFF - nine_more + 0.1)
+    assert slots.label("tenant-10") == "other"
+    assert failing_store() > one_lookup  # asked again once the back-off is over
 
 
 RECORD_TENANTS = """

@@ -13,10 +13,13 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,6 +30,8 @@ from authz.metrics import LabelSlots
 from authz.tasks import refresh_key_set
 from devissuer import dpop
 from tenants.directory import directory
+from tests.processes import PROBE, WORKERS, Web, gunicorn, inherited_env
+from tests.test_e2e import manage
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-test-token-" + "m" * 20
@@ -375,3 +380,133 @@ def test_the_grafana_dashboard_queries_only_families_we_export(client, metrics_o
         name in exported or any(name.removesuffix(s) in exported for s in suffixes)
         for name in queried
     ), sorted(queried)
+
+
+# --- under gunicorn: every worker counted, whatever the command line ---------------------------
+
+GUNICORN_LINES = {
+    "readme": (),  # the README's "Processes" line: gunicorn config.wsgi, from the project root
+    "platform-config": ("-c", "platform/gunicorn.conf.py"),
+    "preload": ("--preload",),
+    "platform-config-preload": ("-c", "platform/gunicorn.conf.py", "--preload"),
+}
+SERVED = {
+    "ENV_FILE": "",
+    "SECRET_KEY": "metrics-tests-only-" + "k" * 32,
+    "DEBUG": "false",
+    "ALLOWED_HOSTS": "127.0.0.1",
+    "METRICS_TOKEN": TOKEN,
+    "AUTHZ_ALLOW_INSECURE_ISSUERS": "true",
+    "AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED": "true",
+    "AUTHZ_CONFIG_RECHECK_INTERVAL": "0.5",
+}
+ACCEPTED, REFUSED = 20, 10
+
+
+@pytest.fixture(scope="module")
+def served_env(mode: str, request, tmp_path_factory) -> dict[str, str]:
+    """The environment of a web server of one mode (its database migrated)."""
+    home = tmp_path_factory.mktemp(f"metrics-{mode}")
+    env = {**inherited_env(), **SERVED}
+    if mode == "embedded":
+        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
+        manage(env, "migrate", "--no-input")
+        return env
+    if not os.environ.get("REDIS_URL"):
+        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
+    request.getfixturevalue("django_db_setup")
+    db = connection.settings_dict
+    database = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    return {**env, "DATABASE_URL": database, "REDIS_URL": os.environ["REDIS_URL"]}
+
+
+def import_tenant(env: dict[str, str], active: bool = True) -> str:
+    """A new tenant (its issuer never asked: these requests carry no token); its slug."""
+    slug = f"counted-{uuid.uuid4().hex[:8]}"
+    item = {
+        "slug": slug,
+        "name": slug,
+        "issuer": "http://127.0.0.1:9/nobody/",
+        "audiences": [f"https://api.{slug}.test"],
+        "active": active,
+    }
+    manage(env, "tenants", "import", "-", stdin=json.dumps({"tenants": [item]}))
+    return slug
+
+
+def send(web: Web, path: str, n: int, probe: str, headers: dict | None = None) -> list[int]:
+    """``n`` requests, four at a time, each on a connection of its own; their statuses."""
+    sent = {"Connection": "close", PROBE: probe, **(headers or {})}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = pool.map(
+            lambda _: requests.get(f"{web.url}{path}", headers=sent, timeout=30), range(n)
+        )
+        return [answer.status_code for answer in answers]
+
+
+def served_by(web: Web, probe: str, path: str) -> Counter:
+    """Requests answered per worker pid: from the access log, or from the JSON lines that
+    platform/gunicorn.conf.py's logging writes instead."""
+    pids: Counter = Counter()
+    for line in web.access_log.read_text().splitlines():  # "<pid> probe status"
+        fields = line.split(" ")
+        if len(fields) == 3 and fields[1] == probe:
+            pids[int(fields[0].strip("<>"))] += 1
+    for line in web.log.read_text().splitlines():
+        if '"gunicorn.access"' in line and json.loads(line).get("path") == path:
+            pids[json.loads(line)["process"]] += 1
+    return pids
+
+
+def scrape_web(web: Web) -> dict[tuple[str, frozenset], float]:
+    """Every sample of one /metrics answer of a running gunicorn."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Connection": "close", PROBE: "scrape"}
+    response = requests.get(f"{web.url}/metrics", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def counted(web: Web, slug: str) -> tuple[float, float]:
+    """One scrape's count of the tenant's accepted and refused requests."""
+    samples = scrape_web(web)
+    return (
+        requests_of(samples, slug, "public", 200, "ok"),
+        requests_of(samples, slug, "messages:private", 401, "not_authenticated"),
+    )
+
+
+def settled(check: Callable[[], bool], within: float = 5) -> bool:
+    """Whether ``check`` passes within ``within`` seconds (access log lines follow answers)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("options", GUNICORN_LINES.values(), ids=GUNICORN_LINES)
+def test_every_scrape_counts_every_worker_under_any_gunicorn_line(
+    served_env: dict[str, str], options: tuple[str, ...], tmp_path: Path
+) -> None:
+    slug = import_tenant(served_env)
+    with gunicorn(served_env, tmp_path, options=options) as web:
+        public, private = f"/t/{slug}/api/public", f"/t/{slug}/api/private"
+        assert send(web, public, ACCEPTED, "accepted") == [200] * ACCEPTED
+        assert send(web, private, REFUSED, "refused") == [401] * REFUSED
+        assert settled(lambda: served_by(web, "accepted", public).total() == ACCEPTED)
+        assert settled(lambda: served_by(web, "refused", private).total() == REFUSED)
+        spread = served_by(web, "accepted", public) + served_by(web, "refused", private)
+        assert len(spread) == WORKERS, f"one worker took every request: {spread}"
+
+        scrapes = [counted(web, slug)]
+        while len(served_by(web, "scrape", "/metrics")) < WORKERS and len(scrapes) < 40:
+            scrapes.append(counted(web, slug))
+        assert settled(lambda: len(served_by(web, "scrape", "/metrics")) == WORKERS, 1)
+
+    assert scrapes == [(ACCEPTED, REFUSED)] * len(scrapes)

@@ -30,8 +30,8 @@ from authz.metrics import LabelSlots
 from authz.tasks import refresh_key_set
 from devissuer import dpop
 from tenants.directory import directory
-from tests.processes import PROBE, WORKERS, Web, gunicorn, inherited_env
-from tests.test_e2e import manage
+from tests.processes import PROBE, WORKERS, Web, gunicorn, inherited_env, running
+from tests.test_e2e import free_port, manage
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-test-token-" + "m" * 20
@@ -420,17 +420,22 @@ def served_env(mode: str, request, tmp_path_factory) -> dict[str, str]:
     return {**env, "DATABASE_URL": database, "REDIS_URL": os.environ["REDIS_URL"]}
 
 
-def import_tenant(env: dict[str, str], active: bool = True) -> str:
-    """A new tenant (its issuer never asked: these requests carry no token); its slug."""
-    slug = f"counted-{uuid.uuid4().hex[:8]}"
-    item = {
+def tenant_item(slug: str, active: bool = True) -> dict:
+    """An import item of a tenant whose issuer is never asked (these requests carry no token)."""
+    return {
         "slug": slug,
         "name": slug,
         "issuer": "http://127.0.0.1:9/nobody/",
         "audiences": [f"https://api.{slug}.test"],
         "active": active,
     }
-    manage(env, "tenants", "import", "-", stdin=json.dumps({"tenants": [item]}))
+
+
+def import_tenant(env: dict[str, str], slug: str = "", active: bool = True) -> str:
+    """Import a tenant (a new one unless ``slug`` is given); its slug."""
+    slug = slug or f"counted-{uuid.uuid4().hex[:8]}"
+    document = json.dumps({"tenants": [tenant_item(slug, active)]})
+    manage(env, "tenants", "import", "-", stdin=document)
     return slug
 
 
@@ -510,3 +515,52 @@ def test_every_scrape_counts_every_worker_under_any_gunicorn_line(
         assert settled(lambda: len(served_by(web, "scrape", "/metrics")) == WORKERS, 1)
 
     assert scrapes == [(ACCEPTED, REFUSED)] * len(scrapes)
+
+
+def threads_of(pid: int) -> int:
+    """How many threads a process runs."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.timeout(120)
+def test_a_preloading_master_runs_no_thread_and_its_workers_follow_changes(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    slug = import_tenant(served_env)
+    with gunicorn(served_env, tmp_path, options=("--preload",)) as web:
+        assert send(web, f"/t/{slug}/api/public", 8, "before") == [200] * 8
+        master_threads = threads_of(web.master_pid)
+        import_tenant(served_env, slug, active=False)
+        gone = settled(lambda: set(send(web, f"/t/{slug}/api/public", 8, "after")) == {404}, 5)
+
+    assert master_threads == 1  # a thread forked with its locks held would hang the workers
+    assert gone, "the workers' background sync did not apply the change"
+
+
+def unprepared_config(tmp_path: Path) -> Path:
+    """A gunicorn config file that does not prepare the metrics directory."""
+    config = tmp_path / "bare.conf.py"
+    config.write_text("workers = 2\n")
+    return config
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("preload", [(), ("--preload",)], ids=["workers", "preload"])
+def test_a_gunicorn_without_its_metrics_directory_refuses_to_start(
+    tmp_path: Path, preload: tuple[str, ...]
+) -> None:
+    env = {**inherited_env(), **SERVED, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "2", *preload]
+    command += ["-c", str(unprepared_config(tmp_path)), "-b", f"127.0.0.1:{free_port()}"]
+    command += ["--no-control-socket"]
+    log = tmp_path / "web.log"
+
+    with running(command, env, log) as process:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"gunicorn served without its metrics directory:\n{log.read_text()[:2000]}")
+
+    assert process.returncode != 0
+    assert "ImproperlyConfigured" in log.read_text()
+    assert "-c platform/gunicorn.conf.py" in log.read_text()

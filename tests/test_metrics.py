@@ -517,6 +517,13 @@ def test_every_scrape_counts_every_worker_under_any_gunicorn_line(
     assert scrapes == [(ACCEPTED, REFUSED)] * len(scrapes)
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
 def threads_of(pid: int) -> int:
     """How many threads a process runs."""
     return len(os.listdir(f"/proc/{pid}/task"))
@@ -564,3 +571,28 @@ def test_a_gunicorn_without_its_metrics_directory_refuses_to_start(
     assert process.returncode != 0
     assert "ImproperlyConfigured" in log.read_text()
     assert "-c platform/gunicorn.conf.py" in log.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_two_servers_on_one_host_count_their_own_and_dead_servers_dirs_are_removed(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    slug = import_tenant(served_env)
+    root = tmp_path / "metrics"
+    dead = root / f"web-{socket.gethostname()}-{dead_pid()}"
+    live = root / f"web-{socket.gethostname()}-{os.getpid()}"
+    for server_dir in (dead, live):
+        server_dir.mkdir(parents=True)
+    env = {**served_env, "METRICS_DIR": str(root)}
+
+    with gunicorn(env, tmp_path, "one") as one, gunicorn(env, tmp_path, "two") as two:
+        send(one, f"/t/{slug}/api/public", 6, "one")
+        send(two, f"/t/{slug}/api/public", 4, "two")
+        counts = [counted(web, slug)[0] for web in (one, two) for _ in range(4)]
+        servers = {one.master_pid, two.master_pid}
+
+    assert counts == [6] * 4 + [4] * 4
+    assert not dead.exists() and live.exists()
+    assert {f"web-{socket.gethostname()}-{pid}" for pid in servers} <= {
+        path.name for path in root.iterdir()
+    }

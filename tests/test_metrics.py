@@ -1,8 +1,9 @@
 """GET /metrics: guarded, never on a tenant's address, every family counted, labels bounded.
 
-These tests read this process's own figures through the endpoint (no multiprocess directory);
-tests/test_control_plane.py shows two gunicorn workers added up, tests/test_stack.py the Celery
-worker's refreshes reaching the web role, and the cardinality test below runs two processes.
+Most tests read this process's own figures through the endpoint (no multiprocess directory);
+the last section runs gunicorn -w 2 as the README says, with the platform config and --preload,
+in both modes; tests/test_stack.py shows the Celery worker's refreshes reaching the web role, and
+the cardinality test runs two processes.
 """
 
 import json

@@ -502,6 +502,7 @@ def test_every_scrape_counts_every_worker_under_any_gunicorn_line(
 ) -> None:
     slug = import_tenant(served_env)
     with gunicorn(served_env, tmp_path, options=options) as web:
+        until_every_worker_answers(web, "/healthz", "warm")  # the second may still be loading
         public, private = f"/t/{slug}/api/public", f"/t/{slug}/api/private"
         assert send(web, public, ACCEPTED, "accepted") == [200] * ACCEPTED
         assert send(web, private, REFUSED, "refused") == [401] * REFUSED
@@ -510,12 +511,22 @@ def test_every_scrape_counts_every_worker_under_any_gunicorn_line(
         spread = served_by(web, "accepted", public) + served_by(web, "refused", private)
         assert len(spread) == WORKERS, f"one worker took every request: {spread}"
 
-        scrapes = [counted(web, slug)]
+        scrapes: list[tuple[float, float]] = []
         while len(served_by(web, "scrape", "/metrics")) < WORKERS and len(scrapes) < 40:
-            scrapes.append(counted(web, slug))
+            with ThreadPoolExecutor(max_workers=4) as pool:  # one at a time: one worker takes all
+                scrapes += pool.map(lambda _: counted(web, slug), range(4))
         assert settled(lambda: len(served_by(web, "scrape", "/metrics")) == WORKERS, 1)
 
     assert scrapes == [(ACCEPTED, REFUSED)] * len(scrapes)
+
+
+def until_every_worker_answers(web: Web, path: str, probe: str) -> None:
+    """Send batches to ``path`` until every worker has answered one."""
+    for _ in range(50):
+        send(web, path, 4, probe)
+        if settled(lambda: len(served_by(web, probe, path)) == WORKERS, 0.3):
+            return
+    pytest.fail(f"Not every worker answered: {served_by(web, probe, path)}")
 
 
 def dead_pid() -> int:

@@ -10,6 +10,7 @@ their own series in the whole deployment, and every other value shares ``other``
 
 import hashlib
 import logging
+import time
 
 from prometheus_client import Counter, Histogram
 
@@ -23,6 +24,9 @@ SCHEDULED = "scheduled"  # the Celery task's refreshes: counted in the shared st
 STORED_FETCH_OUTCOMES = ("ok", "empty", "error", "busy")
 # A slot, once claimed, is held this long: long enough that the named set does not churn.
 SLOT_SECONDS = 30 * 24 * 3600
+# After the store fails, slots are not asked again for this long: an unreachable store must not
+# add its timeout to every request.
+STORE_RETRY_SECONDS = 5.0
 # Per request: from a cache hit (tens of µs) to a fresh fetch on the request path (seconds).
 VERIFICATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.5, 5)
 PROPAGATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300)
@@ -77,13 +81,15 @@ class LabelSlots:
     A value hashes to one of ``size`` slots; the first value to claim a slot in the shared store
     holds it for SLOT_SECONDS, and every process asks the store about a slot once. So the series
     count is bounded whatever the number of tenants or URLs, every process names the same
-    values, and a request costs a store round trip only while its slot is unknown here.
+    values, and a request costs a store round trip only while its slot is unknown here. After a
+    store failure, unknown slots name ``other`` for STORE_RETRY_SECONDS without asking.
     """
 
     def __init__(self, namespace: str, setting: str) -> None:
         self.namespace = namespace
         self.setting = setting
         self._holders: dict[int, str] = {}
+        self._retry_at = 0.0
 
     @property
     def size(self) -> int:
@@ -113,14 +119,18 @@ class LabelSlots:
     def forget(self) -> None:
         """Forget the slots learnt in this process (tests, a flushed store)."""
         self._holders.clear()
+        self._retry_at = 0.0
 
     def _holder_of(self, slot: int, value: str) -> str | None:
+        if time.monotonic() < self._retry_at:
+            return None
         key = self._key(slot)
         try:
             if claim(key, SLOT_SECONDS, value):
                 return value
             return shared_store().get(key)
         except Exception:
+            self._retry_at = time.monotonic() + STORE_RETRY_SECONDS
             logger.warning("Cannot read the metrics label slots from the shared store.")
             return None
 

@@ -2,7 +2,7 @@
 
 Off unless METRICS_TOKEN is set, and then only for ``Authorization: Bearer <METRICS_TOKEN>``.
 Never served on a tenant's hostname (tenant paths never route here). With PROMETHEUS_MULTIPROC_DIR
-set (platform/gunicorn.conf.py sets it, ``ops/metrics_dir.py``), the figures are those of every
+set (both gunicorn config files set it, ``ops/metrics_dir.py``), the figures are those of every
 worker of this gunicorn, otherwise of this process alone; the Celery worker's refreshes and the key
 set ages come from the shared store.
 """

@@ -22,7 +22,5 @@ accesslog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 logconfig_dict = gunicorn_logging_config(loglevel)
 
-
-def on_starting(server: object) -> None:
-    """Empty this server's metrics directory before its workers start writing to it."""
-    prepare_web()
+# As the file is read: before a --preload master imports the application (on_starting is later).
+prepare_web()

@@ -92,15 +92,16 @@ class BackgroundSync:
         self._pid: int | None = None
         self._registered = False
 
-    def enable(self) -> None:
-        """Run the threads in this process and in every process forked from it."""
+    def enable(self, here: bool = True) -> None:
+        """Run the threads in every process forked from this one, and in this one if ``here``."""
         if not authz_settings.BACKGROUND_SYNC:
             return
         if not self._registered:
             os.register_at_fork(after_in_child=self._after_fork)
             atexit.register(traffic_counter.flush)  # a stopping worker's last seconds
             self._registered = True
-        self._start()
+        if here:
+            self._start()
 
     def _after_fork(self) -> None:
         directory.synced_in_background = key_cache.synced_in_background = False

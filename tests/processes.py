@@ -7,13 +7,12 @@ show that every worker answered, and answered the same way.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,7 +28,15 @@ from tests.test_e2e import ROOT, free_port, manage
 PROBE = "X-Probe"
 ACCESS_FORMAT = "%(p)s %({x-probe}i)s %(s)s"  # "<pid> probe status"
 WORKERS = 2
-INHERITED_OUT = ("REDIS_URL", "DATABASE_URL", "DEFAULT_TENANT", "ENV_FILE")
+INHERITED_OUT = (
+    "REDIS_URL",
+    "DATABASE_URL",
+    "DEFAULT_TENANT",
+    "ENV_FILE",
+    "METRICS_DIR",
+    "METRICS_DIR_OWNER",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
 
 
 def inherited_env() -> dict[str, str]:
@@ -106,9 +113,13 @@ def summary(answers: list[Answer]) -> str:
 class Web:
     """A gunicorn with WORKERS sync workers, asked over fresh connections."""
 
-    def __init__(self, url: str, access_log: Path) -> None:
+    def __init__(
+        self, url: str, access_log: Path, *, log: Path | None = None, master_pid: int = 0
+    ) -> None:
         self.url = url
         self.access_log = access_log
+        self.log = log
+        self.master_pid = master_pid
 
     def get(self, path: str, host: str = "127.0.0.1", token: str | None = None) -> Answer:
         """One request on a connection of its own."""
@@ -204,24 +215,21 @@ class Web:
 
 
 @contextmanager
-def gunicorn(env: dict[str, str], log_dir: Path, name: str = "web") -> Iterator[Web]:
-    """``gunicorn config.wsgi -w 2``, logging the worker of every request.
-
-    Its workers write their metrics to a fresh directory, as platform/gunicorn.conf.py has them.
-    """
+def gunicorn(
+    env: dict[str, str], log_dir: Path, name: str = "web", options: Sequence[str] = ()
+) -> Iterator[Web]:
+    """``gunicorn config.wsgi -w 2`` from the project root (and ``options``), as the README says,
+    logging the worker of every request; its metrics directory under ``log_dir`` by default."""
     port = free_port()
     access_log, log = log_dir / f"{name}-access.log", log_dir / f"{name}.log"
     access_log.touch()
-    metrics = log_dir / f"{name}-metrics"
-    shutil.rmtree(metrics, ignore_errors=True)
-    metrics.mkdir()
-    env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
-    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(WORKERS)]
+    env = {"METRICS_DIR": str(log_dir / "metrics"), **env}
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(WORKERS), *options]
     command += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "--no-control-socket"]
     command += ["--access-logfile", str(access_log), "--access-logformat", ACCESS_FORMAT]
     with running(command, env, log) as process:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", process, log)
-        yield Web(f"http://127.0.0.1:{port}", access_log)
+        yield Web(f"http://127.0.0.1:{port}", access_log, log=log, master_pid=process.pid)
 
 
 @dataclass

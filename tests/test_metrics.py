@@ -1,19 +1,28 @@
 """GET /metrics: guarded, never on a tenant's address, every family counted, labels bounded.
 
-These tests read this process's own figures through the endpoint (no multiprocess directory);
-tests/test_control_plane.py shows two gunicorn workers added up, tests/test_stack.py the Celery
-worker's refreshes reaching the web role, and the cardinality test below runs two processes.
+Most tests read this process's own figures through the endpoint (no multiprocess directory);
+the last section runs gunicorn -w 2 as the README says, with the platform config and --preload,
+in both modes; tests/test_stack.py shows the Celery worker's refreshes reaching the web role, and
+the cardinality test runs two processes.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,10 +31,13 @@ from authz.metrics import LabelSlots
 from authz.tasks import refresh_key_set
 from devissuer import dpop
 from tenants.directory import directory
+from tests.processes import PROBE, WORKERS, Web, gunicorn, inherited_env, running
+from tests.test_e2e import free_port, manage
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-test-token-" + "m" * 20
 MAX_SERIES = 10_000
+STORE_BACKOFF = 5.0  # seconds (README)
 
 
 @pytest.fixture
@@ -232,6 +244,76 @@ def test_label_slots_name_at_most_their_size_and_agree_between_holders(settings,
     assert sorted(first.holders()) == sorted(named_first - {"other"})
 
 
+class Blackhole:
+    """A Redis address that takes connections and never answers them; counts the connections."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.listener.accept()[0])
+            except OSError:  # closed
+                return
+
+    def attempts(self) -> int:
+        """Connections made to it so far."""
+        return len(self.held)
+
+    def close(self) -> None:
+        """Stop listening and drop every connection."""
+        self.listener.close()
+        for held in self.held:
+            held.close()
+
+
+@pytest.fixture(params=["redis", "database"])
+def failing_store(request, settings) -> Iterator[Callable[[], int]]:
+    """A shared store that fails every call: a blackholed Redis (each call waits for its socket
+    timeout) or a database cache without its table; yields how many calls reached it."""
+    if request.param == "redis":
+        blackhole = Blackhole()
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "authz.store.SharedRedisCache",
+                "LOCATION": f"redis://127.0.0.1:{blackhole.port}/0",
+                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            }
+        }
+        yield blackhole.attempts
+        blackhole.close()
+        return
+    request.getfixturevalue("transactional_db")
+    settings.CACHES = {
+        "default": {"BACKEND": "authz.store.SharedDatabaseCache", "LOCATION": "no_such_table"}
+    }
+    with CaptureQueriesContext(connection) as queries:
+        yield lambda: sum("no_such_table" in query["sql"] for query in queries.captured_queries)
+
+
+@pytest.mark.timeout(60)
+def test_label_slots_back_off_for_5_seconds_after_a_store_failure(failing_store, settings):
+    slots = LabelSlots("test-tenant", "METRICS_TENANT_LABELS")
+    assert slots.label("tenant-0") == "other"
+    one_lookup = failing_store()
+    assert one_lookup >= 1
+
+    started = time.monotonic()
+    named = {slots.label(f"tenant-{i}") for i in range(1, 10)}
+    nine_more = time.monotonic() - started
+
+    assert named == {"other"}
+    assert failing_store() == one_lookup, "every lookup asked the failing store"
+    assert nine_more < 0.5
+    time.sleep(STORE_BACKOFF - nine_more + 0.1)
+    assert slots.label("tenant-10") == "other"
+    assert failing_store() > one_lookup  # asked again once the back-off is over
+
+
 RECORD_TENANTS = """
 import sys
 from ops.metrics import count_request
@@ -299,3 +381,230 @@ def test_the_grafana_dashboard_queries_only_families_we_export(client, metrics_o
         name in exported or any(name.removesuffix(s) in exported for s in suffixes)
         for name in queried
     ), sorted(queried)
+
+
+# --- under gunicorn: every worker counted, whatever the command line ---------------------------
+
+GUNICORN_LINES = {
+    "readme": (),  # the README's "Processes" line: gunicorn config.wsgi, from the project root
+    "platform-config": ("-c", "platform/gunicorn.conf.py"),
+    "preload": ("--preload",),
+    "platform-config-preload": ("-c", "platform/gunicorn.conf.py", "--preload"),
+}
+SERVED = {
+    "ENV_FILE": "",
+    "SECRET_KEY": "metrics-tests-only-" + "k" * 32,
+    "DEBUG": "false",
+    "ALLOWED_HOSTS": "127.0.0.1",
+    "METRICS_TOKEN": TOKEN,
+    "AUTHZ_ALLOW_INSECURE_ISSUERS": "true",
+    "AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED": "true",
+    "AUTHZ_CONFIG_RECHECK_INTERVAL": "0.5",
+}
+ACCEPTED, REFUSED = 20, 10
+
+
+@pytest.fixture(scope="module")
+def served_env(mode: str, request, tmp_path_factory) -> dict[str, str]:
+    """The environment of a web server of one mode (its database migrated)."""
+    home = tmp_path_factory.mktemp(f"metrics-{mode}")
+    env = {**inherited_env(), **SERVED}
+    if mode == "embedded":
+        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
+        manage(env, "migrate", "--no-input")
+        return env
+    if not os.environ.get("REDIS_URL"):
+        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
+    request.getfixturevalue("django_db_setup")
+    db = connection.settings_dict
+    database = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    return {**env, "DATABASE_URL": database, "REDIS_URL": os.environ["REDIS_URL"]}
+
+
+def tenant_item(slug: str, active: bool = True) -> dict:
+    """An import item of a tenant whose issuer is never asked (these requests carry no token)."""
+    return {
+        "slug": slug,
+        "name": slug,
+        "issuer": "http://127.0.0.1:9/nobody/",
+        "audiences": [f"https://api.{slug}.test"],
+        "active": active,
+    }
+
+
+def import_tenant(env: dict[str, str], slug: str = "", active: bool = True) -> str:
+    """Import a tenant (a new one unless ``slug`` is given); its slug."""
+    slug = slug or f"counted-{uuid.uuid4().hex[:8]}"
+    document = json.dumps({"tenants": [tenant_item(slug, active)]})
+    manage(env, "tenants", "import", "-", stdin=document)
+    return slug
+
+
+def send(web: Web, path: str, n: int, probe: str, headers: dict | None = None) -> list[int]:
+    """``n`` requests, four at a time, each on a connection of its own; their statuses."""
+    sent = {"Connection": "close", PROBE: probe, **(headers or {})}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = pool.map(
+            lambda _: requests.get(f"{web.url}{path}", headers=sent, timeout=30), range(n)
+        )
+        return [answer.status_code for answer in answers]
+
+
+def served_by(web: Web, probe: str, path: str) -> Counter:
+    """Requests answered per worker pid: from the access log, or from the JSON lines that
+    platform/gunicorn.conf.py's logging writes instead."""
+    pids: Counter = Counter()
+    for line in web.access_log.read_text().splitlines():  # "<pid> probe status"
+        fields = line.split(" ")
+        if len(fields) == 3 and fields[1] == probe:
+            pids[int(fields[0].strip("<>"))] += 1
+    for line in web.log.read_text().splitlines():
+        if '"gunicorn.access"' in line and json.loads(line).get("path") == path:
+            pids[json.loads(line)["process"]] += 1
+    return pids
+
+
+def scrape_web(web: Web) -> dict[tuple[str, frozenset], float]:
+    """Every sample of one /metrics answer of a running gunicorn."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Connection": "close", PROBE: "scrape"}
+    response = requests.get(f"{web.url}/metrics", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def counted(web: Web, slug: str) -> tuple[float, float]:
+    """One scrape's count of the tenant's accepted and refused requests."""
+    samples = scrape_web(web)
+    return (
+        requests_of(samples, slug, "public", 200, "ok"),
+        requests_of(samples, slug, "messages:private", 401, "not_authenticated"),
+    )
+
+
+def settled(check: Callable[[], bool], within: float = 5) -> bool:
+    """Whether ``check`` passes within ``within`` seconds (access log lines follow answers)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("options", GUNICORN_LINES.values(), ids=GUNICORN_LINES)
+def test_every_scrape_counts_every_worker_under_any_gunicorn_line(
+    served_env: dict[str, str], options: tuple[str, ...], tmp_path: Path
+) -> None:
+    slug = import_tenant(served_env)
+    with gunicorn(served_env, tmp_path, options=options) as web:
+        until_every_worker_answers(web, "/healthz", "warm")  # the second may still be loading
+        public, private = f"/t/{slug}/api/public", f"/t/{slug}/api/private"
+        assert send(web, public, ACCEPTED, "accepted") == [200] * ACCEPTED
+        assert send(web, private, REFUSED, "refused") == [401] * REFUSED
+        assert settled(lambda: served_by(web, "accepted", public).total() == ACCEPTED)
+        assert settled(lambda: served_by(web, "refused", private).total() == REFUSED)
+        spread = served_by(web, "accepted", public) + served_by(web, "refused", private)
+        assert len(spread) == WORKERS, f"one worker took every request: {spread}"
+
+        scrapes: list[tuple[float, float]] = []
+        while len(served_by(web, "scrape", "/metrics")) < WORKERS and len(scrapes) < 40:
+            with ThreadPoolExecutor(max_workers=4) as pool:  # one at a time: one worker takes all
+                scrapes += pool.map(lambda _: counted(web, slug), range(4))
+        assert settled(lambda: len(served_by(web, "scrape", "/metrics")) == WORKERS, 1)
+
+    assert scrapes == [(ACCEPTED, REFUSED)] * len(scrapes)
+
+
+def until_every_worker_answers(web: Web, path: str, probe: str) -> None:
+    """Send batches to ``path`` until every worker has answered one."""
+    for _ in range(50):
+        send(web, path, 4, probe)
+        if settled(lambda: len(served_by(web, probe, path)) == WORKERS, 0.3):
+            return
+    pytest.fail(f"Not every worker answered: {served_by(web, probe, path)}")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def threads_of(pid: int) -> int:
+    """How many threads a process runs."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.timeout(120)
+def test_a_preloading_master_runs_no_thread_and_its_workers_follow_changes(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    slug = import_tenant(served_env)
+    with gunicorn(served_env, tmp_path, options=("--preload",)) as web:
+        assert send(web, f"/t/{slug}/api/public", 8, "before") == [200] * 8
+        master_threads = threads_of(web.master_pid)
+        import_tenant(served_env, slug, active=False)
+        gone = settled(lambda: set(send(web, f"/t/{slug}/api/public", 8, "after")) == {404}, 5)
+
+    assert master_threads == 1  # a thread forked with its locks held would hang the workers
+    assert gone, "the workers' background sync did not apply the change"
+
+
+def unprepared_config(tmp_path: Path) -> Path:
+    """A gunicorn config file that does not prepare the metrics directory."""
+    config = tmp_path / "bare.conf.py"
+    config.write_text("workers = 2\n")
+    return config
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("preload", [(), ("--preload",)], ids=["workers", "preload"])
+def test_a_gunicorn_without_its_metrics_directory_refuses_to_start(
+    tmp_path: Path, preload: tuple[str, ...]
+) -> None:
+    env = {**inherited_env(), **SERVED, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "2", *preload]
+    command += ["-c", str(unprepared_config(tmp_path)), "-b", f"127.0.0.1:{free_port()}"]
+    command += ["--no-control-socket"]
+    log = tmp_path / "web.log"
+
+    with running(command, env, log) as process:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"gunicorn served without its metrics directory:\n{log.read_text()[:2000]}")
+
+    assert process.returncode != 0
+    assert "ImproperlyConfigured" in log.read_text()
+    assert "-c platform/gunicorn.conf.py" in log.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_two_servers_on_one_host_count_their_own_and_dead_servers_dirs_are_removed(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    slug = import_tenant(served_env)
+    root = tmp_path / "metrics"
+    dead = root / f"web-{socket.gethostname()}-{dead_pid()}"
+    live = root / f"web-{socket.gethostname()}-{os.getpid()}"
+    for server_dir in (dead, live):
+        server_dir.mkdir(parents=True)
+    env = {**served_env, "METRICS_DIR": str(root)}
+
+    with gunicorn(env, tmp_path, "one") as one, gunicorn(env, tmp_path, "two") as two:
+        send(one, f"/t/{slug}/api/public", 6, "one")
+        send(two, f"/t/{slug}/api/public", 4, "two")
+        counts = [counted(web, slug)[0] for web in (one, two) for _ in range(4)]
+        servers = {one.master_pid, two.master_pid}
+
+    assert counts == [6] * 4 + [4] * 4
+    assert not dead.exists() and live.exists()
+    assert {f"web-{socket.gethostname()}-{pid}" for pid in servers} <= {
+        path.name for path in root.iterdir()
+    }

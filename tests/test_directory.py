@@ -1,6 +1,7 @@
 """The per-process tenant directory (tenants/directory.py) and the change feed that evicts it."""
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -8,7 +9,15 @@ import pytest
 from django.db.models import Max
 
 from tenants import directory as directory_module
-from tenants.directory import FEED_BATCH, ChangeFeed, TenantDirectory, directory, jwks_urls
+from tenants.directory import (
+    FEED_BATCH,
+    MISS_RESYNC_EVERY,
+    ChangeFeed,
+    NameFilter,
+    TenantDirectory,
+    directory,
+    jwks_urls,
+)
 from tenants.models import ScopeRule, Tenant, TenantAudience, TenantChange, TenantHost
 
 RECHECK = 0.2
@@ -82,6 +91,12 @@ def fast_recheck(settings: Any) -> None:
     settings.AUTHZ = {**settings.AUTHZ, "CONFIG_RECHECK_INTERVAL": RECHECK}
 
 
+@pytest.fixture
+def no_miss_resync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No feed read on a miss: the counts do not depend on how fast the test runs."""
+    monkeypatch.setattr(directory_module, "MISS_RESYNC_EVERY", 3600.0)
+
+
 def test_lookup_by_slug_and_host(acme):
     config = directory.by_slug("acme")
 
@@ -146,8 +161,8 @@ def test_a_warm_lookup_makes_no_query(acme, django_assert_num_queries):
         directory.by_host("acme.localhost")
 
 
-def test_a_cold_tenant_is_one_query_and_an_unknown_one_is_remembered(
-    make_tenant, django_assert_num_queries
+def test_a_cold_tenant_is_one_query_and_an_unknown_one_none(
+    make_tenant, no_miss_resync, django_assert_num_queries
 ):
     make_tenant("acme")
     make_tenant("globex")
@@ -159,6 +174,62 @@ def test_a_cold_tenant_is_one_query_and_an_unknown_one_is_remembered(
         assert directory.by_host("globex.localhost").slug == "globex"
     with django_assert_num_queries(0):
         assert directory.by_slug("nobody") is None
+
+
+def test_made_up_names_cost_no_query(acme, no_miss_resync, django_assert_num_queries):
+    directory.by_slug("acme")
+
+    with django_assert_num_queries(0):
+        for n in range(2000):
+            assert directory.by_slug(f"made-up-{n}") is None
+            assert directory.by_host(f"made-up-{n}.localhost") is None
+
+
+def test_a_flood_of_misses_reads_the_feed_at_most_every_interval(
+    acme, django_assert_max_num_queries
+):
+    directory.by_slug("acme")
+    started = time.monotonic()
+
+    with django_assert_max_num_queries(3 / MISS_RESYNC_EVERY + 2) as queries:
+        while time.monotonic() - started < 3:
+            assert directory.by_slug(f"made-up-{uuid.uuid4().hex}") is None
+
+    assert all("tenants_tenantchange" in query["sql"] for query in queries.captured_queries)
+
+
+def test_a_name_its_tenant_gave_up_costs_queries_once(
+    acme, django_assert_num_queries, django_assert_max_num_queries, no_miss_resync
+):
+    directory.by_host("acme.localhost")
+    TenantHost.objects.get(hostname="acme.localhost").delete()
+
+    with django_assert_max_num_queries(2):  # the load that finds it gone, acme's names now
+        assert directory.by_host("acme.localhost") is None
+        assert directory.by_host("acme.localhost") is None
+    with django_assert_num_queries(0):
+        assert directory.by_host("acme.localhost") is None
+
+
+def test_the_name_filter_holds_names_in_8_bytes_each():
+    names = NameFilter([("slug", f"t{n}") for n in range(10_000)] + [("host", "t1")])
+
+    assert (len(names), names.nbytes()) == (10_001, 80_008)
+    assert ("slug", "t9999") in names and ("host", "t1") in names
+    assert ("host", "t2") not in names and ("slug", "t10000") not in names
+
+
+def test_the_name_filter_adds_and_discards_across_a_merge(monkeypatch):
+    monkeypatch.setattr(NameFilter, "OVERLAY", 4)
+    names = NameFilter([("slug", "kept"), ("slug", "gone")])
+
+    names.discard(("slug", "gone"))
+    for n in range(5):  # the fourth change merges the overlay into the sorted array
+        names.add(("host", f"h{n}"))
+
+    assert ("slug", "kept") in names and ("slug", "gone") not in names
+    assert all(("host", f"h{n}") in names for n in range(5))
+    assert len(names) == 6
 
 
 def test_the_directory_holds_at_most_its_size(settings, make_tenant, django_assert_num_queries):
@@ -219,6 +290,31 @@ def test_a_late_committed_change_is_still_applied(acme):
 
     assert feed.read() == {acme.pk + 1}
     assert feed.read() == set()
+
+
+def test_a_change_committed_late_while_a_process_starts_is_still_applied(acme):
+    last = TenantChange.objects.aggregate(last=Max("id"))["last"] or 0
+    TenantChange.objects.create(id=last + 2, tenant_id=acme.pk)
+    feed = ChangeFeed()
+    assert feed.read() is None  # placed in the feed; the directory is built after this
+
+    TenantChange.objects.create(id=last + 1, tenant_id=acme.pk + 1)  # allocated first, seen later
+
+    assert feed.read() == {acme.pk + 1}
+    assert feed.read() == set()
+
+
+def test_a_tenant_committed_late_while_the_filter_is_built_is_found(make_tenant):
+    last = TenantChange.objects.aggregate(last=Max("id"))["last"] or 0
+    TenantChange.objects.create(id=last + 2, tenant_id=0)
+    starting = TenantDirectory()  # this test's saves evict the process's own directory only
+    assert starting.by_slug("late") is None  # the filter is built: "late" is not committed yet
+
+    late = make_tenant("late")
+    TenantChange.objects.filter(tenant_id=late.pk).update(id=last + 1)  # allocated before
+    time.sleep(MISS_RESYNC_EVERY)
+
+    assert starting.by_slug("late").slug == "late"
 
 
 def test_a_burst_of_changes_forgets_every_tenant(acme):

@@ -182,6 +182,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     per_second = {key: round(value / sent["seconds"], 1) for key, value in spent.items()}
     return {
         "mode": mode,
+        "asked": args.rate,
         "filter": names,
         "flood": sent,
         "statements_per_second": per_second,

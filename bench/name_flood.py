@@ -164,7 +164,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         seed_file.write_text(json.dumps({"tenants": documents}))
         say(f"{mode}: seeding {args.tenants} tenants")
         helper(plat, "seed", str(seed_file), timeout=3600)
-        names = [run_in_platform(plat, "--filter-cost") for _ in range(3)]
+        names = [run_in_platform(plat, "--filter-cost") for _ in range(args.filter_builds)]
         say(f"{mode}: filter {names}")
         url = start_counted_web(plat)
         picked = random.sample(range(args.tenants), 2 * SAMPLES)
@@ -223,6 +223,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--tenants", type=int, default=100_000)
     parser.add_argument("--flood", nargs=3, metavar=("URL", "RATE", "SECONDS"))
+    parser.add_argument("--filter-builds", type=int, default=3, help="filter builds timed")
     parser.add_argument("--filter-cost", action="store_true")
     args = parser.parse_args()
     if args.flood:

@@ -114,9 +114,17 @@ def start_counted_web(plat: Platform) -> str:
     web = plat.stack.spawn("web", argv, env)
     plat.stack.wait_http("web", web, f"http://127.0.0.1:{port}/bench-not-found")
     wait_until(lambda: len(worker_pids(web.pid)) == 2, "both gunicorn workers started")
-    # Each worker builds its filter at start; both have when both have answered a made-up name.
-    wait_until(lambda: len(list(sql_dir.glob("*.json"))) == 2, "both workers' SQL counts")
-    return f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    # A worker answers a made-up name once its filter is built: wait until both have answered.
+    answered: set[str] = set()
+    wait_until(lambda: answered.add(made_up_answer(url)) or len(answered) == 2, "both filters")
+    return url
+
+
+def made_up_answer(url: str) -> str:
+    """The worker that answered one made-up name."""
+    path, host = made_up(0)
+    return http_get(url + path, headers={"Host": host})[1]["X-Bench-Worker"]
 
 
 def filter_cost() -> dict[str, Any]:

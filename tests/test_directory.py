@@ -235,6 +235,21 @@ def test_a_name_its_tenant_gave_up_costs_queries_once(
         assert directory.by_host("acme.localhost") is None
 
 
+def test_a_name_found_gone_while_a_change_lands_stays_in_the_filter(
+    acme, monkeypatch, no_miss_resync
+):
+    directory.by_slug("nobody")  # the filter is built
+
+    def gone_while_a_change_lands(kind: str, value: str) -> None:
+        directory.evict({acme.pk})  # the change may bring the name back: keep it
+        return None
+
+    monkeypatch.setattr(directory_module, "load_tenant", gone_while_a_change_lands)
+    assert directory.by_slug("acme") is None
+
+    assert ("slug", "acme") in directory.names()
+
+
 def test_the_name_filter_holds_names_in_8_bytes_each():
     names = NameFilter([("slug", f"t{n}") for n in range(10_000)] + [("host", "t1")])
 

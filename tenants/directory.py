@@ -5,22 +5,30 @@ in a bounded least-recently-used map, so 100,000 tenants never need to fit in on
 change to a tenant writes a row to the change feed (``TenantChange``) in its own transaction;
 each process reads the feed once per CONFIG_RECHECK_INTERVAL (one query) and evicts just the
 tenants that changed. The database is the truth; the feed needs nothing from the shared store.
+
+A name (slug or hostname) that no active tenant has is answered without a query: each process
+keeps a NameFilter of every active tenant's names, built with one query and kept up to date by
+the same feed, so a flood of made-up names costs the database nothing per request.
 """
 
+import heapq
 import json
 import logging
+import os
 import threading
 import time
+from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from hashlib import blake2b
 from types import MappingProxyType
 
 from django.db import connection, transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from authz.conf import authz_settings
@@ -74,7 +82,13 @@ LATE_COMMIT_WINDOW = 60.0
 FEED_BATCH = 2000
 # Changes are kept this long; a process that could not read the feed for half of it starts over.
 FEED_RETENTION = 24 * 3600.0
-ABSENT_SIZE = 10_000
+# A name the filter lacks rereads the feed at most this often: a tenant imported a moment ago
+# answers at once, and a flood of made-up names costs a process at most 4 feed reads a second.
+MISS_RESYNC_EVERY = 0.25
+# The filter is built anew this often, so no missed change keeps a name out of it for longer.
+NAMES_REBUILD_EVERY = 3600.0
+# Tenant ids per query when the names of changed tenants are read.
+NAMES_CHUNK = 500
 
 
 class ChangeFeed:
@@ -92,34 +106,42 @@ class ChangeFeed:
         now = time.monotonic()
         if self._low is None or now - self._read_at > FEED_RETENTION / 2:
             return self._restart(TenantChange)
+        limit = FEED_BATCH + len(self._seen)
         rows = list(
             TenantChange.objects.filter(id__gt=self._low)
             .order_by("id")
-            .values_list("id", "tenant_id", "created_at")[:FEED_BATCH]
+            .values_list("id", "tenant_id", "created_at")[:limit]
         )
         self._read_at = now
-        if len(rows) == FEED_BATCH:
+        if len(rows) == limit:
             return self._restart(TenantChange)
-        new = [
-            (change_id, tenant_id, at)
-            for change_id, tenant_id, at in rows
-            if change_id not in self._seen
-        ]
+        new = [row for row in rows if row[0] not in self._seen]
         self._seen.update((change_id, now) for change_id, _, _ in new)
         self._advance(now)
         _count_applied(at for _, _, at in new)
         return {tenant_id for _, tenant_id, _ in new}
 
     def _restart(self, model: type) -> None:
-        self._low = model.objects.aggregate(last=Max("id"))["last"] or 0
-        self._seen.clear()
+        """Place the process in the feed, below every change that may not be committed yet.
+
+        The low mark is the last change older than LATE_COMMIT_WINDOW; the changes above it that
+        are visible now count as seen (whatever reads the database after this sees them too), so
+        only one committed later, under a lower id than a visible one, is read and applied.
+        """
+        settled = timezone.now() - timedelta(seconds=LATE_COMMIT_WINDOW)
+        older = model.objects.filter(created_at__lt=settled).order_by("-id")
+        self._low = older.values_list("id", flat=True).first() or 0
+        recent = model.objects.filter(id__gt=self._low).order_by("-id")
+        visible = list(recent.values_list("id", flat=True)[: FEED_BATCH // 2])
+        if len(visible) == FEED_BATCH // 2:  # a burst: start within its newest part
+            self._low = visible.pop()
         self._read_at = time.monotonic()
+        self._seen = dict.fromkeys(visible, self._read_at)
         return None
 
     def _advance(self, now: float) -> None:
         """Raise the low mark over ids seen longer ago than the late-commit window."""
-        while self._seen:
-            oldest = min(self._seen)
+        for oldest in sorted(self._seen):
             if now - self._seen[oldest] < LATE_COMMIT_WINDOW:
                 break
             del self._seen[oldest]
@@ -134,15 +156,84 @@ def _count_applied(saved_at: Iterable[datetime]) -> None:
         CONFIG_PROPAGATION.observe(max(0.0, now - moment.timestamp()))
 
 
+Name = tuple[str, str]  # ("slug", value) or ("host", value)
+
+
+class NameFilter:
+    """The slugs and hostnames of every active tenant, as keyed 64-bit hashes: 8 bytes a name.
+
+    A name not here has no tenant and needs no query. A name here may have lost its tenant
+    (deactivated, deleted, host moved); the query that finds it gone discards it. The key is
+    random per filter, so nobody can pick names that collide with a tenant's.
+    """
+
+    OVERLAY = 4096  # names added or discarded since the sorted array was written, at most
+
+    def __init__(self, names: Iterable[Name] = ()) -> None:
+        self._key = os.urandom(16)
+        hashes = array("Q", (self._hash(name) for name in names))
+        self._sorted = array("Q", sorted(hashes))
+        self._added: set[int] = set()
+        self._removed: set[int] = set()
+
+    def __contains__(self, name: Name) -> bool:
+        digest = self._hash(name)
+        return digest in self._added or (digest not in self._removed and self._in_sorted(digest))
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._added) - len(self._removed)
+
+    def nbytes(self) -> int:
+        """Bytes of the sorted hashes (the overlay sets hold at most OVERLAY more)."""
+        return self._sorted.itemsize * len(self._sorted)
+
+    def add(self, name: Name) -> None:
+        """Hold this name."""
+        digest = self._hash(name)
+        self._removed.discard(digest)
+        if not self._in_sorted(digest):
+            self._added.add(digest)
+        self._merge_when_full()
+
+    def discard(self, name: Name) -> None:
+        """Forget this name."""
+        digest = self._hash(name)
+        self._added.discard(digest)
+        if self._in_sorted(digest):
+            self._removed.add(digest)
+        self._merge_when_full()
+
+    def _hash(self, name: Name) -> int:
+        kind, value = name
+        data = value.encode(errors="surrogatepass")
+        digest = blake2b(data, digest_size=8, key=self._key, person=kind.encode())
+        return int.from_bytes(digest.digest())
+
+    def _in_sorted(self, digest: int) -> bool:
+        at = bisect_left(self._sorted, digest)
+        return at < len(self._sorted) and self._sorted[at] == digest
+
+    def _merge_when_full(self) -> None:
+        if len(self._added) + len(self._removed) < self.OVERLAY:
+            return
+        kept = (digest for digest in self._sorted if digest not in self._removed)
+        # The array first: a reader between the two assignments still gets the right answer.
+        self._sorted = array("Q", heapq.merge(kept, sorted(self._added)))
+        self._added, self._removed = set(), set()
+
+
 class TenantDirectory:
     """Active tenants by slug and by hostname: a bounded, lazily loaded, per-tenant evicted map."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the maps and the filter
+        self._sync_lock = threading.RLock()  # one reader of the feed, one writer of new names
         self._tenants: OrderedDict[int, TenantConfig] = OrderedDict()
         self._by_slug: dict[str, int] = {}
         self._by_host: dict[str, int] = {}
-        self._absent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._names: NameFilter | None = None
+        self._names_built_at = float("-inf")
+        self._renamed: set[int] = set()  # changed tenants whose names the filter may lack
         self._feed = ChangeFeed()
         self._changes_applied = 0  # a load that raced a change is not kept
         self._synced_at = float("-inf")
@@ -160,31 +251,73 @@ class TenantDirectory:
         """How many tenants this process holds now."""
         return len(self._tenants)
 
+    def names(self) -> NameFilter | None:
+        """The filter of every active tenant's names, once built."""
+        return self._names
+
     def clear(self) -> None:
-        """Forget every tenant, so the next lookups load from the database."""
-        with self._lock:
+        """Forget every tenant, every name and the feed position: the next lookup starts over."""
+        with self._sync_lock, self._lock:
             self._forget_all()
+            self._names = None
+            self._feed = ChangeFeed()
+            self._synced_at = float("-inf")
 
     def sync(self) -> None:
         """Apply the change feed: evict just the tenants that changed (one query)."""
-        self._synced_at = time.monotonic()
-        try:
-            changed = self._feed.read()
-        except Exception:
-            logger.warning("Cannot read the tenant change feed; keeping the tenants held.")
-            return
-        if changed is None:
-            self.clear()
-        elif changed:
-            self.evict(changed)
+        with self._sync_lock:
+            self._synced_at = time.monotonic()
+            try:
+                self._apply(self._feed.read())
+            except Exception:
+                logger.warning("Cannot read the tenant change feed; keeping the tenants held.")
 
     def evict(self, tenant_ids: set[int]) -> None:
-        """Forget these tenants (and every remembered absence) in this process."""
+        """Forget these tenants in this process; their current names join the filter on next use."""
         with self._lock:
             self._changes_applied += 1
-            self._absent.clear()
+            self._renamed |= tenant_ids
+            if len(self._renamed) > FEED_BATCH:  # cheaper to read every name again
+                self._renamed.clear()
+                self._names_built_at = float("-inf")
             for tenant_id in tenant_ids:
                 self._drop(tenant_id)
+
+    def _apply(self, changed: set[int] | None) -> None:
+        if changed is None:  # the feed started over: so does this process
+            with self._lock:
+                self._forget_all()
+            self._names_built_at = float("-inf")
+        elif changed:
+            self.evict(changed)
+        if time.monotonic() - self._names_built_at >= NAMES_REBUILD_EVERY:
+            self._build_names()
+        self._note_new_names()
+
+    def _build_names(self) -> None:
+        """Read every active tenant's names (one query); the feed position was read before."""
+        with self._lock:
+            self._renamed.clear()  # the query below reads their names, committed or this thread's
+        names = NameFilter(active_names())
+        with self._lock:
+            self._changes_applied += 1
+            self._names, self._names_built_at = names, time.monotonic()
+
+    def _note_new_names(self) -> None:
+        """Add the names of the tenants changed since last time to the filter (one query)."""
+        with self._lock:
+            changed, self._renamed = self._renamed, set()
+        if not changed or self._names is None:
+            return
+        try:
+            found = [name for chunk in _chunks(sorted(changed)) for name in active_names(chunk)]
+        except Exception:
+            with self._lock:
+                self._renamed |= changed
+            raise
+        with self._lock:
+            for name in found:
+                self._names.add(name)
 
     def _lookup(self, kind: str, value: str, index: dict[str, int]) -> TenantConfig | None:
         if not self.synced_in_background:
@@ -195,13 +328,34 @@ class TenantDirectory:
             with suppress(KeyError):  # evicted meanwhile: this request still uses what it found
                 self._tenants.move_to_end(tenant_id)
             return tenant
-        if (kind, value) in self._absent:
+        if not self._may_exist((kind, value)):
             return None
         return self._load(kind, value)
 
     def _sync_inline_when_due(self) -> None:
         if time.monotonic() - self._synced_at >= authz_settings.CONFIG_RECHECK_INTERVAL:
             self.sync()
+
+    def _may_exist(self, name: Name) -> bool:
+        """Whether an active tenant may have this name: the filter's answer, caught up if due."""
+        if self._names is not None and name in self._names:
+            return True
+        due = time.monotonic() - self._synced_at >= MISS_RESYNC_EVERY
+        if self._names is None or self._renamed or due:
+            self._catch_up()
+        return self._names is None or name in self._names  # no filter yet: ask the database
+
+    def _catch_up(self) -> None:
+        """Read the feed unless a read was made in the last MISS_RESYNC_EVERY, and note new names.
+
+        Waits for a thread that holds the lock, such as one building the filter.
+        """
+        with self._sync_lock:
+            if time.monotonic() - self._synced_at >= MISS_RESYNC_EVERY:
+                self.sync()
+            else:
+                with suppress(Exception):  # the database is down: answer from the filter
+                    self._note_new_names()
 
     def _load(self, kind: str, value: str) -> TenantConfig | None:
         applied_before = self._changes_applied
@@ -210,9 +364,8 @@ class TenantDirectory:
             if self._changes_applied != applied_before:
                 return tenant  # a change landed during the query: serve it, keep nothing
             if tenant is None:
-                self._absent[(kind, value)] = None
-                while len(self._absent) > ABSENT_SIZE:
-                    self._absent.popitem(last=False)
+                if self._names is not None:
+                    self._names.discard((kind, value))
             else:
                 self._keep(tenant)
         return tenant
@@ -241,7 +394,29 @@ class TenantDirectory:
         self._tenants.clear()
         self._by_slug.clear()
         self._by_host.clear()
-        self._absent.clear()
+        self._renamed.clear()
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), NAMES_CHUNK):
+        yield ids[start : start + NAMES_CHUNK]
+
+
+NAMES_SQL = (
+    "SELECT 'slug', slug FROM tenants_tenant WHERE active = %s{only} "
+    "UNION ALL SELECT 'host', hostname FROM tenants_tenanthost "
+    "WHERE tenant_id IN (SELECT id FROM tenants_tenant WHERE active = %s{only})"
+)
+
+
+def active_names(tenant_ids: list[int] | None = None) -> Iterator[Name]:
+    """The names of every active tenant, or of these tenants: one query, read in batches."""
+    ids = tenant_ids or []
+    only = f" AND id IN ({', '.join(['%s'] * len(ids))})" if tenant_ids is not None else ""
+    with connection.cursor() as cursor:
+        cursor.execute(NAMES_SQL.format(only=only), [True, *ids, True, *ids])
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
 
 
 TENANT_COLUMNS = (

@@ -1,15 +1,48 @@
 """The per-process tenant directory (tenants/directory.py) and the change feed that evicts it."""
 
+import json
+import os
+import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from django.db import connection
 from django.db.models import Max
 
+from bench.stack import PROBE_APP
 from tenants import directory as directory_module
-from tenants.directory import FEED_BATCH, ChangeFeed, TenantDirectory, directory, jwks_urls
+from tenants.directory import (
+    FEED_BATCH,
+    MISS_RESYNC_EVERY,
+    ChangeFeed,
+    NameFilter,
+    TenantDirectory,
+    directory,
+    jwks_urls,
+)
 from tenants.models import ScopeRule, Tenant, TenantAudience, TenantChange, TenantHost
+from tests.processes import (
+    ACCESS_FORMAT,
+    WORKERS,
+    Answer,
+    Check,
+    Stack,
+    Web,
+    gunicorn,
+    inherited_env,
+    platform,
+    running,
+    summary,
+    wait_until_up,
+)
+from tests.test_e2e import free_port, manage
 
 RECHECK = 0.2
 UNREACHABLE_REDIS = {
@@ -82,6 +115,12 @@ def fast_recheck(settings: Any) -> None:
     settings.AUTHZ = {**settings.AUTHZ, "CONFIG_RECHECK_INTERVAL": RECHECK}
 
 
+@pytest.fixture
+def no_miss_resync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No feed read on a miss: the counts do not depend on how fast the test runs."""
+    monkeypatch.setattr(directory_module, "MISS_RESYNC_EVERY", 3600.0)
+
+
 def test_lookup_by_slug_and_host(acme):
     config = directory.by_slug("acme")
 
@@ -146,8 +185,8 @@ def test_a_warm_lookup_makes_no_query(acme, django_assert_num_queries):
         directory.by_host("acme.localhost")
 
 
-def test_a_cold_tenant_is_one_query_and_an_unknown_one_is_remembered(
-    make_tenant, django_assert_num_queries
+def test_a_cold_tenant_is_one_query_and_an_unknown_one_none(
+    make_tenant, no_miss_resync, django_assert_num_queries
 ):
     make_tenant("acme")
     make_tenant("globex")
@@ -161,6 +200,77 @@ def test_a_cold_tenant_is_one_query_and_an_unknown_one_is_remembered(
         assert directory.by_slug("nobody") is None
 
 
+def test_made_up_names_cost_no_query(acme, no_miss_resync, django_assert_num_queries):
+    directory.by_slug("acme")
+
+    with django_assert_num_queries(0):
+        for n in range(2000):
+            assert directory.by_slug(f"made-up-{n}") is None
+            assert directory.by_host(f"made-up-{n}.localhost") is None
+
+
+def test_a_flood_of_misses_reads_the_feed_at_most_every_interval(
+    acme, django_assert_max_num_queries
+):
+    directory.by_slug("acme")
+    started = time.monotonic()
+
+    with django_assert_max_num_queries(3 / MISS_RESYNC_EVERY + 2) as queries:
+        while time.monotonic() - started < 3:
+            assert directory.by_slug(f"made-up-{uuid.uuid4().hex}") is None
+
+    assert all("tenants_tenantchange" in query["sql"] for query in queries.captured_queries)
+
+
+def test_a_name_its_tenant_gave_up_costs_queries_once(
+    acme, django_assert_num_queries, django_assert_max_num_queries, no_miss_resync
+):
+    directory.by_host("acme.localhost")
+    TenantHost.objects.get(hostname="acme.localhost").delete()
+
+    with django_assert_max_num_queries(2):  # the load that finds it gone, acme's names now
+        assert directory.by_host("acme.localhost") is None
+        assert directory.by_host("acme.localhost") is None
+    with django_assert_num_queries(0):
+        assert directory.by_host("acme.localhost") is None
+
+
+def test_a_name_found_gone_while_a_change_lands_stays_in_the_filter(
+    acme, monkeypatch, no_miss_resync
+):
+    directory.by_slug("nobody")  # the filter is built
+
+    def gone_while_a_change_lands(kind: str, value: str) -> None:
+        directory.evict({acme.pk})  # the change may bring the name back: keep it
+        return None
+
+    monkeypatch.setattr(directory_module, "load_tenant", gone_while_a_change_lands)
+    assert directory.by_slug("acme") is None
+
+    assert ("slug", "acme") in directory.names()
+
+
+def test_the_name_filter_holds_names_in_8_bytes_each():
+    names = NameFilter([("slug", f"t{n}") for n in range(10_000)] + [("host", "t1")])
+
+    assert (len(names), names.nbytes()) == (10_001, 80_008)
+    assert ("slug", "t9999") in names and ("host", "t1") in names
+    assert ("host", "t2") not in names and ("slug", "t10000") not in names
+
+
+def test_the_name_filter_adds_and_discards_across_a_merge(monkeypatch):
+    monkeypatch.setattr(NameFilter, "OVERLAY", 4)
+    names = NameFilter([("slug", "kept"), ("slug", "gone")])
+
+    names.discard(("slug", "gone"))
+    for n in range(5):  # the fourth change merges the overlay into the sorted array
+        names.add(("host", f"h{n}"))
+
+    assert ("slug", "kept") in names and ("slug", "gone") not in names
+    assert all(("host", f"h{n}") in names for n in range(5))
+    assert len(names) == 6
+
+
 def test_the_directory_holds_at_most_its_size(settings, make_tenant, django_assert_num_queries):
     settings.AUTHZ = {**settings.AUTHZ, "DIRECTORY_SIZE": 2}
     for slug in ("acme", "globex", "initech"):
@@ -171,35 +281,6 @@ def test_the_directory_holds_at_most_its_size(settings, make_tenant, django_asse
     assert directory.held() == 2
     with django_assert_num_queries(1):  # the least recently used went first
         assert directory.by_slug("acme").slug == "acme"
-
-
-@CHANGES
-@pytest.mark.django_db(transaction=True)
-def test_a_committed_change_reaches_another_process_after_the_interval(
-    fast_recheck, make_tenant: Callable[..., Any], change, seen
-):
-    acme = make_tenant("acme")
-    other_process = TenantDirectory()
-    assert not seen(other_process)
-
-    change(acme)
-
-    assert not seen(other_process), "picked up before the recheck interval"
-    time.sleep(RECHECK * 1.5)
-    assert seen(other_process)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_change_travels_without_the_shared_store(settings, fast_recheck, make_tenant):
-    acme = make_tenant("acme")
-    other_process = TenantDirectory()
-    assert other_process.by_slug("acme") is not None
-    settings.CACHES = UNREACHABLE_REDIS  # a Redis outage, a flush or a lost write: no matter
-
-    deactivate(acme)
-    time.sleep(RECHECK * 1.5)
-
-    assert other_process.by_slug("acme") is None
 
 
 def test_when_the_cache_is_down_a_cold_directory_still_loads(settings, acme):
@@ -219,6 +300,31 @@ def test_a_late_committed_change_is_still_applied(acme):
 
     assert feed.read() == {acme.pk + 1}
     assert feed.read() == set()
+
+
+def test_a_change_committed_late_while_a_process_starts_is_still_applied(acme):
+    last = TenantChange.objects.aggregate(last=Max("id"))["last"] or 0
+    TenantChange.objects.create(id=last + 2, tenant_id=acme.pk)
+    feed = ChangeFeed()
+    assert feed.read() is None  # placed in the feed; the directory is built after this
+
+    TenantChange.objects.create(id=last + 1, tenant_id=acme.pk + 1)  # allocated first, seen later
+
+    assert feed.read() == {acme.pk + 1}
+    assert feed.read() == set()
+
+
+def test_a_tenant_committed_late_while_the_filter_is_built_is_found(make_tenant):
+    last = TenantChange.objects.aggregate(last=Max("id"))["last"] or 0
+    TenantChange.objects.create(id=last + 2, tenant_id=0)
+    starting = TenantDirectory()  # this test's saves evict the process's own directory only
+    assert starting.by_slug("late") is None  # the filter is built: "late" is not committed yet
+
+    late = make_tenant("late")
+    TenantChange.objects.filter(tenant_id=late.pk).update(id=last + 1)  # allocated before
+    time.sleep(MISS_RESYNC_EVERY)
+
+    assert starting.by_slug("late").slug == "late"
 
 
 def test_a_burst_of_changes_forgets_every_tenant(acme):
@@ -243,3 +349,230 @@ def test_a_load_that_races_a_change_is_not_kept(acme, monkeypatch):
     assert racing.by_slug("acme").slug == "acme"
 
     assert racing.held() == 0
+
+
+# --- every change kind, and a flood of made-up names, against real gunicorn workers ------------
+# "embedded": SQLite and the database cache; "redis": the test PostgreSQL database and Redis.
+# Changes come from other processes (``manage.py tenants import`` and ``shell``).
+
+WORKER_RECHECK = 0.5
+PROPAGATION = WORKER_RECHECK + 2.5  # the recheck interval, a feed query, a round of requests
+AT_ONCE = MISS_RESYNC_EVERY + 1.5  # a miss's feed read, a round of requests
+REDIS_DATABASE = 12  # apart from the database every test's clean_state flushes
+SETTINGS = {
+    "ENV_FILE": "",
+    "SECRET_KEY": "directory-tests-only-" + "k" * 32,
+    "DEBUG": "false",
+    "ALLOWED_HOSTS": "127.0.0.1,.localhost",
+    "AUTHZ_CONFIG_RECHECK_INTERVAL": str(WORKER_RECHECK),
+    "AUTHZ_ALLOW_INSECURE_ISSUERS": "true",
+    "AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED": "true",
+}
+FLOOD = 600
+PRIVATE = "/api/private"
+
+
+def answered(status: int, code: str | None = None) -> Check:
+    """Answers with this status (and error code)."""
+    return lambda a: a.status == status and (code is None or a.code == code)
+
+
+OK = answered(200)
+NOT_FOUND = answered(404, "tenant_not_found")
+
+
+def realm_of(slug: str) -> Check:
+    """A tokenless request's 401 naming this tenant: the tenant that answered."""
+    return lambda a: a.status == 401 and a.realm == slug
+
+
+def assert_every(answers: list[Answer], check: Check) -> None:
+    """Every worker answered and every answer passed."""
+    assert len({a.pid for a in answers}) >= WORKERS, summary(answers)
+    assert all(check(a) for a in answers), summary(answers)
+
+
+def seen_within(web: Web, check: Check, path: str, within: float, **request: Any) -> float:
+    """Seconds until every worker's answers pass ``check``; fails when that took over ``within``."""
+    elapsed = web.until(check, path, within=within, **request)
+    assert elapsed < within, f"{path} took {elapsed:.1f} s to change in every worker"
+    return elapsed
+
+
+@pytest.fixture(scope="module")
+def worker_env(
+    mode: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The environment of the module's processes in one mode, its database migrated."""
+    home = tmp_path_factory.mktemp(f"directory-{mode}")
+    env = {**inherited_env(), **SETTINGS, "DEVISSUER_KEY_DIR": str(home / "keys")}
+    env["HOME_DIR"] = str(home)
+    if mode == "embedded":
+        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
+        manage(env, "migrate", "--no-input")
+        return env
+    if not os.environ.get("REDIS_URL"):
+        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
+    request.getfixturevalue("django_db_setup")
+    db = connection.settings_dict
+    redis_url = urlsplit(os.environ["REDIS_URL"])._replace(path=f"/{REDIS_DATABASE}")
+    database = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    env.update(DATABASE_URL=database, REDIS_URL=urlunsplit(redis_url))
+    return {**env, "CELERY_TASK_ALWAYS_EAGER": "true"}
+
+
+@pytest.fixture(scope="module")
+def workers(worker_env: dict[str, str]) -> Iterator[Stack]:
+    """The development issuer and ``gunicorn -w 2``, rechecking every WORKER_RECHECK seconds."""
+    with platform(worker_env, Path(worker_env["HOME_DIR"])) as running_stack:
+        yield running_stack
+
+
+@contextmanager
+def counting_gunicorn(env: dict[str, str], home: Path) -> Iterator[tuple[Web, Path]]:
+    """``gunicorn -w 2`` of bench/probe_wsgi.py: each worker writes its SQL counts by thread."""
+    port, sql_dir = free_port(), home / "sql"
+    access_log, log = home / "counted-access.log", home / "counted.log"
+    access_log.touch()
+    sql_dir.mkdir()
+    (home / "counted-metrics").mkdir()
+    env = {**env, "BENCH_SQL_DIR": str(sql_dir)}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(home / "counted-metrics")
+    command = [sys.executable, "-m", "gunicorn", PROBE_APP, "-w", str(WORKERS)]
+    command += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "--no-control-socket"]
+    command += ["--access-logfile", str(access_log), "--access-logformat", ACCESS_FORMAT]
+    with running(command, env, log) as process:
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", process, log)
+        yield Web(f"http://127.0.0.1:{port}", access_log), sql_dir
+
+
+@pytest.fixture(scope="module")
+def slow_workers(workers: Stack) -> Iterator[tuple[Web, Path]]:
+    """Another ``gunicorn -w 2`` whose background thread reads the feed once a minute only."""
+    env = {**workers.env, "AUTHZ_CONFIG_RECHECK_INTERVAL": "60"}
+    with counting_gunicorn(env, workers.home) as counted:
+        yield counted
+
+
+def request_queries(sql_dir: Path) -> dict[int, int]:
+    """The SQL statements each worker's request threads ran so far, by worker pid."""
+    counts = {int(path.stem): json.loads(path.read_text()) for path in sql_dir.glob("*.json")}
+    return {pid: count.get("request", 0) for pid, count in counts.items()}
+
+
+def settled_queries(sql_dir: Path) -> dict[int, int]:
+    """The counts once the workers have written them (every 0.2 s)."""
+    time.sleep(0.5)
+    return request_queries(sql_dir)
+
+
+def made_up(n: int) -> tuple[str, str]:
+    """A path and host naming a tenant nobody created: by slug, or by host, by turns."""
+    name = f"x{uuid.uuid4().hex}"
+    return (f"/t/{name}/api/public", "127.0.0.1") if n % 2 else ("/api/public", f"{name}.localhost")
+
+
+def flood(web: Web, count: int) -> list[Answer]:
+    """``count`` requests, 8 at a time, each naming a tenant nobody created."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sent = [pool.submit(web.get, *made_up(n)) for n in range(count)]
+    return [answer.result() for answer in sent]
+
+
+def test_a_tenant_added_elsewhere_is_served_by_every_worker(workers: Stack) -> None:
+    assert_every(workers.web.everyone("/t/newco/api/public"), NOT_FOUND)
+
+    workers.import_tenants(workers.tenant("newco"))
+
+    seen_within(workers.web, OK, "/t/newco/api/public", PROPAGATION)
+
+
+def test_a_tenant_added_a_moment_ago_answers_at_once(
+    workers: Stack, slow_workers: tuple[Web, Path]
+) -> None:
+    web, _ = slow_workers
+    assert_every(web.everyone("/api/public", host="quickco.localhost"), NOT_FOUND)
+
+    workers.import_tenants(workers.tenant("quickco", hosts=["quickco.localhost"]))
+
+    seen_within(web, OK, "/api/public", AT_ONCE, host="quickco.localhost")
+    assert_every(web.everyone("/t/quickco/api/public"), OK)
+
+
+def test_a_deactivated_tenant_is_gone_from_every_worker(workers: Stack) -> None:
+    item = workers.tenant("byeco", hosts=["byeco.localhost"])
+    workers.import_tenants(item)
+    seen_within(workers.web, realm_of("byeco"), PRIVATE, PROPAGATION, host="byeco.localhost")
+
+    workers.import_tenants({**item, "active": False})
+
+    seen_within(workers.web, NOT_FOUND, PRIVATE, PROPAGATION, host="byeco.localhost")
+    assert_every(workers.web.everyone("/t/byeco/api/public"), NOT_FOUND)
+
+
+def test_a_repointed_issuer_is_trusted_by_every_worker(workers: Stack) -> None:
+    item = workers.tenant("movingco", "movingco-old")
+    old = workers.token("movingco-old", item["audiences"][0])
+    new = workers.token("movingco-new", item["audiences"][0])
+    workers.import_tenants(item)
+    seen_within(workers.web, OK, "/t/movingco/api/private", PROPAGATION, token=old)
+
+    workers.import_tenants({**item, "issuer": workers.issuer_url("movingco-new")})
+
+    seen_within(workers.web, OK, "/t/movingco/api/private", PROPAGATION, token=new)
+    assert_every(workers.web.everyone("/t/movingco/api/private", token=old), answered(401))
+
+
+def test_a_moved_host_serves_its_new_tenant_in_every_worker(workers: Stack) -> None:
+    first = workers.tenant("hosta", hosts=["moving.localhost"])
+    second = workers.tenant("hostb", hosts=["hostb.localhost"])
+    workers.import_tenants(first, second)
+    seen_within(workers.web, realm_of("hosta"), PRIVATE, PROPAGATION, host="moving.localhost")
+
+    moved = {**second, "hosts": ["hostb.localhost", "moving.localhost"]}
+    workers.import_tenants({**first, "hosts": []}, moved)
+
+    seen_within(workers.web, realm_of("hostb"), PRIVATE, PROPAGATION, host="moving.localhost")
+    assert_every(workers.web.everyone(PRIVATE, host="hostb.localhost"), realm_of("hostb"))
+
+
+def test_a_deleted_tenant_is_gone_from_every_worker(workers: Stack) -> None:
+    workers.import_tenants(workers.tenant("goneco", hosts=["goneco.localhost"]))
+    seen_within(workers.web, OK, "/api/public", PROPAGATION, host="goneco.localhost")
+
+    workers.shell("from tenants.models import Tenant; Tenant.objects.get(slug='goneco').delete()")
+
+    seen_within(workers.web, NOT_FOUND, "/api/public", PROPAGATION, host="goneco.localhost")
+    assert_every(workers.web.everyone("/t/goneco/api/public"), NOT_FOUND)
+
+
+def test_a_flood_of_made_up_names_costs_a_few_queries_a_second_per_worker(
+    workers: Stack, slow_workers: tuple[Web, Path]
+) -> None:
+    web, sql_dir = slow_workers
+    web.everyone("/t/warm/api/public")  # every worker has built its filter
+    before = settled_queries(sql_dir)
+    started = time.monotonic()
+
+    answers = flood(web, FLOOD)
+
+    seconds = time.monotonic() - started
+    after = settled_queries(sql_dir)
+    assert_every(answers, NOT_FOUND)
+    spent = {pid: after[pid] - before.get(pid, 0) for pid in after}
+    bound = seconds / MISS_RESYNC_EVERY + 2  # a feed read per interval, and one at either end
+    assert len(spent) == WORKERS and all(n <= bound for n in spent.values()), (spent, seconds)
+
+
+def test_a_change_reaches_every_worker_while_the_shared_store_is_unreachable(
+    workers: Stack,
+) -> None:
+    env = {**workers.env, "REDIS_URL": "redis://127.0.0.1:1/0"}  # refused: a Redis outage
+    item = workers.tenant("storeless")
+    with gunicorn(env, workers.home, "no-store") as web:
+        workers.import_tenants(item)
+        seen_within(web, OK, "/t/storeless/api/public", PROPAGATION)
+
+        workers.import_tenants({**item, "active": False})
+
+        seen_within(web, NOT_FOUND, "/t/storeless/api/public", PROPAGATION)

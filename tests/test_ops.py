@@ -3,20 +3,30 @@
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import environ
 import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, connections
 
 from ops.logging import GunicornAccessFields, JsonLineFormatter
 from ops.management.commands.locked_migrate import LOCK_ID
+from tests.test_stack import PLATFORM, require_root, start_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,9 +196,96 @@ def test_gunicorn_access_lines_keep_neither_query_nor_headers():
 # --- the web role's commands ------------------------------------------------------------------
 
 
-@pytest.mark.django_db
-def test_wait_for_database_returns_once_connected():
-    call_command("wait_for_database", "--timeout", "5")
+@contextmanager
+def database_alias(url: str, django_db_blocker: Any, **options: Any) -> Iterator[str]:
+    """A connection alias, in this process, to the PostgreSQL database at ``url``."""
+    alias = f"waited-{uuid.uuid4().hex[:8]}"
+    parts = environ.Env.db_url_config(url)
+    fields = {name: parts[name] for name in ("NAME", "USER", "HOST", "PORT")}
+    connections.settings[alias] = {**connections.settings["default"], **fields, "OPTIONS": options}
+    try:
+        with django_db_blocker.unblock():
+            yield alias
+    finally:
+        connections[alias].close()
+        delattr(connections._connections, alias)
+        del connections.settings[alias]
+
+
+def timed_wait(alias: str, timeout: float) -> tuple[float, CommandError | None]:
+    """Seconds that ``wait_for_database`` took on ``alias``, and its error if it gave up."""
+    started = time.monotonic()
+    try:
+        call_command("wait_for_database", "--database", alias, "--timeout", str(timeout))
+    except CommandError as error:
+        return time.monotonic() - started, error
+    return time.monotonic() - started, None
+
+
+def stop_postgres(directory: Path) -> None:
+    """platform/stop-postgres."""
+    subprocess.run([str(PLATFORM / "stop-postgres"), str(directory)], check=True, timeout=60)
+
+
+@pytest.fixture
+def stopped_postgres() -> Iterator[tuple[Path, str]]:
+    """A PostgreSQL cluster of its own, stopped: its directory and URL."""
+    require_root()
+    directory = Path(tempfile.mkdtemp(prefix="waited-postgres-"))  # the postgres user enters it
+    try:
+        url = start_store("start-postgres", directory)
+        stop_postgres(directory)
+        yield directory, url
+    finally:
+        stop_postgres(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_wait_for_database_returns_once_a_database_started_later_accepts(
+    stopped_postgres, django_db_blocker
+):
+    directory, url = stopped_postgres
+    started_at: list[float] = []
+
+    def start_later() -> None:
+        time.sleep(2)
+        started_at.append(time.monotonic())
+        start_store("start-postgres", directory, str(urlsplit(url).port))
+        started_at.append(time.monotonic())
+
+    starter = threading.Thread(target=start_later)
+    with database_alias(url, django_db_blocker, connect_timeout=5) as alias:
+        starter.start()
+        seconds, error = timed_wait(alias, timeout=60)
+        returned_at = time.monotonic()
+        starter.join(timeout=60)
+
+    assert error is None
+    began, up = started_at
+    assert began < returned_at < up + 1 + 1, (began, up, returned_at)  # its retry interval, margin
+    assert seconds >= 2
+
+
+def test_wait_for_database_gives_up_at_its_deadline_where_nothing_listens(django_db_blocker):
+    url = f"postgres://postgres@127.0.0.1:{closed_port()}/nothing"
+    with database_alias(url, django_db_blocker, connect_timeout=5) as alias:
+        seconds, error = timed_wait(alias, timeout=1.5)
+
+    assert "did not accept connections within 1.5 s" in str(error)
+    assert 1.5 <= seconds < 1.5 + 0.3  # it slept a whole second past it before
+
+
+def test_wait_for_database_gives_up_at_its_deadline_where_the_server_never_answers(
+    django_db_blocker,
+):
+    # Connections are taken (the kernel's backlog) and never answered, as with a hung server.
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        url = f"postgres://postgres@127.0.0.1:{silent.getsockname()[1]}/nothing"
+        with database_alias(url, django_db_blocker, connect_timeout=5) as alias:
+            seconds, error = timed_wait(alias, timeout=3)
+
+    assert "did not accept connections within 3 s" in str(error)
+    assert seconds < 3 + 0.5  # not connect_timeout (5 s) for a try begun before the deadline
 
 
 def test_wait_for_database_gives_up_after_its_timeout_and_says_why():

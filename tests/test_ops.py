@@ -26,6 +26,7 @@ from django.db import connection, connections
 
 from ops.logging import GunicornAccessFields, JsonLineFormatter
 from ops.management.commands.locked_migrate import LOCK_ID
+from tests.racing import gate, intervals, most_at_once
 from tests.test_stack import PLATFORM, require_root, start_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,3 +337,62 @@ def test_locked_migrate_waits_for_another_replica_at_most_its_timeout():
 
         with pytest.raises(CommandError, match="held the migration lock for over 1 s"):
             call_command("locked_migrate", "--no-input", "--lock-timeout", "1", verbosity=0)
+
+
+# A replica that reports when it held the migration lock (tests/racing.py reads the span).
+MIGRATING_REPLICA = """
+import time
+from django.core.management import call_command
+from ops.management.commands import locked_migrate
+from tests.racing import report, wait_at_gate
+
+
+class Reported(locked_migrate.Command):
+    def _acquire(self, connection, timeout):
+        super()._acquire(connection, timeout)
+        self.locked_at = time.time()
+
+    def _release(self, connection):
+        super()._release(connection)
+        report(self.locked_at)
+
+
+arrived = wait_at_gate()
+call_command(Reported(), "--no-input")
+print(f"arrived at {arrived!r}")
+"""
+
+
+@pytest.fixture
+def empty_database(django_db_blocker: Any) -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL server: its URL."""
+    name = f"migrated_{uuid.uuid4().hex[:8]}"
+    with django_db_blocker.unblock(), other_session() as session:
+        session.execute(f'CREATE DATABASE "{name}"')
+        params = session.info.get_parameters()
+        yield f"postgres://{params['user']}@{session.info.host}:{session.info.port}/{name}"
+        session.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_two_replicas_migrating_at_once_take_turns_and_both_succeed(empty_database):
+    environment = {**os.environ, "DATABASE_URL": empty_database, "ENV_FILE": ""}
+    environment.pop("REDIS_URL", None)
+    shell = [sys.executable, "manage.py", "shell", "--no-imports", "-c", MIGRATING_REPLICA]
+    with gate(2) as opened:
+        replicas = [
+            subprocess.Popen(
+                shell, cwd=ROOT, env={**environment, **opened}, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        outputs = [replica.communicate(timeout=120)[0] for replica in replicas]
+
+    assert [replica.returncode for replica in replicas] == [0, 0], outputs
+    (first, first_output), (second, second_output) = sorted(
+        (intervals(output), output) for output in outputs
+    )
+    assert most_at_once([first, second]) == 1, (first, second)  # never both held the lock
+    arrivals = [float(output.rsplit("arrived at ", 1)[1]) for output in outputs]
+    assert max(arrivals) < first[1], "the second replica came while the first held the lock"
+    assert "Applying tenants.0001_initial... OK" in first_output
+    assert "No migrations to apply." in second_output

@@ -73,26 +73,39 @@ def assert_overlapped(spans: list[tuple[float, float]], together: int | None = N
 def gate(racers: int, timeout: float = 90) -> Iterator[dict[str, str]]:
     """A gate for ``racers`` processes: yields the environment entry that names it."""
     server = socket.create_server(("127.0.0.1", 0), backlog=racers)
-    server.settimeout(timeout)
+    server.settimeout(0.2)
     arrived: list[socket.socket] = []
-    opener = threading.Thread(target=_open_when_full, args=(server, racers, arrived), daemon=True)
+    done = threading.Event()
+    args = (server, racers, arrived, done, time.monotonic() + timeout)
+    opener = threading.Thread(target=_open_when_full, args=args, daemon=True)
     opener.start()
     try:
         yield {GATE: f"127.0.0.1:{server.getsockname()[1]}"}
     finally:
-        opener.join(timeout=timeout)
+        done.set()  # racers that never came (they failed first) are not waited for
+        opener.join(timeout=5)
         server.close()
         for connection in arrived:
             connection.close()
     if len(arrived) < racers:
-        pytest.fail(f"only {len(arrived)} of {racers} racers reached the gate in {timeout:g} s")
+        pytest.fail(f"only {len(arrived)} of {racers} racers reached the gate")
 
 
-def _open_when_full(server: socket.socket, racers: int, arrived: list[socket.socket]) -> None:
-    try:
-        while len(arrived) < racers:
+def _open_when_full(
+    server: socket.socket,
+    racers: int,
+    arrived: list[socket.socket],
+    done: threading.Event,
+    deadline: float,
+) -> None:
+    while len(arrived) < racers:
+        if done.is_set() or time.monotonic() > deadline:
+            for connection in arrived:  # the racers that came read an empty answer and stop
+                connection.close()
+            return
+        try:
             arrived.append(server.accept()[0])
-    except OSError:
-        return  # timed out, or closed: the racers that came read an empty answer
+        except TimeoutError:
+            continue
     for connection in arrived:
         connection.sendall(b"!")

@@ -135,21 +135,44 @@ def test_operator_lists_only_their_tenants(operated):
     assert ">acme<" in page and ">globex<" not in page
 
 
+CHANGELIST = "/admin/tenants/tenant/"
+
+
 @pytest.mark.parametrize(
-    ("method", "url"),
+    ("method", "url", "data", "status"),
     [
-        ("get", "/admin/tenants/tenant/add/"),
-        ("get", "/admin/tenants/tenant/{acme}/delete/"),
-        ("post", "/admin/tenants/tenant/{globex}/refresh-keys/"),
-        ("post", "/admin/tenants/tenant/{globex}/check-issuer/"),
+        ("get", ADD_URL, {}, 403),
+        ("post", ADD_URL, tenant_post(), 403),
+        ("get", "/admin/tenants/tenant/{acme}/delete/", {}, 403),
+        ("post", "/admin/tenants/tenant/{acme}/delete/", {"post": "yes"}, 403),
+        ("post", "/admin/tenants/tenant/{globex}/refresh-keys/", {}, 404),
+        ("post", "/admin/tenants/tenant/{globex}/check-issuer/", {}, 404),
+        # An action on another tenant's id: the operator's queryset does not hold it.
+        (
+            "post",
+            CHANGELIST,
+            {"action": "refresh_keys_action", "_selected_action": "{globex}"},
+            302,
+        ),
     ],
+    ids=["add", "add-post", "delete", "delete-post", "refresh", "check", "refresh-action"],
 )
-def test_operator_cannot_create_delete_or_act_on_other_tenants(operated, method, url):
+def test_operator_cannot_create_delete_or_act_on_other_tenants(
+    operated, issuer, django_capture_on_commit_callbacks, method, url, data, status
+):
     client, acme, globex = operated
+    ids = {"acme": acme.pk, "globex": globex.pk}
+    globex_fetches = [f"/globex/.well-known/{doc}" for doc in ("jwks.json", "openid-configuration")]
+    before = [issuer.hits(path) for path in globex_fetches]
 
-    response = getattr(client, method)(url.format(acme=acme.pk, globex=globex.pk))
+    with django_capture_on_commit_callbacks(execute=True):  # a queued refresh would run
+        response = getattr(client, method)(
+            url.format(**ids), {k: str(v).format(**ids) for k, v in data.items()}
+        )
 
-    assert response.status_code in (403, 404)
+    assert response.status_code == status
+    assert set(Tenant.objects.values_list("slug", flat=True)) == {"acme", "globex"}
+    assert [issuer.hits(path) for path in globex_fetches] == before
 
 
 def test_operator_cannot_open_another_tenants_page(operated):

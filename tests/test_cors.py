@@ -29,6 +29,19 @@ def preflight(client: Any, path: str, host: str, origin: str) -> Any:
     return client.options(path, HTTP_HOST=host, HTTP_ORIGIN=origin, **PREFLIGHT)
 
 
+def assert_refused_preflight(response: Any) -> None:
+    """An empty 200 without CORS headers: the browser refuses, and nothing failed on our side."""
+    assert (response.status_code, response.content) == (200, b"")
+    assert "Access-Control-Allow-Origin" not in response
+    assert "Access-Control-Allow-Headers" not in response
+
+
+def assert_not_found(response: Any) -> None:
+    """The API's 404 for an address no tenant is served at."""
+    assert response.status_code == 404
+    assert response.json()["code"] == "tenant_not_found"
+
+
 def allowed_headers(response: Any) -> set[str]:
     """The request headers a preflight response allows, lower-cased."""
     value = response.get("Access-Control-Allow-Headers", "")
@@ -61,8 +74,7 @@ def test_preflight_from_the_tenants_origin_is_allowed(client, tenants, via):
 def test_preflight_from_any_other_origin_gets_no_cors_headers(client, tenants, via, origin):
     response = preflight(client, *VIAS[via], origin)
 
-    assert "Access-Control-Allow-Origin" not in response
-    assert "Access-Control-Allow-Headers" not in response
+    assert_refused_preflight(response)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +112,7 @@ def test_actual_request_from_another_tenants_origin_gets_no_header(
     response = client.get(path, HTTP_HOST=host, HTTP_ORIGIN=origin)
 
     assert response.status_code == 200
+    assert response.json()["message"].startswith("Hello from a public endpoint")
     assert "Access-Control-Allow-Origin" not in response
 
 
@@ -109,30 +122,49 @@ def test_actual_request_from_another_tenants_origin_gets_no_header(
     ids=["host", "prefix"],
 )
 def test_unknown_tenant_gets_no_cors_headers(client, tenants, path, host):
-    response = preflight(client, path, host, ACME_ORIGIN)
+    options = preflight(client, path, host, ACME_ORIGIN)
+    response = client.get(path, HTTP_HOST=host, HTTP_ORIGIN=ACME_ORIGIN)
 
+    assert_refused_preflight(options)
+    assert_not_found(response)
+    assert "Access-Control-Allow-Origin" not in response
+
+
+def test_a_subdomain_of_a_tenants_host_gets_no_cors_headers(client, tenants):
+    # An allowed host (ALLOWED_HOSTS has .localhost), so the tenant lookup of tenants/cors.py runs.
+    options = preflight(client, "/api/messages", "evil.acme.localhost", ACME_ORIGIN)
+    response = client.get("/api/messages", HTTP_HOST="evil.acme.localhost", HTTP_ORIGIN=ACME_ORIGIN)
+
+    assert_refused_preflight(options)
+    assert_not_found(response)
     assert "Access-Control-Allow-Origin" not in response
 
 
 def test_disallowed_host_gets_no_cors_headers(client, tenants):
-    response = preflight(client, "/api/messages", "evil.example", ACME_ORIGIN)
+    # A preflight is answered before Django checks the host: the lookup meets DisallowedHost.
+    options = preflight(client, "/api/messages", "evil.example", ACME_ORIGIN)
+    response = client.get("/api/messages", HTTP_HOST="evil.example", HTTP_ORIGIN=ACME_ORIGIN)
 
+    assert_refused_preflight(options)
+    assert response.status_code == 400
     assert "Access-Control-Allow-Origin" not in response
 
 
 @pytest.mark.parametrize(
-    ("path", "host"),
+    ("path", "host", "status"),
     [
-        ("/admin/", "acme.localhost"),
-        ("/admin/login/", "acme.localhost"),
-        ("/t/acme/admin/", "testserver"),
-        ("/t/acme/elsewhere", "testserver"),
+        ("/admin/", "acme.localhost", 302),  # to the login page
+        ("/admin/login/", "acme.localhost", 200),
+        ("/t/acme/admin/", "testserver", 404),
+        ("/t/acme/elsewhere", "testserver", 404),
     ],
 )
-def test_non_api_paths_get_no_cors_headers(client, tenants, path, host):
+def test_non_api_paths_get_no_cors_headers(client, tenants, path, host, status):
     response = client.get(path, HTTP_HOST=host, HTTP_ORIGIN=ACME_ORIGIN)
     options = preflight(client, path, host, ACME_ORIGIN)
 
+    # Django's own answers, not an empty preflight answer from the CORS middleware.
+    assert (response.status_code, options.status_code) == (status, status)
     assert "Access-Control-Allow-Origin" not in response
     assert "Access-Control-Allow-Origin" not in options
 

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from ops.login import failures_of
+from ops.login import canonical_address, failures_of
 from tests.fixtures import bearer
 
 pytestmark = pytest.mark.django_db
@@ -116,6 +116,24 @@ def test_behind_trusted_proxies_the_address_is_the_one_the_outermost_saw(
     log_in("op", "wrong-password", address="10.0.0.2", HTTP_X_FORWARDED_FOR=forwarded)
 
     assert failures_of("op", counted_as) == 1
+    others = {"10.0.0.2", *(entry.strip() for entry in forwarded.split(","))} - {counted_as}
+    others |= {canonical_address(other) or other for other in others} - {counted_as}
+    assert {other: failures_of("op", other) for other in others} == dict.fromkeys(others, 0)
+
+
+def test_a_client_inventing_a_new_forwarded_address_each_time_is_still_locked_out(settings, op):
+    settings.TRUSTED_PROXY_COUNT = 1
+    for n in range(LIMIT):
+        spoofed = f"6.6.6.{n}, 203.0.113.5"  # the proxy appended what it saw: 203.0.113.5
+        log_in("op", "wrong-password", address="10.0.0.2", HTTP_X_FORWARDED_FOR=spoofed)
+
+    next_try = log_in(
+        "op", PASSWORD, address="10.0.0.2", HTTP_X_FORWARDED_FOR="7.7.7.7, 203.0.113.5"
+    )
+
+    assert next_try.status_code == 429
+    assert failures_of("op", "203.0.113.5") >= LIMIT  # a refused try counts too
+    assert [failures_of("op", f"6.6.6.{n}") for n in range(LIMIT)] == [0] * LIMIT
 
 
 def test_behind_a_tls_proxy_one_proxy_is_trusted_by_default():

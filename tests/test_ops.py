@@ -3,20 +3,31 @@
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import environ
 import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, connections
 
 from ops.logging import GunicornAccessFields, JsonLineFormatter
 from ops.management.commands.locked_migrate import LOCK_ID
+from tests.racing import gate, intervals, most_at_once
+from tests.test_stack import PLATFORM, require_root, start_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,9 +197,96 @@ def test_gunicorn_access_lines_keep_neither_query_nor_headers():
 # --- the web role's commands ------------------------------------------------------------------
 
 
-@pytest.mark.django_db
-def test_wait_for_database_returns_once_connected():
-    call_command("wait_for_database", "--timeout", "5")
+@contextmanager
+def database_alias(url: str, django_db_blocker: Any, **options: Any) -> Iterator[str]:
+    """A connection alias, in this process, to the PostgreSQL database at ``url``."""
+    alias = f"waited-{uuid.uuid4().hex[:8]}"
+    parts = environ.Env.db_url_config(url)
+    fields = {name: parts[name] for name in ("NAME", "USER", "HOST", "PORT")}
+    connections.settings[alias] = {**connections.settings["default"], **fields, "OPTIONS": options}
+    try:
+        with django_db_blocker.unblock():
+            yield alias
+    finally:
+        connections[alias].close()
+        delattr(connections._connections, alias)
+        del connections.settings[alias]
+
+
+def timed_wait(alias: str, timeout: float) -> tuple[float, CommandError | None]:
+    """Seconds that ``wait_for_database`` took on ``alias``, and its error if it gave up."""
+    started = time.monotonic()
+    try:
+        call_command("wait_for_database", "--database", alias, "--timeout", str(timeout))
+    except CommandError as error:
+        return time.monotonic() - started, error
+    return time.monotonic() - started, None
+
+
+def stop_postgres(directory: Path) -> None:
+    """platform/stop-postgres."""
+    subprocess.run([str(PLATFORM / "stop-postgres"), str(directory)], check=True, timeout=60)
+
+
+@pytest.fixture
+def stopped_postgres() -> Iterator[tuple[Path, str]]:
+    """A PostgreSQL cluster of its own, stopped: its directory and URL."""
+    require_root()
+    directory = Path(tempfile.mkdtemp(prefix="waited-postgres-"))  # the postgres user enters it
+    try:
+        url = start_store("start-postgres", directory)
+        stop_postgres(directory)
+        yield directory, url
+    finally:
+        stop_postgres(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_wait_for_database_returns_once_a_database_started_later_accepts(
+    stopped_postgres, django_db_blocker
+):
+    directory, url = stopped_postgres
+    started_at: list[float] = []
+
+    def start_later() -> None:
+        time.sleep(2)
+        started_at.append(time.monotonic())
+        start_store("start-postgres", directory, str(urlsplit(url).port))
+        started_at.append(time.monotonic())
+
+    starter = threading.Thread(target=start_later)
+    with database_alias(url, django_db_blocker, connect_timeout=5) as alias:
+        starter.start()
+        seconds, error = timed_wait(alias, timeout=60)
+        returned_at = time.monotonic()
+        starter.join(timeout=60)
+
+    assert error is None
+    began, up = started_at
+    assert began < returned_at < up + 1 + 1, (began, up, returned_at)  # its retry interval, margin
+    assert seconds >= 2
+
+
+def test_wait_for_database_gives_up_at_its_deadline_where_nothing_listens(django_db_blocker):
+    url = f"postgres://postgres@127.0.0.1:{closed_port()}/nothing"
+    with database_alias(url, django_db_blocker, connect_timeout=5) as alias:
+        seconds, error = timed_wait(alias, timeout=1.5)
+
+    assert "did not accept connections within 1.5 s" in str(error)
+    assert 1.5 <= seconds < 1.5 + 0.3  # it slept a whole second past it before
+
+
+def test_wait_for_database_gives_up_at_its_deadline_where_the_server_never_answers(
+    django_db_blocker,
+):
+    # Connections are taken (the kernel's backlog) and never answered, as with a hung server.
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        url = f"postgres://postgres@127.0.0.1:{silent.getsockname()[1]}/nothing"
+        with database_alias(url, django_db_blocker, connect_timeout=5) as alias:
+            seconds, error = timed_wait(alias, timeout=3)
+
+    assert "did not accept connections within 3 s" in str(error)
+    assert seconds < 3 + 0.5  # not connect_timeout (5 s) for a try begun before the deadline
 
 
 def test_wait_for_database_gives_up_after_its_timeout_and_says_why():
@@ -239,3 +337,62 @@ def test_locked_migrate_waits_for_another_replica_at_most_its_timeout():
 
         with pytest.raises(CommandError, match="held the migration lock for over 1 s"):
             call_command("locked_migrate", "--no-input", "--lock-timeout", "1", verbosity=0)
+
+
+# A replica that reports when it held the migration lock (tests/racing.py reads the span).
+MIGRATING_REPLICA = """
+import time
+from django.core.management import call_command
+from ops.management.commands import locked_migrate
+from tests.racing import report, wait_at_gate
+
+
+class Reported(locked_migrate.Command):
+    def _acquire(self, connection, timeout):
+        super()._acquire(connection, timeout)
+        self.locked_at = time.time()
+
+    def _release(self, connection):
+        super()._release(connection)
+        report(self.locked_at)
+
+
+arrived = wait_at_gate()
+call_command(Reported(), "--no-input")
+print(f"arrived at {arrived!r}")
+"""
+
+
+@pytest.fixture
+def empty_database(django_db_blocker: Any) -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL server: its URL."""
+    name = f"migrated_{uuid.uuid4().hex[:8]}"
+    with django_db_blocker.unblock(), other_session() as session:
+        session.execute(f'CREATE DATABASE "{name}"')
+        params = session.info.get_parameters()
+        yield f"postgres://{params['user']}@{session.info.host}:{session.info.port}/{name}"
+        session.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_two_replicas_migrating_at_once_take_turns_and_both_succeed(empty_database):
+    environment = {**os.environ, "DATABASE_URL": empty_database, "ENV_FILE": ""}
+    environment.pop("REDIS_URL", None)
+    shell = [sys.executable, "manage.py", "shell", "--no-imports", "-c", MIGRATING_REPLICA]
+    with gate(2) as opened:
+        replicas = [
+            subprocess.Popen(
+                shell, cwd=ROOT, env={**environment, **opened}, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        outputs = [replica.communicate(timeout=120)[0] for replica in replicas]
+
+    assert [replica.returncode for replica in replicas] == [0, 0], outputs
+    (first, first_output), (second, second_output) = sorted(
+        (intervals(output), output) for output in outputs
+    )
+    assert most_at_once([first, second]) == 1, (first, second)  # never both held the lock
+    arrivals = [float(output.rsplit("arrived at ", 1)[1]) for output in outputs]
+    assert max(arrivals) < first[1], "the second replica came while the first held the lock"
+    assert "Applying tenants.0001_initial... OK" in first_output
+    assert "No migrations to apply." in second_output

@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.racing import assert_overlapped, gate, intervals, without_intervals
 from tests.test_stack import filled_in_dotenv, service_environment
 
 # clean_state (conftest) clears the shared store, a database table on the embedded default.
@@ -42,15 +42,16 @@ SHOWN = (
     "TRUSTED_PROXY_COUNT",
 )
 # A process that writes the shared SQLite file: cache entries and a read-then-write transaction
-# (the lock upgrade a deferred transaction cannot wait for), from START for three seconds.
+# (the lock upgrade a deferred transaction cannot wait for), for three seconds from the gate.
 WRITER = """
 import os, time
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.db import transaction
+from tests.racing import report, wait_at_gate
 
-name, start = os.environ["WRITER"], float(os.environ["START"])
-time.sleep(max(0, start - time.time()))
+name = os.environ["WRITER"]
+start = wait_at_gate()
 n = 0
 while time.time() < start + 3:
     n += 1
@@ -60,6 +61,7 @@ while time.time() < start + 3:
         Group.objects.filter(name=name).exists()
         Group.objects.update_or_create(name=name)
 print(n)
+report(start)
 """
 
 
@@ -187,23 +189,25 @@ def test_a_plain_migrate_creates_the_cache_that_every_process_shares(tmp_path):
 
 def test_concurrent_writers_on_sqlite_wait_instead_of_failing(tmp_path):
     environment = embedded(tmp_path)
-    start = str(time.time() + 2)  # after both processes have set Django up
-    writers = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "shell", "--no-imports", "-c", WRITER],
-            cwd=ROOT,
-            env=fresh_environment({**environment, "WRITER": name, "START": start}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("one", "two", "three")
-    ]
-    results = [(*writer.communicate(timeout=60), writer.returncode) for writer in writers]
+    with gate(3) as opened:
+        writers = [
+            subprocess.Popen(
+                [sys.executable, "manage.py", "shell", "--no-imports", "-c", WRITER],
+                cwd=ROOT,
+                env=fresh_environment({**environment, **opened, "WRITER": name}),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name in ("one", "two", "three")
+        ]
+        results = [(*writer.communicate(timeout=60), writer.returncode) for writer in writers]
 
     assert [code for _, _, code in results] == [0, 0, 0], [error for _, error, _ in results]
+    assert_overlapped([intervals(output) for output, _, _ in results])
     # SQLite's busy wait is not fair: a writer may get few turns, but it waits and then writes.
-    assert all(int(written) >= 1 for written, _, _ in results), results
+    written = [int(without_intervals(output)) for output, _, _ in results]
+    assert all(n >= 1 for n in written), results
 
 
 def test_a_dotenv_file_is_read_and_real_environment_variables_win(tmp_path):

@@ -296,11 +296,19 @@ def start_store(script: str, directory: Path, *args: str) -> str:
     return run([str(PLATFORM / script), str(directory), *args], os.environ).strip()
 
 
+def require_root() -> None:
+    """Fail, never skip, where platform/start-postgres cannot run: a skip would pass the suite."""
+    if os.geteuid() != 0:
+        pytest.fail(
+            "platform/start-postgres runs PostgreSQL as the postgres user (runuser), so this "
+            "test needs root: run platform/run-tests as root, as the CI and the container do."
+        )
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """PostgreSQL and Redis of the stack's own, then its processes; all stopped afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("platform/start-postgres runs PostgreSQL as the postgres user: needs root")
+    require_root()
     # Outside tmp_path, whose parents the postgres user may not enter.
     pg_dir = Path(tempfile.mkdtemp(prefix="stack-postgres-"))
     redis_dir, logs = tmp_path / "redis", tmp_path / "logs"

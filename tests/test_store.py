@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from authz import jwks
 from authz.store import derived_key, internal_key
 from tests.fixtures import bearer
+from tests.racing import assert_overlapped, gate, intervals, without_intervals
 
 NAMESPACES = ("jwks-record", "jwks-lock", "jwks-cooldown", "jwks-due", "check-issuer")
 INTERNAL_NAMES = ("jwks-stamp", "feed-prune")
@@ -53,18 +54,20 @@ def test_a_tenant_named_like_an_internal_key_works_and_leaves_the_others_alone(
         response = client.get(f"/t/{slug}/api/private", **bearer(tokens(slug).token()))
         assert response.status_code == 200, slug
 
-    assert jwks.read_stamp() is not None
+    # The platform's own stamp (a fresh hex id per key set change), not a tenant's record.
+    assert re.fullmatch(r"[0-9a-f]{32}", jwks.read_stamp())
     listing = admin_client.get("/admin/tenants/tenant/")
     assert listing.status_code == 200
     # Another test may have rotated an issuer's key (the development issuer is shared): 1 or 2.
     assert len(re.findall(rb"OK \xc2\xb7 [12] key\(s\)", listing.content)) == 4
 
 
-CLAIM_AT = """
-import time
+CLAIM = """
 from authz.store import claim
-time.sleep(max(0, {at} - time.time()))
+from tests.racing import report, wait_at_gate
+started = wait_at_gate()
 print(claim("internal:race", 30))
+report(started)
 """
 
 
@@ -78,16 +81,20 @@ def test_one_process_wins_an_expired_claim_on_the_database_cache(tmp_path):
     }
     shell = [sys.executable, "manage.py", "shell", "--no-imports", "-c"]
     subprocess.run([sys.executable, "manage.py", "createcachetable"], env=env, check=True)
-    subprocess.run([*shell, CLAIM_AT.format(at=0).replace("30", "1")], env=env, check=True)
+    first = 'from authz.store import claim; assert claim("internal:race", 1)'
+    subprocess.run([*shell, first], env=env, check=True)
     time.sleep(2.1)  # the first claim has expired; its row is still there
 
-    at = time.time() + 3
-    racers = [
-        subprocess.Popen([*shell, CLAIM_AT.format(at=at)], env=env, stdout=subprocess.PIPE)
-        for _ in range(4)
-    ]
-    answers = [racer.communicate(timeout=30)[0].decode().strip() for racer in racers]
+    with gate(4) as opened:
+        racers = [
+            subprocess.Popen([*shell, CLAIM], env={**env, **opened}, stdout=subprocess.PIPE)
+            for _ in range(4)
+        ]
+        outputs = [racer.communicate(timeout=60)[0].decode() for racer in racers]
 
+    # Two cores: the four start at once, but two may wait for a core until the first two are done.
+    assert_overlapped([intervals(output) for output in outputs], together=2)
+    answers = [without_intervals(output).strip() for output in outputs]
     assert sorted(answers) == ["False", "False", "False", "True"]
 
 
@@ -120,12 +127,13 @@ def test_the_database_cache_add_takes_over_an_expired_row_once_and_incr_counts_l
 
 
 COUNTER = """
-import os, time
 from django.core.cache import cache
-time.sleep(max(0, float(os.environ["START"]) - time.time()))
+from tests.racing import report, wait_at_gate
+started = wait_at_gate()
 for _ in range(100):
     if not cache.add("counted", 1, 600):
         cache.incr("counted")
+report(started)
 """
 
 
@@ -135,20 +143,22 @@ def test_processes_counting_at_once_on_the_database_cache_lose_no_increment(tmp_
     from tests.test_settings import ROOT, cache_shell, embedded, fresh_environment
 
     environment = embedded(tmp_path)
-    start = str(time.time() + 2)  # after every process has set Django up
-    counters = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "shell", "--no-imports", "-c", COUNTER],
-            cwd=ROOT,
-            env=fresh_environment({**environment, "START": start}),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(3)
-    ]
-    errors = [counter.communicate(timeout=60)[1] for counter in counters]
+    with gate(3) as opened:
+        counters = [
+            subprocess.Popen(
+                [sys.executable, "manage.py", "shell", "--no-imports", "-c", COUNTER],
+                cwd=ROOT,
+                env=fresh_environment({**environment, **opened}),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        results = [counter.communicate(timeout=60) for counter in counters]
 
-    assert [counter.returncode for counter in counters] == [0, 0, 0], errors
+    assert [counter.returncode for counter in counters] == [0, 0, 0], results
+    assert_overlapped([intervals(output) for output, _ in results])
     assert cache_shell(environment, "print(cache.get('counted'))") == "300"
 
 

@@ -35,8 +35,7 @@ class Command(MigrateCommand):
         try:
             return super().handle(*args, **options)
         finally:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])
+            self._release(connection)
 
     def _acquire(self, connection: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -50,3 +49,7 @@ class Command(MigrateCommand):
                     f"Another process held the migration lock for over {timeout:g} s."
                 )
             time.sleep(0.5)
+
+    def _release(self, connection: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])

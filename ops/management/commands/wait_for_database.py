@@ -1,10 +1,14 @@
 """``manage.py wait_for_database``: block until the database accepts connections, bounded."""
 
+import math
 import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
+
+RETRY_INTERVAL = 1.0
+SHORTEST_CONNECT_TIMEOUT = 2  # libpq's: a shorter connect_timeout counts as 2 s
 
 
 class Command(BaseCommand):
@@ -23,12 +27,31 @@ class Command(BaseCommand):
         deadline = time.monotonic() + options["timeout"]
         while True:
             try:
-                connection.ensure_connection()
+                _connect_by(connection, deadline)
                 return
             except OperationalError as exc:
-                if time.monotonic() >= deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise CommandError(
                         f"The database did not accept connections within "
                         f"{options['timeout']:g} s: {exc}".strip()
                     ) from exc
-                time.sleep(1)
+                time.sleep(min(RETRY_INTERVAL, remaining))
+
+
+def _connect_by(connection: Any, deadline: float) -> None:
+    """Connect, waiting for an answer only as long as the deadline allows (libpq: 2 s at least)."""
+    if connection.vendor != "postgresql":
+        connection.ensure_connection()
+        return
+    options = connection.settings_dict.setdefault("OPTIONS", {})
+    configured = options.get("connect_timeout")
+    allowed = max(SHORTEST_CONNECT_TIMEOUT, math.ceil(deadline - time.monotonic()))
+    options["connect_timeout"] = min(configured or allowed, allowed)
+    try:
+        connection.ensure_connection()
+    finally:
+        if configured is None:
+            del options["connect_timeout"]
+        else:
+            options["connect_timeout"] = configured

@@ -47,7 +47,8 @@ import django
 django.setup()
 from tenants.ratelimit import Limit, Rate, limiter
 
-key, ready, go, seconds, rate = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+key, ready, go = sys.argv[1:4]
+seconds, rate = float(sys.argv[4]), int(sys.argv[5])
 limit = Limit("subject", key, Rate(rate, 1))
 limiter.count([Limit("subject", key + "-warm-up", Rate(rate, 1))])
 open(ready, "w").close()

@@ -23,7 +23,7 @@ from tests.test_e2e import ROOT, manage
 
 PROCESSES = 10
 RATE = 100  # per second: several windows in a few seconds
-HAMMER_SECONDS = 3.5
+HAMMER_SECONDS = 3.5  # at least two whole windows with all ten counting
 RUN = uuid.uuid4().hex[:6]  # the Redis database outlives a run
 SETTINGS = {
     "ENV_FILE": "",
@@ -138,11 +138,13 @@ def test_ten_processes_admit_no_more_than_the_limit_in_any_window(
     reports = hammer(env, tmp_path, f"ten-{RUN}-{uuid.uuid4().hex}")
 
     admitted, refused = per_window(reports, "admitted"), per_window(reports, "refused")
-    assert max(r["started"] for r in reports) < min(r["ended"] for r in reports)  # all at once
+    all_in, first_out = max(r["started"] for r in reports), min(r["ended"] for r in reports)
+    shared = [w for w in admitted if all_in <= w and w + 1 <= first_out]  # all ten throughout
+    assert shared, f"the processes never ran a whole window together: {reports}"
     assert sum(r["spanning"] for r in reports) <= PROCESSES * (len(admitted) + 1)
-    assert all(refused.get(window, 0) > 0 for window in admitted), (admitted, refused)  # hit
+    assert all(refused.get(window, 0) > 0 for window in shared), (admitted, refused)  # hit
     assert max(admitted.values()) <= RATE, f"admitted per window: {admitted}"
-    assert max(admitted.values()) >= RATE // 2, f"admitted per window: {admitted}"
+    assert min(admitted[window] for window in shared) >= RATE // 2, admitted
 
 
 def test_an_anonymous_flood_from_one_address_locks_no_other_client_out(stack: Stack) -> None:

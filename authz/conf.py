@@ -53,10 +53,12 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between a process's writes of its tenants' traffic counts (the admin's panel).
     "TRAFFIC_FLUSH_INTERVAL": 10.0,
     # Rates (60/min, 1000/hour, 20/s) for tenants that set none; blank: no limit. The anonymous
-    # one counts, per tenant and client address, requests with no token or a refused one.
+    # one counts, per tenant and client address, requests refused before authentication.
     "RATE_LIMIT_PER_SUBJECT": "",
     "RATE_LIMIT_PER_TENANT": "",
     "RATE_LIMIT_ANONYMOUS_PER_ADDRESS": "",
+    # IPv6 clients are counted by the network of this many leading bits (IPv4 per address).
+    "RATE_LIMIT_IPV6_PREFIX": 64,
 }
 
 

@@ -309,6 +309,7 @@ AUTHZ = {
     "RATE_LIMIT_ANONYMOUS_PER_ADDRESS": env.str(
         "AUTHZ_RATE_LIMIT_ANONYMOUS_PER_ADDRESS", default=""
     ),
+    "RATE_LIMIT_IPV6_PREFIX": env.int("AUTHZ_RATE_LIMIT_IPV6_PREFIX", default=64),
 }
 
 # GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>"; unset, metrics are off.

@@ -158,8 +158,9 @@ class Tenant(models.Model):
         max_length=20,
         blank=True,
         validators=[validate_rate],
-        help_text="All of this tenant's requests together, counted before any token work; blank: "
-        "the platform's default (AUTHZ_RATE_LIMIT_PER_TENANT), if any.",
+        help_text="This tenant's requests together, checked before any token work; requests "
+        "refused before authentication count apart, against as many again. Blank: the "
+        "platform's default (AUTHZ_RATE_LIMIT_PER_TENANT), if any.",
     )
     operators = models.ManyToManyField(
         settings.AUTH_USER_MODEL,

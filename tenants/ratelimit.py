@@ -1,26 +1,32 @@
-"""Fair sharing: request rates per tenant, per token subject and per anonymous address.
+"""Fair sharing: request rates per tenant, per token subject and per client address.
 
 Each limit is a sliding window counter: the requests of the current fixed window plus those of
 the previous one, weighted by how much of it still overlaps the last ``seconds``. Counting is
-atomic in the shared store, all of a request's limits in at most one round trip: with Redis one
-Lua script (a hash per limit: window, count, previous count); without it one upsert per limit
-on the database, whose RETURNING hands back the counts (and a refused request is taken back in
-the same transaction). A request far from its limits is counted in this process and written with
-the next round trip (``Limiter``). A refused request takes no quota, so a client that waits its
-``Retry-After`` is served.
+atomic in the shared store, all of a request's limits in one round trip: with Redis one Lua
+script (a hash per limit: window, count, previous count); without it one upsert per limit on the
+database, whose RETURNING hands back the counts (and a refused request is taken back in the same
+transaction). No request is admitted that the store has not counted: far from its limits a
+process admits requests from a lease, slots the store counted for it earlier (``Limiter``). A
+refused request takes no quota, so a client that waits its ``Retry-After`` is served.
 
-A process remembers which tenants and anonymous addresses the store said were over, until their
-reset: their next requests are refused before any token work, with no round trip. When the
-store cannot count, requests are served (an outage of the counter is not one of the API), logged
-once a minute and counted in ``authz_rate_limiter_unavailable_total``.
+A request refused before authentication completes counts against its client's address, then
+against the tenant's unauthenticated requests, never against the quota of authenticated callers.
+
+A process remembers which tenants and addresses the store said were over, until their reset:
+their next requests are refused before any token work, with no round trip. When the store
+cannot count, requests are served (an outage of the counter is not one of the API), logged once
+a minute and counted in ``authz_rate_limiter_unavailable_total``.
 """
 
 import functools
+import ipaddress
+import itertools
 import logging
 import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +46,11 @@ logger = logging.getLogger(__name__)
 RATE = re.compile(r"^\s*([1-9]\d{0,8})\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TENANT, SUBJECT, ADDRESS = "tenant", "subject", "address"
+UNAUTHENTICATED = "unauthenticated"
 COMPLAIN_EVERY = 60.0
-FLUSH_AFTER = 0.1  # seconds a request counted here may wait before the store has it
 STORE_RETRY_AFTER = 1.0  # seconds without trying the store after it failed
-MAX_TALLIES = 10_000
+MAX_REMEMBERED = 10_000  # entries of each per-process map keyed by limit (so by address)
+LEASE_SHARE = 20  # a lease is at most this fraction of a limit
 UNAVAILABLE = Counter(
     "authz_rate_limiter_unavailable",
     "Requests served without a rate limit check because the shared store could not count.",
@@ -105,7 +112,12 @@ class Verdict:
         return self.retry_after == 0
 
 
-KINDS = {TENANT: "this tenant", SUBJECT: "this caller", ADDRESS: "this address"}
+KINDS = {
+    TENANT: "this tenant",
+    SUBJECT: "this caller",
+    ADDRESS: "this address",
+    UNAUTHENTICATED: "this tenant's unauthenticated requests",
+}
 
 
 def throttled(verdict: Verdict, tenant: str) -> Throttled:
@@ -119,26 +131,55 @@ def throttled(verdict: Verdict, tenant: str) -> Throttled:
 
 
 def anonymous_limited() -> bool:
-    """Whether requests with no token or a refused one are limited per address."""
+    """Whether requests refused before authentication are limited per address."""
     return _rate("", "RATE_LIMIT_ANONYMOUS_PER_ADDRESS") is not None
 
 
-def limits_of(tenant: Any, subject: str | None, address: str | None) -> list[Limit]:
-    """The limits a request of this tenant counts against: the tenant's, then the subject's
-    (an authenticated request) or the address's (one with no token, or a refused one)."""
-    limits = []
-    tenant_rate = _rate(tenant.rate_limit_per_tenant, "RATE_LIMIT_PER_TENANT")
-    if tenant_rate:
-        limits.append(Limit(TENANT, _key(TENANT, tenant.slug, ""), tenant_rate))
-    if subject is not None:
-        rate = _rate(tenant.rate_limit_per_subject, "RATE_LIMIT_PER_SUBJECT")
-        if rate:
-            limits.append(Limit(SUBJECT, _key(SUBJECT, tenant.slug, subject), rate))
-    elif address is not None:
-        rate = _rate("", "RATE_LIMIT_ANONYMOUS_PER_ADDRESS")
-        if rate:
-            limits.append(Limit(ADDRESS, _key(ADDRESS, tenant.slug, address), rate))
+def early_limits(tenant: Any, address: str | None) -> list[Limit]:
+    """The limits checked before any token work: the tenant's, and the address's (token or not:
+    a request from an address over its limit is refused before its token is read)."""
+    return _tenant_limit(tenant, TENANT) + _address_limit(tenant, address)
+
+
+def limits_of(tenant: Any, subject: str | None) -> list[Limit]:
+    """The limits of a request authenticated (or served without a token): the tenant's, then
+    its subject's."""
+    limits = _tenant_limit(tenant, TENANT)
+    rate = _rate(tenant.rate_limit_per_subject, "RATE_LIMIT_PER_SUBJECT")
+    if subject is not None and rate:
+        limits.append(Limit(SUBJECT, _key(SUBJECT, tenant.slug, subject), rate))
     return limits
+
+
+def refusal_limits(tenant: Any, address: str | None) -> list[Limit]:
+    """The limits of a request refused before authentication completed: its address's first,
+    then the tenant's unauthenticated requests (the tenant's rate, never the quota that
+    authenticated callers spend)."""
+    return _address_limit(tenant, address) + _tenant_limit(tenant, UNAUTHENTICATED)
+
+
+def address_bucket(address: str) -> str:
+    """What an address limit counts: an IPv4 address, or the IPv6 network of
+    AUTHZ_RATE_LIMIT_IPV6_PREFIX bits it is in (one subscriber often holds a whole /64)."""
+    if ":" not in address:
+        return address
+    try:
+        prefix = authz_settings.RATE_LIMIT_IPV6_PREFIX
+        return str(ipaddress.IPv6Network((address, prefix), strict=False))
+    except ValueError:  # a malformed setting is the system check's to report
+        return address
+
+
+def _tenant_limit(tenant: Any, kind: str) -> list[Limit]:
+    rate = _rate(tenant.rate_limit_per_tenant, "RATE_LIMIT_PER_TENANT")
+    return [Limit(kind, _key(kind, tenant.slug, ""), rate)] if rate else []
+
+
+def _address_limit(tenant: Any, address: str | None) -> list[Limit]:
+    rate = _rate("", "RATE_LIMIT_ANONYMOUS_PER_ADDRESS")
+    if address is None or rate is None:
+        return []
+    return [Limit(ADDRESS, _key(ADDRESS, tenant.slug, address_bucket(address)), rate)]
 
 
 DEFAULT_SETTINGS = (
@@ -160,6 +201,19 @@ def default_rates_check(app_configs: object, **kwargs: object) -> list[Error]:
     return errors
 
 
+@register()
+def ipv6_prefix_check(app_configs: object, **kwargs: object) -> list[Error]:
+    """Address limits need an IPv6 prefix length they can count by."""
+    prefix = authz_settings.RATE_LIMIT_IPV6_PREFIX
+    if type(prefix) is int and 1 <= prefix <= 128:
+        return []
+    message = (
+        f"AUTHZ_RATE_LIMIT_IPV6_PREFIX is {prefix!r}: set it to a prefix length from 1 to 128 "
+        "(64, the network one subscriber usually holds, if unset)."
+    )
+    return [Error(message, id="tenants.E002")]
+
+
 def _rate(own: str, setting: str) -> Rate | None:
     try:
         return parse_rate(own) or parse_rate(getattr(authz_settings, setting))
@@ -167,36 +221,39 @@ def _rate(own: str, setting: str) -> Rate | None:
         return None  # validated on save and at start; never a 500 on the request path
 
 
-@functools.lru_cache(maxsize=65536)  # tenants and their busy subjects come back
+@functools.lru_cache(maxsize=MAX_REMEMBERED)  # tenants and their busy subjects come back
 def _key(kind: str, tenant: str, value: str) -> str:
     return derived_key(f"rate-{kind}", f"{tenant}\n{value}")
 
 
 @dataclass(slots=True)
 class _Tally:
-    """A limit as this process knows it: the store's counts at its last answer, and the
-    requests counted here since (not yet in the store)."""
+    """A limit in one window as this process knows it: the store's counts at its last answer,
+    the slots of a lease it holds there, and the requests it admitted."""
 
     limit: Limit
-    window: int = -1
+    window: int
     previous: int = 0
-    current: int = 0
-    pending: int = 0
+    current: int = 0  # with every lease granted in the window, used or not
+    leased: int = 0  # slots the store counted for this process, not used yet
+    admitted: int = 0
 
-    def counts(self) -> tuple[int, int]:
-        """(previous, current) with this process's pending requests."""
-        return self.previous, self.current + self.pending
+    def lease_wanted(self) -> int:
+        """Slots to ask for with the next request: a twentieth of the limit at most, and no
+        more than this process admitted in the window so far (a quiet process asks none)."""
+        return min(self.limit.rate.count // LEASE_SHARE, self.admitted)
 
 
 class Limiter:
     """Counts requests against limits in the shared store; remembers what is over, here.
 
-    A request far from every limit it counts against is counted here and written with the
-    next round trip (at most FLUSH_AFTER later): while the store's count plus this process's
-    unwritten ones stay under half a limit, and this process holds at most a twentieth of it
-    unwritten. Any other request is counted in the store before it is answered. So up to ten
-    processes can never let a limit be exceeded, and a limit below 20 is always counted in the
-    store; far from their limits, requests cost no round trip.
+    No request is admitted that the store has not counted. Far from its limits a request may be
+    admitted from a lease: slots the store counted for this process earlier in the window, in
+    the same atomic step as one of its requests, granted only while the store's count with them
+    stays under half the limit, at most a twentieth of the limit and no more than this process
+    admitted in the window. A lease dies with its window (its unused slots stay counted: a
+    limit may admit a little less, never more). So no number of processes can exceed a limit,
+    and a limit below 20 is always counted in the store.
     """
 
     def __init__(self) -> None:
@@ -205,7 +262,6 @@ class Limiter:
         self._lock = threading.Lock()
         self._complained_at = float("-inf")
         self._down_until = float("-inf")
-        self._pending_since: float | None = None
 
     def known_over(self, limits: list[Limit]) -> Verdict | None:
         """A verdict refusing one of these limits that the store gave lately, without asking."""
@@ -222,86 +278,111 @@ class Limiter:
         if not limits:
             return []
         now = time.time()
-        with self._lock:
-            tallies = [self._tally(limit) for limit in limits]
-            if self._may_count_here(tallies, now):
-                for tally in tallies:
-                    tally.pending += 1
-                self._pending_since = self._pending_since or time.monotonic()
-                return [_verdict(t.limit, *t.counts(), now, counted=True) for t in tallies]
+        leased = self._admit_leased(limits, now)
+        if leased is not None:
+            return leased
         if time.monotonic() < self._down_until:
             UNAVAILABLE.inc()
             return None  # the store failed a moment ago: serve, and try again shortly
-        return self._count_in_store(tallies, now)
+        return self._count_in_store(limits, now)
 
     def forget(self) -> None:
         """Forget what this process knew (tests)."""
         with self._lock:
             self._over.clear()
             self._tallies.clear()
-            self._pending_since = None
             self._down_until = float("-inf")
 
-    def _tally(self, limit: Limit) -> _Tally:
-        tally = self._tallies.get(limit.key)
-        if tally is None or tally.limit != limit:
-            if len(self._tallies) >= MAX_TALLIES:
-                self._drop_written()
-            tally = self._tallies[limit.key] = _Tally(limit, pending=tally.pending if tally else 0)
-        return tally
+    def remembered(self) -> int:
+        """How many limits this process holds anything about (bounded by MAX_REMEMBERED each)."""
+        return max(len(self._over), len(self._tallies))
 
-    def _drop_written(self) -> None:
-        for key in [key for key, tally in self._tallies.items() if not tally.pending]:
-            del self._tallies[key]
-
-    def _may_count_here(self, tallies: list[_Tally], now: float) -> bool:
-        if self._pending_since is not None and time.monotonic() - self._pending_since > FLUSH_AFTER:
-            return False
-        for tally in tallies:
-            rate = tally.limit.rate
-            if tally.window != int(now // rate.seconds) or tally.pending >= rate.count // 20:
-                return False
-            previous, current = tally.counts()
-            if previous * (1 - (now % rate.seconds) / rate.seconds) + current + 1 > rate.count / 2:
-                return False
-        return True
-
-    def _count_in_store(self, tallies: list[_Tally], now: float) -> list[Verdict] | None:
-        """This request, and every request counted here so far, in one round trip."""
+    def _admit_leased(self, limits: list[Limit], now: float) -> list[Verdict] | None:
+        """Verdicts for a request admitted from this process's leases on every limit, if any."""
         with self._lock:
-            batch = {t.limit.key: t for t in self._tallies.values() if t.pending}
-            batch.update((t.limit.key, t) for t in tallies)
-            asked = {id(t) for t in tallies}
-            asking = [id(t) in asked for t in batch.values()]
-            sent = [t.pending for t in batch.values()]
-            self._pending_since = None
-        entries = list(batch.values())
+            tallies = [self._tallies.get(limit.key) for limit in limits]
+            for limit, tally in zip(limits, tallies, strict=True):
+                if tally is None or tally.limit != limit or not tally.leased:
+                    return None
+                if tally.window != _window(limit, now):
+                    return None
+            for tally in tallies:
+                tally.leased -= 1
+                tally.admitted += 1
+            return [_verdict_here(tally, now, counted=True) for tally in tallies]
+
+    def _count_in_store(self, limits: list[Limit], now: float) -> list[Verdict] | None:
+        """This request in the store, with a lease on each limit where one may be had."""
+        with self._lock:
+            tallies = [self._tally(limit, now) for limit in limits]
+            wanted = [tally.lease_wanted() for tally in tallies]
         try:
-            counts, fits = _backend().count([t.limit for t in entries], sent, asking, now)
+            counts, fits = _backend().count(limits, wanted, now)
         except Exception:
             UNAVAILABLE.inc()
             self._down_until = time.monotonic() + STORE_RETRY_AFTER
             self._complain()
             return None
         with self._lock:
-            for tally, written, (previous, current) in zip(entries, sent, counts, strict=True):
-                tally.pending -= written
-                tally.window = int(now // tally.limit.rate.seconds)
+            for tally, (previous, current, granted) in zip(tallies, counts, strict=True):
                 tally.previous, tally.current = previous, current
-        verdicts = [_verdict(t.limit, t.previous, t.current, now, counted=fits) for t in tallies]
+                tally.leased += granted
+                tally.admitted += int(fits)
+        verdicts = [_verdict_here(tally, now, counted=fits) for tally in tallies]
+        if not fits and all(verdict.allowed for verdict in verdicts):
+            verdicts[0] = _refused_by_store(verdicts[0])  # the store's clock ran ahead of ours
         for verdict in verdicts:
             if not verdict.allowed:
-                with self._lock:
-                    self._over[verdict.limit.key] = (
-                        time.monotonic() + verdict.retry_after,
-                        verdict,
-                    )
+                self._remember_over(verdict)
         return verdicts
+
+    def _tally(self, limit: Limit, now: float) -> _Tally:
+        """This process's tally of ``limit`` in the current window (never an older one)."""
+        window = _window(limit, now)
+        tally = self._tallies.get(limit.key)
+        if tally is None or tally.limit != limit or tally.window < window:
+            self._tallies.pop(limit.key, None)  # the newest goes last: the oldest go first
+            _make_room(self._tallies, lambda t: t.window < _window(t.limit, now))
+            tally = self._tallies[limit.key] = _Tally(limit, window)
+        return tally
+
+    def _remember_over(self, verdict: Verdict) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._over.pop(verdict.limit.key, None)
+            _make_room(self._over, lambda held: held[0] <= now)
+            self._over[verdict.limit.key] = (now + verdict.retry_after, verdict)
 
     def _complain(self) -> None:
         if time.monotonic() - self._complained_at >= COMPLAIN_EVERY:
             self._complained_at = time.monotonic()
             logger.warning("Cannot count requests in the shared store: serving without limits.")
+
+
+def _make_room(entries: dict[str, Any], expired: Callable[[Any], bool]) -> None:
+    """Keep a map under MAX_REMEMBERED: drop what has expired, then the oldest tenth."""
+    if len(entries) < MAX_REMEMBERED:
+        return
+    for key in [key for key, value in entries.items() if expired(value)]:
+        del entries[key]
+    keep = MAX_REMEMBERED * 9 // 10  # room for a tenth more: a flood costs O(1) per entry
+    for key in list(itertools.islice(entries, max(0, len(entries) - keep))):
+        del entries[key]
+
+
+def _verdict_here(tally: _Tally, now: float, counted: bool) -> Verdict:
+    """A limit's state as this process sees it: its own unused lease slots are not spent."""
+    return _verdict(tally.limit, tally.previous, tally.current - tally.leased, now, counted)
+
+
+def _refused_by_store(verdict: Verdict) -> Verdict:
+    """A refusal the store made where this process's view of the window would not."""
+    return Verdict(verdict.limit, 0, verdict.reset, 1)
+
+
+def _window(limit: Limit, now: float) -> int:
+    """The index of the fixed window ``now`` falls in, for this limit's length."""
+    return int(now // limit.rate.seconds)
 
 
 def _verdict(limit: Limit, previous: int, current: int, now: float, counted: bool) -> Verdict:
@@ -322,50 +403,53 @@ def _verdict(limit: Limit, previous: int, current: int, now: float, counted: boo
     return Verdict(limit, 0, reset, max(1, math.ceil(wait)))
 
 
-def _fits(limit: Limit, previous: int, current: int, now: float) -> bool:
-    """Whether one more request fits the limit, with ``current`` requests in its window."""
-    overlap = 1 - (now % limit.rate.seconds) / limit.rate.seconds
-    return previous * overlap + current + 1 <= limit.rate.count
-
-
-# KEYS: one hash per limit. ARGV, per key: its window index, the seconds it is kept, requests
-# already admitted to add, whether this request counts against it (1 or 0), its quota and the
-# previous window's weight now. This request is added only where it fits every limit it counts
-# against: a refused request takes no quota. Returns, per key, the previous window's count and
-# the current one's, then 1 when this request was counted.
+# KEYS: one hash per limit (window, count, previous count). ARGV, per key: the caller's window
+# index, the seconds the hash is kept, the quota, the previous window's weight now, and the lease
+# wanted. A window never moves back: a caller whose clock is behind the store's counts in the
+# store's window, with the previous one at full weight, and gets no lease. The request is added
+# to every limit only if it fits them all (a refused request takes no quota); then each limit
+# grants its lease if the count with it stays under half the quota. Returns, per key, the
+# previous count, the current one and the lease granted; then 1 when the request was counted.
 COUNT_SCRIPT = """
 local states, fits = {}, true
 for i, key in ipairs(KEYS) do
-  local base = 6 * (i - 1)
-  local window, pending = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 3])
+  local base = 5 * (i - 1)
+  local window, quota = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 3])
+  local weight = tonumber(ARGV[base + 4])
   local state = redis.call('HMGET', key, 'w', 'c', 'p')
   local w, c, p = tonumber(state[1]), tonumber(state[2]) or 0, tonumber(state[3]) or 0
-  if w == window then
-    c = c + pending
+  if w == nil or w < window - 1 then
+    w, c, p = window, 0, 0
   elseif w == window - 1 then
-    p, c = c, pending
-  else
-    p, c = 0, pending
+    w, c, p = window, 0, c
+  elseif w > window then
+    weight = 1
   end
-  local asked = tonumber(ARGV[base + 4]) == 1
-  if asked and p * tonumber(ARGV[base + 6]) + c + 1 > tonumber(ARGV[base + 5]) then
+  if p * weight + c + 1 > quota then
     fits = false
   end
-  states[i] = {window, c, p, asked}
+  states[i] = {w, c, p, weight, w == window}
 end
 local result = {}
 for i, key in ipairs(KEYS) do
-  local window, c, p, asked = unpack(states[i])
-  if asked and fits then
+  local base = 5 * (i - 1)
+  local w, c, p, weight, current = unpack(states[i])
+  local lease, wanted = 0, tonumber(ARGV[base + 5])
+  if fits then
     c = c + 1
+    if current and wanted > 0 and p * weight + c + wanted <= tonumber(ARGV[base + 3]) / 2 then
+      lease, c = wanted, c + wanted
+    end
   end
-  redis.call('HSET', key, 'w', window, 'c', c, 'p', p)
-  redis.call('EXPIRE', key, ARGV[6 * (i - 1) + 2])
-  result[2 * i - 1], result[2 * i] = p, c
+  redis.call('HSET', key, 'w', w, 'c', c, 'p', p)
+  redis.call('EXPIRE', key, ARGV[base + 2])
+  result[3 * i - 2], result[3 * i - 1], result[3 * i] = p, c, lease
 end
 result[#result + 1] = fits and 1 or 0
 return result
 """
+
+Counts = tuple[list[tuple[int, int, int]], bool]
 
 
 class RedisCounts:
@@ -374,76 +458,81 @@ class RedisCounts:
     def __init__(self, store: RedisCache) -> None:
         self.store = store
 
-    def count(
-        self, limits: list[Limit], pending: list[int], asked: list[bool], now: float
-    ) -> tuple[list[tuple[int, int]], bool]:
-        """(previous, current) per limit once ``pending`` are added and this request too, where
-        it fits every ``asked`` limit; and whether it did."""
+    def count(self, limits: list[Limit], leases: list[int], now: float) -> Counts:
+        """(previous, current, lease granted) per limit, once this request is added where it
+        fits every limit; and whether it did."""
         client = self.store._cache.get_client(write=True)
         script = _scripts.get(id(client))
         if script is None:
             script = _scripts[id(client)] = client.register_script(COUNT_SCRIPT)
         keys = [self.store.make_key(limit.key) for limit in limits]
         args: list[Any] = []
-        for limit, more, counts in zip(limits, pending, asked, strict=True):
+        for limit, wanted in zip(limits, leases, strict=True):
             seconds = limit.rate.seconds
             weight = repr(1 - (now % seconds) / seconds)
-            args += [int(now // seconds), 2 * seconds, more, int(counts), limit.rate.count, weight]
-        flat = script(keys=keys, args=args)
-        pairs = [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
-        return pairs, bool(int(flat[-1]))
+            args += [_window(limit, now), 2 * seconds, limit.rate.count, weight, wanted]
+        flat = [int(value) for value in script(keys=keys, args=args)]
+        return [tuple(flat[i : i + 3]) for i in range(0, len(flat) - 1, 3)], bool(flat[-1])
 
 
 _scripts: dict[int, Any] = {}
 
 
 class DatabaseCounts:
-    """One upsert per limit: the row's window moves on, and RETURNING gives the counts
-    (PostgreSQL, and SQLite from 3.35)."""
+    """One upsert per limit, whose RETURNING gives the counts (PostgreSQL, and SQLite from
+    3.35), in one transaction that holds the rows: the same decisions as the Redis script."""
 
-    def count(
-        self, limits: list[Limit], pending: list[int], asked: list[bool], now: float
-    ) -> tuple[list[tuple[int, int]], bool]:
-        """(previous, current) per limit once ``pending`` are added and this request too, where
-        it fits every ``asked`` limit; and whether it did. A request that does not fit is taken
-        back in the same transaction, so no other process counts it."""
+    def count(self, limits: list[Limit], leases: list[int], now: float) -> Counts:
+        """(previous, current, lease granted) per limit, once this request is added where it
+        fits every limit; and whether it did. A request that does not fit is taken back in the
+        same transaction, so no other process counts it."""
         from tenants.models import RateWindow
 
         table = connection.ops.quote_name(RateWindow._meta.db_table)
-        pairs = []
+        add = f"UPDATE {table} SET hits = hits + %s WHERE rate_key = %s"  # noqa: S608
         with transaction.atomic(), connection.cursor() as cursor:
-            for limit, more, counts in zip(limits, pending, asked, strict=True):
-                window = int(now // limit.rate.seconds)
+            states = []
+            for limit in limits:
+                window = _window(limit, now)
                 expires = int(now) + 2 * limit.rate.seconds
-                cursor.execute(_upsert(table), [limit.key, window, more + counts, expires])
-                previous, current = cursor.fetchone()
-                pairs.append((int(previous), int(current)))
+                cursor.execute(_upsert(table), [limit.key, window, expires])
+                previous, current, stored = cursor.fetchone()
+                weight = 1 - (now % limit.rate.seconds) / limit.rate.seconds
+                states.append((previous, current, 1.0 if stored > window else weight, stored))
             fits = all(
-                _fits(limit, previous, current - 1, now)
-                for limit, counts, (previous, current) in zip(limits, asked, pairs, strict=True)
-                if counts
+                p * w + c <= lim.rate.count
+                for lim, (p, c, w, _) in zip(limits, states, strict=True)
             )
-            if not fits:
-                taken_back = f"UPDATE {table} SET hits = hits - 1 WHERE rate_key = %s"  # noqa: S608
-                for index, (limit, counts) in enumerate(zip(limits, asked, strict=True)):
-                    if counts:
-                        cursor.execute(taken_back, [limit.key])
-                        pairs[index] = (pairs[index][0], pairs[index][1] - 1)
-        return pairs, fits
+            counts = []
+            for limit, wanted, (previous, current, weight, stored) in zip(
+                limits, leases, states, strict=True
+            ):
+                lease = wanted if stored == _window(limit, now) else 0
+                if not fits or previous * weight + current + lease > limit.rate.count / 2:
+                    lease = 0
+                change = lease if fits else -1
+                if change:
+                    cursor.execute(add, [change, limit.key])
+                counts.append((previous, current + change, lease))
+        return counts, fits
 
 
 def _upsert(table: str) -> str:
-    """Add to a limit's row, moving its window on first (the SET sees the row before)."""
+    """Add this request to a limit's row, moving its window on first but never back (the SET
+    sees the row before); return its previous count, its count and its window."""
     return (
         f"INSERT INTO {table} (rate_key, window_index, hits, previous_hits, expires) "  # noqa: S608
-        "VALUES (%s, %s, %s, 0, %s) ON CONFLICT (rate_key) DO UPDATE SET "
-        f"hits = CASE WHEN {table}.window_index = excluded.window_index "
-        f"THEN {table}.hits + excluded.hits ELSE excluded.hits END, "
-        f"previous_hits = CASE WHEN {table}.window_index = excluded.window_index "
+        "VALUES (%s, %s, 1, 0, %s) ON CONFLICT (rate_key) DO UPDATE SET "
+        f"hits = CASE WHEN {table}.window_index >= excluded.window_index "
+        f"THEN {table}.hits + 1 ELSE 1 END, "
+        f"previous_hits = CASE WHEN {table}.window_index >= excluded.window_index "
         f"THEN {table}.previous_hits "
         f"WHEN {table}.window_index = excluded.window_index - 1 THEN {table}.hits ELSE 0 END, "
-        "window_index = excluded.window_index, expires = excluded.expires "
-        "RETURNING previous_hits, hits"
+        f"window_index = CASE WHEN {table}.window_index > excluded.window_index "
+        f"THEN {table}.window_index ELSE excluded.window_index END, "
+        f"expires = CASE WHEN {table}.expires > excluded.expires "
+        f"THEN {table}.expires ELSE excluded.expires END "
+        "RETURNING previous_hits, hits, window_index"
     )
 
 

@@ -4,12 +4,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from rest_framework.exceptions import (
-    APIException,
-    AuthenticationFailed,
-    MethodNotAllowed,
-    NotAuthenticated,
-)
+from rest_framework.exceptions import APIException, MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,10 +13,13 @@ from authz.authentication import Principal
 from ops.login import client_address
 from ops.middleware import API_PATH
 from tenants.ratelimit import (
+    Limit,
     anonymous_limited,
+    early_limits,
     limiter,
     limits_of,
     policy_header,
+    refusal_limits,
     state_header,
     throttled,
 )
@@ -47,20 +45,16 @@ class TenantResolutionMixin:
             super().initial(request, *args, **kwargs)
             return
         address = client_address(request._request) if anonymous_limited() else None
-        anonymous = address if not request.META.get("HTTP_AUTHORIZATION") else None
-        known = limiter.known_over(limits_of(tenant, None, anonymous))
+        known = limiter.known_over(early_limits(tenant, address))
         if known is not None:  # refused before any token work, with no round trip
             request.rate_verdicts = [known]
             raise throttled(known, tenant.slug)
         try:
             super().initial(request, *args, **kwargs)
-        except (NotAuthenticated, AuthenticationFailed) as refused:
-            self.count_rate(request, tenant, limits_of(tenant, None, address), refused)
-            raise
         except APIException as refused:
-            self.count_rate(request, tenant, limits_of(tenant, _subject(request), None), refused)
+            self.count_rate(request, tenant, _limits_of_refused(request, address, refused), refused)
             raise
-        self.count_rate(request, tenant, limits_of(tenant, _subject(request), None))
+        self.count_rate(request, tenant, limits_of(tenant, _subject(request)))
 
     def count_rate(
         self, request: Request, tenant: Any, limits: list, refused: Exception | None = None
@@ -90,6 +84,16 @@ class TenantResolutionMixin:
     def endpoint_key_for(self, method: str) -> str | None:
         """The endpoint key whose scope rule guards requests of this method."""
         return self.endpoint_key
+
+
+def _limits_of_refused(request: Request, address: str | None, refused: APIException) -> list[Limit]:
+    """A refusal before authentication completed (400, 401, 406) is the client's: its address
+    first, then the tenant's unauthenticated requests. An outage (503) or a refusal of an
+    authenticated caller (403) counts against the tenant and subject."""
+    subject = _subject(request)
+    if subject is None and refused.status_code < 500:
+        return refusal_limits(request.tenant, address)
+    return limits_of(request.tenant, subject)
 
 
 def _subject(request: Request) -> str | None:

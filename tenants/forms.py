@@ -6,7 +6,9 @@ from django import forms
 from django.forms.models import BaseInlineFormSet
 
 from authz.endpoints import all_endpoints
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.routes import MAX_ROUTES, RouteConflict, RouteTable, TemplateError, normalized_template
+from tenants.routes import Route as CompiledRoute
 from tenants.validation import ASYMMETRIC_ALGORITHMS
 
 
@@ -123,6 +125,83 @@ class ScopeRuleForm(forms.ModelForm):
     class Meta:
         model = ScopeRule
         fields = ["endpoint", "scopes"]
+
+
+class MethodsField(ListField):
+    """HTTP methods: a JSON list, or names separated by commas or spaces; upper-cased."""
+
+    def to_python(self, value: object) -> list | object:
+        """The methods upper-cased, when they are a list of names."""
+        value = super().to_python(value)
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return [name.upper() for name in value]
+        return value
+
+    def prepare_value(self, value: object) -> object:
+        """Methods on one line."""
+        return " ".join(value) if isinstance(value, list) else value
+
+
+class AlternativesField(ListField):
+    """Scope alternatives: a JSON list, or one alternative per line; spaces collapsed."""
+
+    def to_python(self, value: object) -> list | object:
+        """One alternative per non-blank line, its scopes separated by single spaces."""
+        if value in self.empty_values:
+            return []
+        if isinstance(value, str) and self.text:
+            value = value.splitlines()
+        if isinstance(value, list) and all(isinstance(line, str) for line in value):
+            return [" ".join(line.split()) for line in value if line.strip()]
+        return value
+
+
+class RouteForm(forms.ModelForm):
+    """One route of the tenant's own API."""
+
+    methods = MethodsField(initial=["*"], help_text="GET, POST, ... or * for every method.")
+    scopes = AlternativesField(required=False, help_text=Route._meta.get_field("scopes").help_text)
+
+    class Meta:
+        model = Route
+        fields = ["position", "methods", "path", "public", "scopes"]
+        widgets = {"path": forms.TextInput(attrs={"size": 40})}
+
+    def clean_path(self) -> str:
+        """Store the template in its normalized form."""
+        path = self.cleaned_data["path"].strip()
+        try:
+            return normalized_template(path)
+        except TemplateError:
+            return path  # the model field's validator says what is wrong
+
+
+class RouteFormSet(BaseInlineFormSet):
+    """The routes of a tenant, refused together when two match exactly the same requests."""
+
+    def clean(self) -> None:
+        """Compile the routes kept: overlaps, their number and their ambiguity are errors."""
+        super().clean()
+        if any(self.errors):
+            return
+        kept = [
+            form.cleaned_data
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE", False)
+        ]
+        if len(kept) > MAX_ROUTES:
+            raise forms.ValidationError(
+                f"A tenant has at most {MAX_ROUTES} routes.", code="too_many_routes"
+            )
+        ordered = sorted(enumerate(kept), key=lambda item: (item[1]["position"], item[0]))
+        routes = [
+            CompiledRoute.build(index, data["methods"], data["path"], False, data["scopes"])
+            for index, (_, data) in enumerate(ordered)
+        ]
+        try:
+            RouteTable.compile(routes)
+        except RouteConflict as conflict:
+            raise forms.ValidationError(conflict.problems, code="overlapping_routes") from None
 
 
 class RequiredInlineFormSet(BaseInlineFormSet):

@@ -32,11 +32,14 @@ from tenants.forms import (
     CorsOriginForm,
     HostForm,
     RequiredInlineFormSet,
+    RouteForm,
+    RouteFormSet,
     ScopeRuleForm,
     TenantForm,
     TokenDebugForm,
 )
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.routes import MAX_ROUTES, METHODS, stored_table
 from tenants.traffic import (
     RATE_LIMITED,
     REPLAY,
@@ -122,6 +125,16 @@ class CorsOriginInline(OperatedInline):
     form = CorsOriginForm
 
 
+class RouteInline(OperatedInline):
+    """The tenant's own API paths and what each demands; the most specific route wins."""
+
+    model = Route
+    form = RouteForm
+    formset = RouteFormSet
+    max_num = MAX_ROUTES
+    verbose_name_plural = "routes (a request no route matches is refused: no_route)"
+
+
 class HealthFilter(admin.SimpleListFilter):
     """Filter tenants by the health of their stored key set."""
 
@@ -189,7 +202,7 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
     list_filter = ("active", HealthFilter, RefusingFilter)
     search_fields = ("slug", "name", "domain", "issuer_override", "hosts__hostname")
     actions = ("refresh_keys_action",)
-    inlines = (AudienceInline, HostInline, ScopeRuleInline, CorsOriginInline)
+    inlines = (AudienceInline, HostInline, ScopeRuleInline, CorsOriginInline, RouteInline)
     filter_horizontal = ("operators",)
 
     def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple]:
@@ -395,6 +408,7 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
             extra["key_set"] = key_set_panel(health_of(tenant))
             extra["proofs"] = proof_panel(tenant)
             extra["traffic"] = traffic_panel(tenant_traffic(tenant.slug))
+            extra["route_trial"] = route_trial(tenant, request.GET)
         return super().changeform_view(request, object_id, form_url, extra)
 
 
@@ -411,6 +425,39 @@ class OperatorUserAdmin(CheckedSelectionMixin, UserAdmin):
 @admin.register(Group)
 class OperatorGroupAdmin(CheckedSelectionMixin, GroupAdmin):
     """Django's group admin; an action on a garbage selection is refused, not a 500."""
+
+
+def route_trial(tenant: Tenant, query: Any) -> dict[str, Any]:
+    """The "try a request" box: the saved route a method and path hit, and why (or no_route)."""
+    method = str(query.get("try_method", "GET")).upper()
+    path = str(query.get("try_path", ""))[:MAX_TRIAL_PATH]
+    trial: dict[str, Any] = {"methods": METHODS, "method": method, "path": path}
+    if not path:
+        return trial
+    rows = tenant.routes.values_list("methods", "path", "public", "scopes")
+    outcome, notes = stored_table(rows).explain(method, path)
+    route = outcome.route
+    trial.update(
+        tried=True,
+        code=outcome.code or "matched",
+        reason=outcome.reason,
+        notes=notes,
+        route=route.label if route else "",
+        params=dict(outcome.params),
+        demands=_demands(route) if route else "",
+    )
+    return trial
+
+
+MAX_TRIAL_PATH = 8192
+
+
+def _demands(route: Any) -> str:
+    if route.public:
+        return "public: no token is looked at"
+    if not route.scopes:
+        return "any valid token of the tenant"
+    return "a token with " + " or ".join(f"all of: {a}" for a in route.scope_alternatives)
 
 
 def _when(timestamp: float | None) -> datetime | None:

@@ -28,7 +28,7 @@ from authz.endpoints import get_endpoint
 from authz.metrics import CONFIG_CHANGES, CONFIG_PROPAGATION
 from authz.policy import IssuerPolicy, shared_policy
 from authz.store import claim, internal_key
-from tenants.routes import EMPTY_TABLE, Route, RouteTable, TemplateError
+from tenants.routes import EMPTY_TABLE, RouteTable, stored_table
 
 logger = logging.getLogger(__name__)
 
@@ -368,18 +368,9 @@ def _routes(rows: list[dict]) -> RouteTable:
     slot = {route_column: tenant_column for tenant_column, route_column in ROUTE_SLOTS.items()}
     fields = [{name: row[slot[name]] for name in slot} for row in rows]
     fields.sort(key=lambda route: (route["position"], route["path"]))
-    try:
-        routes = [
-            Route.build(
-                index, _json(f["methods"]), f["path"], bool(f["public"]), _json(f["scopes"])
-            )
-            for index, f in enumerate(fields)
-        ]
-    except TemplateError as exc:
-        routes, broken = [], f"A stored route is not valid: {exc}"
-    else:
-        broken = ""
-    table = RouteTable.lenient(routes) if not broken else RouteTable((), broken=broken)
+    table = stored_table(
+        (_json(f["methods"]), f["path"], bool(f["public"]), _json(f["scopes"])) for f in fields
+    )
     if table.broken:
         logger.error("The stored routes cannot be compiled; refusing every route: %s", table.broken)
     return table

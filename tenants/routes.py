@@ -539,6 +539,16 @@ def _ranks(nodes: list[_Node]) -> dict[tuple[tuple[int, ...], str], int]:
 EMPTY_TABLE = RouteTable()
 
 
+def stored_table(rows: Iterable[tuple[Sequence[str], str, bool, Sequence[str]]]) -> RouteTable:
+    """The table of stored routes (methods, path, public, scopes), in their order; routes that
+    cannot compile (stored past validation) give a table that refuses every request."""
+    try:
+        routes = [Route.build(index, *row) for index, row in enumerate(rows)]
+    except TemplateError as exc:
+        return RouteTable((), broken=f"A stored route is not valid: {exc}")
+    return RouteTable.lenient(routes)
+
+
 def match(tenant_config: Any, method: str, raw_path: str) -> Outcome:
     """The route of a tenant for a request's method and raw path (query ignored), and why."""
     return tenant_config.routes.match(method, raw_path)

@@ -26,7 +26,14 @@ from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
 from authz.store import claim, derived_key, internal_key, shared_store
 from authz.tasks import refresh_key_set
 from ops.admin_actions import CheckedSelectionMixin
-from tenants.debugger import Answer, CannotDebug, debug, default_url, protected_endpoints
+from tenants.debugger import (
+    Answer,
+    CannotDebug,
+    debug,
+    debug_route,
+    default_url,
+    protected_endpoints,
+)
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
@@ -586,9 +593,22 @@ def _may_debug(user_id: int) -> bool:
 def _debug(
     tenant: Tenant, data: dict[str, str], endpoints: dict[str, tuple[str, str]], host: str
 ) -> tuple[Answer | None, str | None]:
+    if data.get("route_path"):
+        return _debug_route(tenant, data, host)
     method, path = endpoints[data["endpoint"]]
     url = data["url"] or default_url(tenant, path, host)
     try:
         return debug(tenant, data["token"], data["proof"], method, url), None
+    except CannotDebug as exc:
+        return None, str(exc)
+
+
+def _debug_route(
+    tenant: Tenant, data: dict[str, str], host: str
+) -> tuple[Answer | None, str | None]:
+    method, path = data["route_method"] or "GET", data["route_path"]
+    url = data["url"] or default_url(tenant, path.partition("?")[0], host)
+    try:
+        return debug_route(tenant, data["token"], data["proof"], method, path, url), None
     except CannotDebug as exc:
         return None, str(exc)

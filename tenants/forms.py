@@ -7,7 +7,14 @@ from django.forms.models import BaseInlineFormSet
 
 from authz.endpoints import all_endpoints
 from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
-from tenants.routes import MAX_ROUTES, RouteConflict, RouteTable, TemplateError, normalized_template
+from tenants.routes import (
+    MAX_ROUTES,
+    METHODS,
+    RouteConflict,
+    RouteTable,
+    TemplateError,
+    normalized_template,
+)
 from tenants.routes import Route as CompiledRoute
 from tenants.validation import ASYMMETRIC_ALGORITHMS
 
@@ -246,11 +253,30 @@ class TokenDebugForm(forms.Form):
         help_text="The DPoP header's value, for a DPoP-bound token; blank: sent as Bearer.",
     )
 
+    route_method = forms.ChoiceField(
+        required=False, choices=[(m, m) for m in METHODS], initial="GET", label="Route method"
+    )
+    route_path = forms.CharField(
+        required=False,
+        max_length=8192,
+        label="Route path",
+        help_text="Instead of an endpoint: a path of this tenant's routes, such as /orders/42; "
+        "the route's scopes are the rule.",
+    )
+
     def __init__(self, *args: Any, endpoints: dict[str, tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["endpoint"].required = False  # a route path may take its place
         self.fields["endpoint"].choices = [
             (key, f"{key}: {method} {path}") for key, (method, path) in endpoints.items()
         ]
+
+    def clean(self) -> dict[str, Any]:
+        """An endpoint, or a route path: one of them says which rule applies."""
+        data = super().clean()
+        if not data.get("endpoint") and not data.get("route_path"):
+            self.add_error("endpoint", "Choose an endpoint, or enter a route path.")
+        return data
 
     def clean_token(self) -> str:
         """A token with its scheme pasted too is taken without it."""

@@ -34,6 +34,7 @@ from tenants.debugger import (
     default_url,
     protected_endpoints,
 )
+from tenants.directory import directory
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
@@ -46,7 +47,7 @@ from tenants.forms import (
     TokenDebugForm,
 )
 from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
-from tenants.routes import MAX_ROUTES, METHODS, stored_table
+from tenants.routes import MAX_ROUTES, METHODS, RouteTable, stored_table
 from tenants.traffic import (
     RATE_LIMITED,
     REPLAY,
@@ -441,8 +442,7 @@ def route_trial(tenant: Tenant, query: Any) -> dict[str, Any]:
     trial: dict[str, Any] = {"methods": METHODS, "method": method, "path": path}
     if not path:
         return trial
-    rows = tenant.routes.values_list("methods", "path", "public", "scopes")
-    outcome, notes = stored_table(rows).explain(method, path)
+    outcome, notes = _served_routes(tenant).explain(method, path)
     route = outcome.route
     trial.update(
         tried=True,
@@ -457,6 +457,14 @@ def route_trial(tenant: Tenant, query: Any) -> dict[str, Any]:
 
 
 MAX_TRIAL_PATH = 8192
+
+
+def _served_routes(tenant: Tenant) -> RouteTable:
+    """The routes as this server compiled them (what it answers now), else the saved ones."""
+    config = directory.by_slug(tenant.slug) if tenant.active else None
+    if config is not None:
+        return config.routes
+    return stored_table(tenant.routes.values_list("methods", "path", "public", "scopes"))
 
 
 def _demands(route: Any) -> str:

@@ -28,6 +28,9 @@ MAX_ALTERNATIVE_LENGTH = 1000
 STATES_PER_NODE = 4
 SPARE_STATES = 1000
 MAX_PROBLEMS = 20
+# Trie nodes summed over every state: compiling stays O(routes) even for a hostile route set.
+MEMBERS_PER_NODE = 16
+SPARE_MEMBERS = 100_000
 
 REST, PARAM, LITERAL = 0, 1, 2  # segment kinds, in rising specificity
 PARAM_SEGMENT = re.compile(r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>\.\.\.)?\}")
@@ -468,6 +471,7 @@ class _Automaton:
         self.methods = (*sorted(named), ANY_METHOD)
         nodes = list(_walk(root))
         self.limit = STATES_PER_NODE * len(nodes) + SPARE_STATES
+        self.budget = MEMBERS_PER_NODE * len(nodes) + SPARE_MEMBERS  # bounds the compile's work
         self.rank = _ranks(nodes)
         self.states: dict[frozenset[int], _State] = {}
         self.by_id = {id(node): node for node in nodes}
@@ -491,7 +495,8 @@ class _Automaton:
 
     def _target(self, key: frozenset[int], pending: list[frozenset[int]]) -> _State:
         if key not in self.states:
-            if len(self.states) >= self.limit:
+            self.budget -= len(key)
+            if len(self.states) >= self.limit or self.budget < 0:
                 raise RouteConflict(
                     [
                         "These routes are too ambiguous to match in linear time: too many "

@@ -306,6 +306,16 @@ def test_routes_too_ambiguous_for_linear_matching_are_refused() -> None:
         table(*specs, (["GET"], "/" + "/".join(f"{{p{i}}}" for i in range(depth)) + "/z"))
 
 
+def test_compiling_any_route_set_is_bounded_in_work() -> None:
+    # Each /y{i}/{b}/z state would copy the 5,000 literals of {a}: refused, and quickly.
+    routes = [Route.build(i, ["GET"], f"/{{a}}/x{i}") for i in range(5000)]
+    routes += [Route.build(5000 + i, ["GET"], f"/y{i}/{{b}}/z") for i in range(5000)]
+    started = time.process_time()
+    with pytest.raises(RouteConflict, match="too ambiguous"):
+        RouteTable.compile(routes)
+    assert time.process_time() - started < 10.0
+
+
 def test_matching_costs_the_same_with_10000_routes_as_with_10() -> None:
     small, large = RouteTable.compile(many_routes(10)), RouteTable.compile(many_routes(10_000))
     path = "/r1/42/sub"

@@ -555,5 +555,9 @@ def stored_table(rows: Iterable[tuple[Sequence[str], str, bool, Sequence[str]]])
 
 
 def match(tenant_config: Any, method: str, raw_path: str) -> Outcome:
-    """The route of a tenant for a request's method and raw path (query ignored), and why."""
+    """The route of a tenant for a request's method and raw path (query ignored), and why.
+
+    ``raw_path`` is text as the client sent it; a WSGI ``PATH_INFO`` is latin-1, so a caller with
+    one re-decodes its bytes as UTF-8 first (non-ASCII characters are matched as UTF-8 escapes).
+    """
     return tenant_config.routes.match(method, raw_path)

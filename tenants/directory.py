@@ -321,10 +321,11 @@ def load_tenant(kind: str, value: str) -> TenantConfig | None:
     if tenant is None:
         return None
     parts: dict[str, list] = {"host": [], "audience": [], "origin": [], "rule": [], "route": []}
-    for kind_of_row, _tenant_id, first, second, *_ in rows:
+    for kind_of_row, _tenant_id, *values in rows:
         if kind_of_row == "route":
-            parts["route"].append(dict(zip(TENANT_COLUMNS[1:], (first, second, *_), strict=True)))
+            parts["route"].append(dict(zip(TENANT_COLUMNS[1:], values, strict=True)))
         elif kind_of_row != "tenant":
+            first, second = values[:2]
             parts[kind_of_row].append(first if second is None else (first, second))
     return _config(dict(zip(TENANT_COLUMNS, tenant, strict=True)), parts)
 

@@ -26,17 +26,28 @@ from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
 from authz.store import claim, derived_key, internal_key, shared_store
 from authz.tasks import refresh_key_set
 from ops.admin_actions import CheckedSelectionMixin
-from tenants.debugger import Answer, CannotDebug, debug, default_url, protected_endpoints
+from tenants.debugger import (
+    Answer,
+    CannotDebug,
+    debug,
+    debug_route,
+    default_url,
+    protected_endpoints,
+)
+from tenants.directory import directory
 from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
     HostForm,
     RequiredInlineFormSet,
+    RouteForm,
+    RouteFormSet,
     ScopeRuleForm,
     TenantForm,
     TokenDebugForm,
 )
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.routes import MAX_ROUTES, METHODS, RouteTable, stored_table
 from tenants.traffic import (
     RATE_LIMITED,
     REPLAY,
@@ -122,6 +133,16 @@ class CorsOriginInline(OperatedInline):
     form = CorsOriginForm
 
 
+class RouteInline(OperatedInline):
+    """The tenant's own API paths and what each demands; the most specific route wins."""
+
+    model = Route
+    form = RouteForm
+    formset = RouteFormSet
+    max_num = MAX_ROUTES
+    verbose_name_plural = "routes (a request no route matches is refused: no_route)"
+
+
 class HealthFilter(admin.SimpleListFilter):
     """Filter tenants by the health of their stored key set."""
 
@@ -189,7 +210,7 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
     list_filter = ("active", HealthFilter, RefusingFilter)
     search_fields = ("slug", "name", "domain", "issuer_override", "hosts__hostname")
     actions = ("refresh_keys_action",)
-    inlines = (AudienceInline, HostInline, ScopeRuleInline, CorsOriginInline)
+    inlines = (AudienceInline, HostInline, ScopeRuleInline, CorsOriginInline, RouteInline)
     filter_horizontal = ("operators",)
 
     def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple]:
@@ -395,6 +416,7 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
             extra["key_set"] = key_set_panel(health_of(tenant))
             extra["proofs"] = proof_panel(tenant)
             extra["traffic"] = traffic_panel(tenant_traffic(tenant.slug))
+            extra["route_trial"] = route_trial(tenant, request.GET)
         return super().changeform_view(request, object_id, form_url, extra)
 
 
@@ -411,6 +433,46 @@ class OperatorUserAdmin(CheckedSelectionMixin, UserAdmin):
 @admin.register(Group)
 class OperatorGroupAdmin(CheckedSelectionMixin, GroupAdmin):
     """Django's group admin; an action on a garbage selection is refused, not a 500."""
+
+
+def route_trial(tenant: Tenant, query: Any) -> dict[str, Any]:
+    """The "try a request" box: the saved route a method and path hit, and why (or no_route)."""
+    method = str(query.get("try_method", "GET")).upper()
+    path = str(query.get("try_path", ""))[:MAX_TRIAL_PATH]
+    trial: dict[str, Any] = {"methods": METHODS, "method": method, "path": path}
+    if not path:
+        return trial
+    outcome, notes = _served_routes(tenant).explain(method, path)
+    route = outcome.route
+    trial.update(
+        tried=True,
+        code=outcome.code or "matched",
+        reason=outcome.reason,
+        notes=notes,
+        route=route.label if route else "",
+        params=dict(outcome.params),
+        demands=_demands(route) if route else "",
+    )
+    return trial
+
+
+MAX_TRIAL_PATH = 8192
+
+
+def _served_routes(tenant: Tenant) -> RouteTable:
+    """The routes as this server compiled them (what it answers now), else the saved ones."""
+    config = directory.by_slug(tenant.slug) if tenant.active else None
+    if config is not None:
+        return config.routes
+    return stored_table(tenant.routes.values_list("methods", "path", "public", "scopes"))
+
+
+def _demands(route: Any) -> str:
+    if route.public:
+        return "public: no token is looked at"
+    if not route.scopes:
+        return "any valid token of the tenant"
+    return "a token with " + " or ".join(f"all of: {a}" for a in route.scope_alternatives)
 
 
 def _when(timestamp: float | None) -> datetime | None:
@@ -539,9 +601,22 @@ def _may_debug(user_id: int) -> bool:
 def _debug(
     tenant: Tenant, data: dict[str, str], endpoints: dict[str, tuple[str, str]], host: str
 ) -> tuple[Answer | None, str | None]:
+    if data.get("route_path"):
+        return _debug_route(tenant, data, host)
     method, path = endpoints[data["endpoint"]]
     url = data["url"] or default_url(tenant, path, host)
     try:
         return debug(tenant, data["token"], data["proof"], method, url), None
+    except CannotDebug as exc:
+        return None, str(exc)
+
+
+def _debug_route(
+    tenant: Tenant, data: dict[str, str], host: str
+) -> tuple[Answer | None, str | None]:
+    method, path = data["route_method"] or "GET", data["route_path"]
+    url = data["url"] or default_url(tenant, path.partition("?")[0], host)
+    try:
+        return debug_route(tenant, data["token"], data["proof"], method, path, url), None
     except CannotDebug as exc:
         return None, str(exc)

@@ -18,10 +18,13 @@ from tenants.forms import (
     HostForm,
     ListField,
     RequiredInlineFormSet,
+    RouteForm,
+    RouteFormSet,
     ScopeRuleForm,
     TenantForm,
 )
 from tenants.models import Tenant, TenantHost
+from tenants.routes import MAX_ROUTES
 from tenants.tasks import queue_refresh, refreshes_batched
 
 T = TypeVar("T")
@@ -97,6 +100,7 @@ class InlineSpec:
     form: type[ModelForm]
     formset: type[BaseInlineFormSet]
     min_num: int
+    max_num: int | None = None
 
     @cached_property
     def formset_class(self) -> type[BaseInlineFormSet]:
@@ -109,6 +113,8 @@ class InlineSpec:
             extra=0,
             min_num=self.min_num,
             validate_min=True,
+            max_num=self.max_num,
+            absolute_max=self.max_num,
         )
 
     def build(
@@ -127,7 +133,9 @@ INLINES = {
     "audiences": InlineSpec(AudienceForm, RequiredInlineFormSet, 1),
     "scope_rules": InlineSpec(ScopeRuleForm, BaseInlineFormSet, 0),
     "cors_origins": InlineSpec(CorsOriginForm, BaseInlineFormSet, 0),
+    "routes": InlineSpec(RouteForm, RouteFormSet, 0, MAX_ROUTES),
 }
+ROUTE_KEYS = {"methods": list, "path": str, "public": bool, "scopes": list}
 KNOWN_KEYS = {*DEFAULTS, *REQUIRED, *INLINES}
 # SQLite allows 999 variables per statement; every ``__in`` filter goes in chunks below that.
 CHUNK = 900
@@ -348,6 +356,24 @@ def _shape_problems(item: dict[str, Any]) -> list[str]:
             problems.append(
                 'scope_rules: each rule is {"endpoint": ..., "scopes": [...]}, one scope per item'
             )
+    routes = item.get("routes", [])
+    for index, route in enumerate(routes if isinstance(routes, list) else []):
+        problems += [f"routes[{index}]: {problem}" for problem in _route_shape_problems(route)]
+    return problems
+
+
+def _route_shape_problems(route: object) -> list[str]:
+    """What is wrong with one route object before its form looks at the values."""
+    if not isinstance(route, dict):
+        return ['each route is {"methods": [...], "path": "...", "public": ..., "scopes": [...]}']
+    problems = [f"unknown field {key!r}" for key in route if key not in ROUTE_KEYS]
+    if "path" not in route:
+        problems.append("path: this field is required")
+    problems += [
+        f"{key}: must be a {kind.__name__}"
+        for key, kind in ROUTE_KEYS.items()
+        if key in route and not isinstance(route[key], kind)
+    ]
     return problems
 
 
@@ -367,6 +393,17 @@ def _inline_rows(name: str, values: list[Any]) -> list[dict[str, str]]:
         return [{"audience": value} for value in values]
     if name == "cors_origins":
         return [{"origin": value} for value in values]
+    if name == "routes":
+        return [
+            {
+                "position": index,
+                "methods": route.get("methods", ["*"]),
+                "path": route["path"],
+                "public": route.get("public", False),
+                "scopes": route.get("scopes", []),
+            }
+            for index, route in enumerate(values)
+        ]
     return [
         {"endpoint": rule.get("endpoint", ""), "scopes": " ".join(rule.get("scopes", []))}
         for rule in values
@@ -391,7 +428,9 @@ def _formset_errors(name: str, formset: BaseInlineFormSet) -> list[str]:
 
 def export_tenants() -> dict[str, Any]:
     """Every tenant, in the format ``import_tenants`` reads."""
-    tenants = Tenant.objects.prefetch_related("hosts", "audiences", "scope_rules", "cors_origins")
+    tenants = Tenant.objects.prefetch_related(
+        "hosts", "audiences", "scope_rules", "cors_origins", "routes"
+    )
     return {"tenants": [_export_one(tenant) for tenant in tenants]}
 
 
@@ -424,4 +463,14 @@ def _export_one(tenant: Tenant) -> dict[str, Any]:
         "dpop_algorithms": list(tenant.dpop_algorithms),
         "dpop_nonce": tenant.dpop_nonce,
         "cors_origins": [o.origin for o in tenant.cors_origins.all()],
+        **_routes_of(tenant),
     }
+
+
+def _routes_of(tenant: Tenant) -> dict[str, Any]:
+    """The tenant's routes in order; no key for a tenant without any (files from before them)."""
+    routes = [
+        {"methods": r.methods, "path": r.path, "public": r.public, "scopes": r.scopes}
+        for r in tenant.routes.all()
+    ]
+    return {"routes": routes} if routes else {}

@@ -24,6 +24,7 @@ from django.urls import Resolver404, URLPattern, get_resolver, resolve
 from rest_framework.exceptions import APIException
 
 from authz import steps
+from authz.errors import InsufficientScope
 from authz.jwks import KeySetRecord, read_records
 from authz.policy import IssuerPolicy
 from authz.tokens import (
@@ -39,7 +40,8 @@ from authz.tokens import (
 from tenants.directory import TenantConfig, directory
 from tenants.models import Tenant, derive_issuer
 from tenants.resolution import find_tenant
-from tenants.views import TenantResolutionMixin
+from tenants.routes import Route, scopes_allow, stored_table
+from tenants.views import TenantAPIView, TenantResolutionMixin
 
 PASSED, FAILED, NOT_REACHED, NOT_APPLICABLE = "passed", "failed", "not reached", "not applicable"
 DETAIL_ID = "1"  # the id put in a message path: the handler never runs, any id does
@@ -344,3 +346,66 @@ def _verifies(token: str, policy: IssuerPolicy, record: KeySetRecord) -> bool:
     except TokenError:
         return False
     return True
+
+
+class RouteProbe(TenantAPIView):
+    """The API's authentication and refusals, with a route's scope alternatives as the rule."""
+
+    route: Route
+
+    def endpoint_key_for(self, method: str) -> str | None:
+        """No endpoint rule: the route's alternatives are checked after the permission class."""
+        return None
+
+    def check_permissions(self, request: Any) -> None:
+        """A valid token first (the API's own permission), then one alternative in full."""
+        super().check_permissions(request)
+        if not scopes_allow(request.auth.scopes, self.route.scopes):
+            raise InsufficientScope(self.route.scope_alternatives)
+
+
+def debug_route(tenant: Tenant, token: str, proof: str, method: str, path: str, url: str) -> Answer:
+    """The answer to this token (and proof) on the tenant's route for ``method`` and ``path``."""
+    rows = tenant.routes.values_list("methods", "path", "public", "scopes")
+    outcome = stored_table(rows).match(method, path)
+    answer = Answer()
+    answer.header, answer.claims = _decoded(token)
+    answer.notes.append(outcome.reason)
+    if outcome.route is None:
+        answer.status, answer.code = 403, outcome.code
+        answer.body = json.dumps({"message": outcome.reason, "code": outcome.code}, indent=2)
+        return answer
+    if outcome.route.public:
+        answer.served = True
+        answer.notes.append("A public route: no token is looked at.")
+        return answer
+    if outcome.route.scopes:
+        alternatives = " or ".join(f"[{a}]" for a in outcome.route.scope_alternatives)
+        answer.notes.append(f"Scopes: one of these sets in full: {alternatives}.")
+    return _run_probe(answer, tenant, token, proof, method, url, outcome.route)
+
+
+def _run_probe(
+    answer: Answer, tenant: Tenant, token: str, proof: str, method: str, url: str, route: Route
+) -> Answer:
+    scheme = "DPoP" if proof else "Bearer"
+    django_request = _request(method, url, f"{scheme} {token}" if token else "", proof)
+    view = RouteProbe(route=route)
+    view.args, view.kwargs = (), {"tenant_slug": tenant.slug}
+    request = view.initialize_request(django_request)
+    request.authz_dry_run = True
+    view.request, view.headers = request, view.default_response_headers
+    view.http_method_names = [method.lower()]
+    setattr(view, method.lower(), lambda *args, **kwargs: None)
+    try:
+        view.initial(request)
+    except Exception as exc:  # the API's own refusal, answered by its own handler
+        try:
+            _answer_refusal(answer, view, request, exc)
+        except Exception:
+            raise CannotDebug(f"The API could not answer ({type(exc).__name__}).") from exc
+        answer.checks = _checks(_failed_check(exc), str(_detail(exc)), scheme, tenant)
+        return answer
+    answer.served = True
+    answer.checks = _checks(None, "", scheme, tenant)
+    return answer

@@ -36,6 +36,7 @@ from authz.endpoints import get_endpoint
 from authz.metrics import CONFIG_CHANGES, CONFIG_PROPAGATION
 from authz.policy import IssuerPolicy, shared_policy
 from authz.store import claim, internal_key
+from tenants.routes import EMPTY_TABLE, RouteTable, stored_table
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class TenantConfig:
     scope_rules: MappingProxyType = field(default_factory=lambda: EMPTY_RULES)
     rate_limit_per_subject: str = ""
     rate_limit_per_tenant: str = ""
+    routes: RouteTable = EMPTY_TABLE
 
     @property
     def issuer(self) -> str:
@@ -446,6 +448,15 @@ CHILD_TABLES = (  # kind, table, its one or two value columns
     ("origin", "tenants_tenantcorsorigin", "origin, NULL"),
     ("rule", "tenants_scoperule", "endpoint, scopes"),
 )
+# A route's columns, each in the slot of a tenant column of the same type (UNION ALL needs them).
+ROUTE_SLOTS = {
+    "slug": "path",
+    "algorithms": "methods",
+    "leeway": "position",
+    "provision_users": "public",
+    "organizations": "scopes",
+}
+ROUTE_COLUMNS = ", ".join(ROUTE_SLOTS.get(column, "NULL") for column in TENANT_COLUMNS[1:])
 WHERE = {
     "slug": "slug = %s",
     "host": "id = (SELECT tenant_id FROM tenants_tenanthost WHERE hostname = %s)",
@@ -466,6 +477,10 @@ def _tenant_sql(kind: str) -> str:
         "WHERE tenant_id IN (SELECT id FROM found)"
         for name, table, values in CHILD_TABLES
     ]
+    parts.append(
+        f"SELECT 'route', tenant_id, {ROUTE_COLUMNS} FROM tenants_route "  # noqa: S608
+        "WHERE tenant_id IN (SELECT id FROM found)"
+    )
     return f"WITH found AS ({found}) " + " UNION ALL ".join(parts)
 
 
@@ -480,9 +495,12 @@ def load_tenant(kind: str, value: str) -> TenantConfig | None:
     tenant = next((row[1:] for row in rows if row[0] == "tenant"), None)
     if tenant is None:
         return None
-    parts: dict[str, list] = {"host": [], "audience": [], "origin": [], "rule": []}
-    for kind_of_row, _tenant_id, first, second, *_ in rows:
-        if kind_of_row != "tenant":
+    parts: dict[str, list] = {"host": [], "audience": [], "origin": [], "rule": [], "route": []}
+    for kind_of_row, _tenant_id, *values in rows:
+        if kind_of_row == "route":
+            parts["route"].append(dict(zip(TENANT_COLUMNS[1:], values, strict=True)))
+        elif kind_of_row != "tenant":
+            first, second = values[:2]
             parts[kind_of_row].append(first if second is None else (first, second))
     return _config(dict(zip(TENANT_COLUMNS, tenant, strict=True)), parts)
 
@@ -517,7 +535,21 @@ def _config(row: dict, parts: dict[str, list]) -> TenantConfig:
         scope_rules=_rules(rules) if rules else EMPTY_RULES,
         rate_limit_per_subject=row["rate_limit_per_subject"],
         rate_limit_per_tenant=row["rate_limit_per_tenant"],
+        routes=_routes(parts["route"]) if parts["route"] else EMPTY_TABLE,
     )
+
+
+def _routes(rows: list[dict]) -> RouteTable:
+    """The tenant's routes, compiled; stored routes that cannot compile refuse every request."""
+    slot = {route_column: tenant_column for tenant_column, route_column in ROUTE_SLOTS.items()}
+    fields = [{name: row[slot[name]] for name in slot} for row in rows]
+    fields.sort(key=lambda route: (route["position"], route["path"]))
+    table = stored_table(
+        (_json(f["methods"]), f["path"], bool(f["public"]), _json(f["scopes"])) for f in fields
+    )
+    if table.broken:
+        logger.error("The stored routes cannot be compiled; refusing every route: %s", table.broken)
+    return table
 
 
 def _json(value: object) -> object:

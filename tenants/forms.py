@@ -6,7 +6,16 @@ from django import forms
 from django.forms.models import BaseInlineFormSet
 
 from authz.endpoints import all_endpoints
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.routes import (
+    MAX_ROUTES,
+    METHODS,
+    RouteConflict,
+    RouteTable,
+    TemplateError,
+    normalized_template,
+)
+from tenants.routes import Route as CompiledRoute
 from tenants.validation import ASYMMETRIC_ALGORITHMS
 
 
@@ -125,6 +134,83 @@ class ScopeRuleForm(forms.ModelForm):
         fields = ["endpoint", "scopes"]
 
 
+class MethodsField(ListField):
+    """HTTP methods: a JSON list, or names separated by commas or spaces; upper-cased."""
+
+    def to_python(self, value: object) -> list | object:
+        """The methods upper-cased, when they are a list of names."""
+        value = super().to_python(value)
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return [name.upper() for name in value]
+        return value
+
+    def prepare_value(self, value: object) -> object:
+        """Methods on one line."""
+        return " ".join(value) if isinstance(value, list) else value
+
+
+class AlternativesField(ListField):
+    """Scope alternatives: a JSON list, or one alternative per line; spaces collapsed."""
+
+    def to_python(self, value: object) -> list | object:
+        """One alternative per non-blank line, its scopes separated by single spaces."""
+        if value in self.empty_values:
+            return []
+        if isinstance(value, str) and self.text:
+            value = value.splitlines()
+        if isinstance(value, list) and all(isinstance(line, str) for line in value):
+            return [" ".join(line.split()) for line in value if line.strip()]
+        return value
+
+
+class RouteForm(forms.ModelForm):
+    """One route of the tenant's own API."""
+
+    methods = MethodsField(initial=["*"], help_text="GET, POST, ... or * for every method.")
+    scopes = AlternativesField(required=False, help_text=Route._meta.get_field("scopes").help_text)
+
+    class Meta:
+        model = Route
+        fields = ["position", "methods", "path", "public", "scopes"]
+        widgets = {"path": forms.TextInput(attrs={"size": 40})}
+
+    def clean_path(self) -> str:
+        """Store the template in its normalized form."""
+        path = self.cleaned_data["path"].strip()
+        try:
+            return normalized_template(path)
+        except TemplateError:
+            return path  # the model field's validator says what is wrong
+
+
+class RouteFormSet(BaseInlineFormSet):
+    """The routes of a tenant, refused together when two match exactly the same requests."""
+
+    def clean(self) -> None:
+        """Compile the routes kept: overlaps, their number and their ambiguity are errors."""
+        super().clean()
+        if any(self.errors):
+            return
+        kept = [
+            form.cleaned_data
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE", False)
+        ]
+        if len(kept) > MAX_ROUTES:
+            raise forms.ValidationError(
+                f"A tenant has at most {MAX_ROUTES} routes.", code="too_many_routes"
+            )
+        ordered = sorted(enumerate(kept), key=lambda item: (item[1]["position"], item[0]))
+        routes = [
+            CompiledRoute.build(index, data["methods"], data["path"], False, data["scopes"])
+            for index, (_, data) in enumerate(ordered)
+        ]
+        try:
+            RouteTable.compile(routes)
+        except RouteConflict as conflict:
+            raise forms.ValidationError(conflict.problems, code="overlapping_routes") from None
+
+
 class RequiredInlineFormSet(BaseInlineFormSet):
     """At least one row must remain after deletions."""
 
@@ -167,11 +253,30 @@ class TokenDebugForm(forms.Form):
         help_text="The DPoP header's value, for a DPoP-bound token; blank: sent as Bearer.",
     )
 
+    route_method = forms.ChoiceField(
+        required=False, choices=[(m, m) for m in METHODS], initial="GET", label="Route method"
+    )
+    route_path = forms.CharField(
+        required=False,
+        max_length=8192,
+        label="Route path",
+        help_text="Instead of an endpoint: a path of this tenant's routes, such as /orders/42; "
+        "the route's scopes are the rule.",
+    )
+
     def __init__(self, *args: Any, endpoints: dict[str, tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["endpoint"].required = False  # a route path may take its place
         self.fields["endpoint"].choices = [
             (key, f"{key}: {method} {path}") for key, (method, path) in endpoints.items()
         ]
+
+    def clean(self) -> dict[str, Any]:
+        """An endpoint, or a route path: one of them says which rule applies."""
+        data = super().clean()
+        if not data.get("endpoint") and not data.get("route_path"):
+            self.add_error("endpoint", "Choose an endpoint, or enter a route path.")
+        return data
 
     def clean_token(self) -> str:
         """A token with its scheme pasted too is taken without it."""

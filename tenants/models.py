@@ -22,6 +22,9 @@ from tenants.validation import (
     validate_issuer_url,
     validate_organizations,
     validate_origin,
+    validate_route_methods,
+    validate_route_path,
+    validate_scope_alternatives,
     validate_scopes,
     validate_single_scope,
 )
@@ -277,6 +280,45 @@ class ScopeRule(models.Model):
             raise ValidationError(
                 {"endpoint": ValidationError(message, code="unknown_endpoint")}
             ) from None
+
+
+def any_method() -> list[str]:
+    """A new route answers every method until told otherwise."""
+    return ["*"]
+
+
+class Route(models.Model):
+    """A path of the tenant's own API and what it demands: public, or scopes (alternatives)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="routes")
+    position = models.PositiveIntegerField(default=0, help_text="Order on the page.")
+    methods = models.JSONField(default=any_method, validators=[validate_route_methods])
+    path = models.CharField(
+        max_length=1000,
+        validators=[validate_route_path],
+        help_text="Literal segments, {name} for one segment, {name...} last for the rest.",
+    )
+    public = models.BooleanField(default=False, help_text="No token is looked at.")
+    scopes = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_scope_alternatives],
+        help_text="Alternatives, one per line, each a space-separated set granted in full. "
+        "Blank: any valid token of the tenant.",
+    )
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.methods)} {self.path}"
+
+    def clean(self) -> None:
+        """A public route looks at no token, so it cannot demand scopes."""
+        if self.public and self.scopes:
+            raise ValidationError(
+                {"scopes": ValidationError("A public route takes no scopes.", code="public")}
+            )
 
 
 class TenantChange(models.Model):

@@ -7,10 +7,10 @@ from django.db.models.signals import post_delete, post_save, pre_delete, pre_sav
 from django.dispatch import receiver
 
 from tenants.directory import record_change
-from tenants.models import ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
 from tenants.tasks import forget_unused_key_sets, queue_refresh
 
-PARTS = (TenantHost, TenantAudience, ScopeRule, TenantCorsOrigin)
+PARTS = (TenantHost, TenantAudience, ScopeRule, TenantCorsOrigin, Route)
 
 
 @receiver([post_save, post_delete], sender=Tenant)

@@ -8,6 +8,13 @@ from urllib.parse import SplitResult, urlsplit
 from django.core.exceptions import ValidationError
 
 from authz.conf import authz_settings
+from tenants.routes import (
+    MAX_ALTERNATIVE_LENGTH,
+    MAX_ALTERNATIVES,
+    TemplateError,
+    parse_methods,
+    parse_template,
+)
 
 ASYMMETRIC_ALGORITHMS = (
     "RS256",
@@ -191,3 +198,44 @@ def validate_origin(value: str) -> None:
             "Enter an origin such as https://app.example.com (no path or trailing slash).",
             code="invalid_origin",
         )
+
+
+def validate_route_methods(value: object) -> None:
+    """Require a list of known HTTP methods, or ``["*"]`` alone."""
+    try:
+        parse_methods(value)
+    except TemplateError as exc:
+        raise ValidationError(str(exc), code="invalid_methods") from None
+
+
+def validate_route_path(value: str) -> None:
+    """Require a path template: literals, ``{name}``, and ``{name...}`` last."""
+    try:
+        parse_template(value)
+    except TemplateError as exc:
+        raise ValidationError(str(exc), code="invalid_path") from None
+
+
+def validate_scope_alternatives(value: object) -> None:
+    """Require a list of alternatives, each a non-empty space-separated set of scopes."""
+    if not isinstance(value, list) or len(value) > MAX_ALTERNATIVES:
+        raise ValidationError(
+            "Enter at most %(limit)d alternatives, each a space-separated set of scopes.",
+            code="invalid_alternatives",
+            params={"limit": MAX_ALTERNATIVES},
+        )
+    for alternative in value:
+        if (
+            not isinstance(alternative, str)
+            or not alternative.strip()
+            or len(alternative) > MAX_ALTERNATIVE_LENGTH
+        ):
+            raise ValidationError(
+                "Each alternative is one or more scopes separated by spaces, at most "
+                "%(limit)d characters.",
+                code="invalid_alternative",
+                params={"limit": MAX_ALTERNATIVE_LENGTH},
+            )
+        validate_scopes(alternative)
+    if len({frozenset(a.split()) for a in value}) != len(value):
+        raise ValidationError("An alternative is listed twice.", code="duplicate_alternative")

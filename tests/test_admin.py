@@ -41,6 +41,7 @@ def tenant_post(**overrides: str) -> dict[str, str]:
         "scope_rules-0-endpoint": "messages:private-scoped",
         "scope_rules-0-scopes": "read:reports",
         **inline_management("cors_origins", 0),
+        **inline_management("routes", 0),
     }
     data.update(overrides)
     return data
@@ -118,6 +119,7 @@ def change_post(tenant, **overrides: str) -> dict[str, str]:
         **inline_management("hosts", 0),
         **inline_management("scope_rules", 0),
         **inline_management("cors_origins", 0),
+        **inline_management("routes", 0),
     }
     data.update(overrides)
     return data

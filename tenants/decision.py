@@ -29,6 +29,7 @@ from rest_framework.views import APIView
 from authz.authentication import Principal
 from authz.errors import InsufficientScope
 from authz.metrics import route_labels
+from ops.login import client_address
 from tenants.resolution import TenantNotFound, tenant_of_host
 from tenants.routes import Outcome, Route, scopes_allow
 from tenants.views import TenantResolutionMixin
@@ -182,6 +183,10 @@ class DecisionView(TenantResolutionMixin, APIView):
         if tenant is None:
             raise TenantNotFound()
         return tenant
+
+    def address_of(self, request: Request) -> str | None:
+        """The client's address as the calling proxy saw it (its X-Forwarded-For entry)."""
+        return client_address(request._request, calling_proxy=True)
 
     def serves_method(self, method: str) -> bool:
         """Every method is decided: the original method is the one that counts."""

@@ -42,7 +42,7 @@ class TenantResolutionMixin:
         if getattr(request, "authz_dry_run", False):  # the token debugger counts nothing
             super().initial(request, *args, **kwargs)
             return
-        address = client_address(request._request) if anonymous_limited() else None
+        address = self.address_of(request) if anonymous_limited() else None
         known = limiter.known_over(early_limits(tenant, address))
         if known is not None:  # refused before any token work, with no round trip
             request.rate_verdicts = [known]
@@ -57,6 +57,10 @@ class TenantResolutionMixin:
     def tenant_of(self, request: Request) -> Any:
         """The request's tenant: by the /t/<slug>/ URL prefix (handlers never see it), or host."""
         return resolve_tenant(request, self.kwargs.pop("tenant_slug", None))
+
+    def address_of(self, request: Request) -> str | None:
+        """The client's address, for the limits that count refusals per address."""
+        return client_address(request._request)
 
     def serves_method(self, method: str) -> bool:
         """Whether this view has a handler for the method (else 405, whatever the token)."""

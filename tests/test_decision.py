@@ -366,3 +366,25 @@ def test_a_warm_decision_makes_no_query(client, shop, shop_tokens):
 
     assert response.status_code == 200
     assert [query["sql"] for query in queries] == []
+
+
+def test_refusals_count_against_the_address_the_proxy_saw(client, shop, settings):
+    settings.AUTHZ = {**settings.AUTHZ, "RATE_LIMIT_ANONYMOUS_PER_ADDRESS": "2/min"}
+
+    def anonymous(address: str) -> int:
+        forwarded_for = f"10.9.9.9, {address}"  # the client's own entry first, never trusted
+        return decide(client, "GET", "/orders/1", HTTP_X_FORWARDED_FOR=forwarded_for).status_code
+
+    assert [anonymous("192.0.2.1") for _ in range(3)] == [401, 401, 429]
+    assert anonymous("192.0.2.2") == 401
+
+
+def test_a_short_proxy_secret_stops_the_platform(settings):
+    from tenants.checks import proxy_secret_check
+
+    settings.AUTHZ_PROXY_SECRET = "short"
+    [error] = proxy_secret_check(None)
+    settings.AUTHZ_PROXY_SECRET = SECRET
+
+    assert error.id == "tenants.E003" and "at least 32" in error.msg
+    assert proxy_secret_check(None) == []

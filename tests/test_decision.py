@@ -10,6 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from devissuer import dpop
+from devissuer.issuer import start_in_thread
 from tenants.decision import header_value
 
 pytestmark = pytest.mark.django_db
@@ -388,3 +389,48 @@ def test_a_short_proxy_secret_stops_the_platform(settings):
 
     assert error.id == "tenants.E003" and "at least 32" in error.msg
     assert proxy_secret_check(None) == []
+
+
+def test_an_issuer_down_with_no_keys_held_is_503_with_retry_after(
+    client, make_tenant, tokens, issuer_keys
+):
+    own_issuer = start_in_thread(issuer_keys)
+    make_tenant("shop", routes=ROUTES, issuer=own_issuer.url_for("shop"))
+    factory = tokens("shop")
+    factory.server = own_issuer
+    token = factory.token(scope="admin")
+    own_issuer.stop()
+
+    response = decide(client, "GET", "/orders/admin", token, HTTP_X_AUTHZ_BODY_IN_HEADER="1")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "issuer_unavailable"
+    assert response["Retry-After"] == "30"
+    assert json.loads(response["X-Authz-Body"])["code"] == "issuer_unavailable"
+
+
+def test_a_nonce_tenant_gets_use_dpop_nonce_then_is_served(client, make_tenant, tokens):
+    make_tenant("shop", routes=ROUTES, dpop_nonce=True)
+    key = dpop.new_key()
+    token = tokens("shop").token(scope="admin", cnf={"jkt": dpop.key_thumbprint(key)})
+    url = "https://shop.localhost/orders/admin"
+    headers = forwarded("GET", "/orders/admin", HTTP_AUTHORIZATION=f"DPoP {token}")
+
+    first = client.get(
+        DECISION, HTTP_DPOP=dpop.make_proof(key, "GET", url, access_token=token), **headers
+    )
+    nonce = first["DPoP-Nonce"]
+    proof = dpop.make_proof(key, "GET", url, access_token=token, nonce=nonce)
+    second = client.get(DECISION, HTTP_DPOP=proof, **headers)
+
+    assert (first.status_code, first.json()["code"]) == (401, "use_dpop_nonce")
+    assert second.status_code == 200, second.content
+    assert second["DPoP-Nonce"] == nonce
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_head_and_options_are_decided_as_the_original_method(client, shop, method):
+    response = decide(client, method, "/health")
+
+    assert response.status_code == 403  # the public route names GET only; HEAD is not implied
+    assert response.json()["code"] == "no_route"

@@ -70,7 +70,8 @@ class TenantTokenAuthentication(BaseAuthentication):
     ``policy`` and ``provision_users``; this module does not know where tenants come from. The
     scheme used is left on ``request.authorization_scheme`` so the error handler answers with
     the right challenge, a tenant that issues DPoP nonces gets ``request.dpop_nonce`` set, and a
-    replayed proof sets ``request.dpop_replayed`` (for the traffic counts). The token debugger
+    replayed proof sets ``request.dpop_replayed`` (for the traffic counts). A proof names the
+    request that ``request_target`` gives. The token debugger
     sets ``request.authz_dry_run``: a proof is then looked up but not recorded, and no user is
     provisioned; everything else runs as for the API.
     """
@@ -145,9 +146,8 @@ class TenantTokenAuthentication(BaseAuthentication):
         proofs = request.META.get("HTTP_DPOP", "")
         if not proofs or "," in proofs or proofs != proofs.strip():
             raise InvalidDPoPProof("Send exactly one DPoP proof in one DPoP header.")
-        context = dpop.ProofContext(
-            request.method, request.build_absolute_uri(request.path), token, realm
-        )
+        method, url = request_target(request)
+        context = dpop.ProofContext(method, url, token, realm)
         if policy.dpop_nonce:
             request.dpop_nonce = nonce = dpop.current_nonce(realm)
         try:
@@ -203,6 +203,16 @@ class TenantTokenAuthentication(BaseAuthentication):
         """The bare challenges for a request that sent no token."""
         tenant = getattr(request, "tenant", None)
         return challenges(tenant, None, {}) if tenant else 'Bearer realm="api"'
+
+
+def request_target(request: Request) -> tuple[str, str]:
+    """The method and URL (no query) a DPoP proof must name: those the client addressed.
+
+    A forward-auth decision puts the original request's on ``request.authz_target``; the
+    request itself is the target otherwise.
+    """
+    target = getattr(request, "authz_target", None)
+    return target or (request.method, request.build_absolute_uri(request.path))
 
 
 def confirmation_key(claims: Claims) -> str | None:

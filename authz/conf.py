@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     # Tenants and JWKS URLs with their own series in /metrics; the rest share "other".
     "METRICS_TENANT_LABELS": 100,
     "METRICS_KEY_SET_LABELS": 100,
+    # Route templates (forward-auth decisions) with their own endpoint label; the rest "other".
+    "METRICS_ROUTE_LABELS": 100,
     # Seconds between a process's writes of its tenants' traffic counts (the admin's panel).
     "TRAFFIC_FLUSH_INTERVAL": 10.0,
     # Rates (60/min, 1000/hour, 20/s) for tenants that set none; blank: no limit. The anonymous

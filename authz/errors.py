@@ -29,9 +29,13 @@ class InsufficientScope(exceptions.PermissionDenied):
     default_code = "insufficient_scope"
     bearer_error = "insufficient_scope"
 
-    def __init__(self, required_scopes: tuple[str, ...]) -> None:
+    def __init__(
+        self, required_scopes: tuple[str, ...], alternatives: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
         self.required_scopes = required_scopes
+        # Each a space-separated set, any one of which would do (a route's scopes).
+        self.alternatives = alternatives
 
 
 class IssuerUnavailable(exceptions.APIException):

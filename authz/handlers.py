@@ -21,6 +21,7 @@ from authz.errors import (
 def _challenge_params(exc: Exception) -> dict[str, str] | None:
     """The error parameters for an exception, or None if it carries no challenge."""
     if isinstance(exc, InsufficientScope):
+        # RFC 6750's scope is one set: of alternatives, the first (the body lists them all).
         return {"error": exc.bearer_error, "scope": " ".join(exc.required_scopes)}
     if isinstance(exc, InvalidToken | InvalidRequest | InvalidDPoPProof):
         return {"error": exc.bearer_error, "error_description": str(exc.detail)}
@@ -41,6 +42,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     response.data = _body(exc)
+    if isinstance(exc, InsufficientScope) and exc.alternatives:
+        response.data["scopes"] = list(exc.alternatives)
     params = _challenge_params(exc)
     request = context.get("request")
     tenant = getattr(request, "tenant", None)

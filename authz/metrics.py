@@ -140,6 +140,7 @@ class LabelSlots:
 
 tenant_labels = LabelSlots("tenant", "METRICS_TENANT_LABELS")
 key_set_labels = LabelSlots("jwks-url", "METRICS_KEY_SET_LABELS")
+route_labels = LabelSlots("route", "METRICS_ROUTE_LABELS")
 
 
 def count_key_set_fetch(jwks_url: str, outcome: str, trigger: str) -> None:

@@ -176,6 +176,8 @@ BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
 if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=BEHIND_TLS_PROXY)
+# The proxy asks for decisions over its own hop (often plain HTTP on a private network).
+SECURE_REDIRECT_EXEMPT = [r"^authz/decision(/|$)"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 86400 if BEHIND_TLS_PROXY else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
@@ -303,6 +305,7 @@ AUTHZ = {
     "DPOP_NONCE_PERIOD": env.float("AUTHZ_DPOP_NONCE_PERIOD", default=300),
     "METRICS_TENANT_LABELS": env.int("AUTHZ_METRICS_TENANT_LABELS", default=100),
     "METRICS_KEY_SET_LABELS": env.int("AUTHZ_METRICS_KEY_SET_LABELS", default=100),
+    "METRICS_ROUTE_LABELS": env.int("AUTHZ_METRICS_ROUTE_LABELS", default=100),
     "TRAFFIC_FLUSH_INTERVAL": env.float("AUTHZ_TRAFFIC_FLUSH_INTERVAL", default=10),
     "RATE_LIMIT_PER_SUBJECT": env.str("AUTHZ_RATE_LIMIT_PER_SUBJECT", default=""),
     "RATE_LIMIT_PER_TENANT": env.str("AUTHZ_RATE_LIMIT_PER_TENANT", default=""),
@@ -311,6 +314,10 @@ AUTHZ = {
     ),
     "RATE_LIMIT_IPV6_PREFIX": env.int("AUTHZ_RATE_LIMIT_IPV6_PREFIX", default=64),
 }
+
+# /authz/decision (forward auth for nginx, Caddy, Traefik, Envoy) answers only requests with
+# "X-Authz-Proxy-Secret: <AUTHZ_PROXY_SECRET>"; unset, the endpoint does not exist.
+AUTHZ_PROXY_SECRET = env.str("AUTHZ_PROXY_SECRET", default="")
 
 # GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>"; unset, metrics are off.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

@@ -22,11 +22,15 @@ from django.views.decorators.http import require_http_methods
 logger = logging.getLogger(__name__)
 
 
-def client_address(request: HttpRequest) -> str | None:
-    """The client's address: the one the outermost trusted proxy saw, else the peer's."""
+def client_address(request: HttpRequest, calling_proxy: bool = False) -> str | None:
+    """The client's address: the one the outermost trusted proxy saw, else the peer's.
+
+    ``calling_proxy``: the peer is itself a proxy we trust (a forward-auth decision's caller,
+    which presented the proxy secret), one more hop than TRUSTED_PROXY_COUNT.
+    """
     remote = request.META.get("REMOTE_ADDR", "")
     peer = canonical_address(remote) or remote or None
-    hops = settings.TRUSTED_PROXY_COUNT
+    hops = settings.TRUSTED_PROXY_COUNT + calling_proxy
     if hops < 1:
         return peer
     # Each trusted proxy appends what it saw; entries left of theirs are the client's to invent.

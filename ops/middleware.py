@@ -15,6 +15,7 @@ from tenants.traffic import REPLAY, traffic_counter
 logger = logging.getLogger(__name__)
 
 API_PATH = re.compile(r"^(/t/[^/]+)?/api/")
+DECISION_PATH = re.compile(r"^/authz/decision(/|$)")
 
 
 class HealthProbeMiddleware:
@@ -64,10 +65,12 @@ class RequestLogMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         """Time the request and log it, if it is an API request."""
-        if not API_PATH.match(request.path_info):
+        if not API_PATH.match(request.path_info) and not DECISION_PATH.match(request.path_info):
             return self.get_response(request)
         started = time.perf_counter()
         response = self.get_response(request)
+        if not API_PATH.match(request.path_info) and not hasattr(request, "authz_decision"):
+            return response  # the decision endpoint is unknown to whoever lacks the secret
         fields = request_fields(request, response, time.perf_counter() - started)
         count_request(
             fields["tenant"],
@@ -92,10 +95,12 @@ def request_fields(request: HttpRequest, response: HttpResponse, seconds: float)
     principal = getattr(request, "auth", None)
     data = getattr(response, "data", None)
     error = data.get("code") if isinstance(data, dict) and response.status_code >= 400 else None
+    # A forward-auth decision logs the request it decided on.
+    original = getattr(request, "authz_original", request)
     return {
         "tenant": getattr(tenant, "slug", None),
-        "method": request.method,
-        "path": request.path,
+        "method": original.method,
+        "path": original.path,
         "status": response.status_code,
         "latency_ms": round(seconds * 1000, 1),
         "error_code": error,

@@ -11,7 +11,7 @@ class TenantsConfig(AppConfig):
     def ready(self) -> None:
         from corsheaders.signals import check_request_enabled
 
-        from tenants import ratelimit, signals  # noqa: F401 - connects the receivers, the check
+        from tenants import checks, ratelimit, signals  # noqa: F401 - receivers, checks
         from tenants.cors import origin_allowed_for_tenant
 
         check_request_enabled.connect(origin_allowed_for_tenant)

@@ -24,8 +24,13 @@ def find_tenant(request: HttpRequest, slug: str | None) -> TenantConfig | None:
     """The tenant for a path slug, else the request's host, else DEFAULT_TENANT, else None."""
     if slug is not None:
         return directory.by_slug(slug)
-    hostname, _port = split_domain_port(request.get_host())
-    tenant = directory.by_host(hostname)
+    return tenant_of_host(request.get_host())
+
+
+def tenant_of_host(host: str) -> TenantConfig | None:
+    """The tenant served on a host (``name[:port]``), else DEFAULT_TENANT, else None."""
+    hostname, _port = split_domain_port(host)
+    tenant = directory.by_host(hostname) if hostname else None
     if tenant is None and authz_settings.DEFAULT_TENANT:
         tenant = directory.by_slug(authz_settings.DEFAULT_TENANT)
     return tenant

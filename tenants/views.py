@@ -33,18 +33,16 @@ class TenantResolutionMixin:
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         """Tenant first, then an unsupported method is 405 whatever the token, then DRF's steps."""
-        # The slug comes from the /t/<slug>/ URL prefix; handlers never see it.
-        tenant = resolve_tenant(request, self.kwargs.pop("tenant_slug", None))
+        tenant = self.tenant_of(request)
         # On the Django request too: DRF's OPTIONS metadata checks permissions on clones of the
         # request, which read attributes they lack from the Django request they share.
         request.tenant = request._request.tenant = tenant
-        method = request.method.lower()
-        if method not in self.http_method_names or not hasattr(self, method):
+        if not self.serves_method(request.method):
             raise MethodNotAllowed(request.method)
         if getattr(request, "authz_dry_run", False):  # the token debugger counts nothing
             super().initial(request, *args, **kwargs)
             return
-        address = client_address(request._request) if anonymous_limited() else None
+        address = self.address_of(request) if anonymous_limited() else None
         known = limiter.known_over(early_limits(tenant, address))
         if known is not None:  # refused before any token work, with no round trip
             request.rate_verdicts = [known]
@@ -55,6 +53,19 @@ class TenantResolutionMixin:
             self.count_rate(request, tenant, _limits_of_refused(request, address, refused), refused)
             raise
         self.count_rate(request, tenant, limits_of(tenant, _subject(request)))
+
+    def tenant_of(self, request: Request) -> Any:
+        """The request's tenant: by the /t/<slug>/ URL prefix (handlers never see it), or host."""
+        return resolve_tenant(request, self.kwargs.pop("tenant_slug", None))
+
+    def address_of(self, request: Request) -> str | None:
+        """The client's address, for the limits that count refusals per address."""
+        return client_address(request._request)
+
+    def serves_method(self, method: str) -> bool:
+        """Whether this view has a handler for the method (else 405, whatever the token)."""
+        name = method.lower()
+        return name in self.http_method_names and hasattr(self, name)
 
     def count_rate(
         self, request: Request, tenant: Any, limits: list, refused: Exception | None = None

@@ -9,7 +9,7 @@ from django.core.cache import cache
 from django.core.cache.backends.db import DatabaseCache
 
 from authz.keys import key_cache
-from authz.metrics import key_set_labels, tenant_labels
+from authz.metrics import key_set_labels, route_labels, tenant_labels
 from authz.token_cache import refused_tokens, verified_tokens
 from authz.users import provisioned_users
 from config.celery import app as celery_app
@@ -91,6 +91,7 @@ def clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None]
     provisioned_users.forget()
     tenant_labels.forget()
     key_set_labels.forget()
+    route_labels.forget()
     limiter.forget()
     yield
     celery_app.conf.task_always_eager = True

@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -46,6 +47,47 @@ def inherited_env() -> dict[str, str]:
         for name, value in os.environ.items()
         if name not in INHERITED_OUT and not name.startswith(("AUTHZ_", "CELERY_"))
     }
+
+
+def database_url() -> str:
+    """The pytest-django PostgreSQL test database, as processes reach it."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def own_database(redis_url: str, database: int) -> str:
+    """The same Redis server, another database: every test's clean_state (tests/conftest.py),
+    in this run and in any run beside it, flushes the database of REDIS_URL, and with it the
+    cooldowns and locks a module's processes share."""
+    return urlunsplit(urlsplit(redis_url)._replace(path=f"/{database}"))
+
+
+def mode_env(
+    mode: str,
+    request: pytest.FixtureRequest,
+    home: Path,
+    redis_database: int | None = None,
+    eager: bool = True,
+) -> dict[str, str]:
+    """The variables that choose one mode's database and store, the database migrated.
+
+    embedded: a SQLite file in ``home``, no Redis. redis: the test PostgreSQL database and
+    Redis (its database ``redis_database`` when given), Celery tasks eager unless told not.
+    """
+    if mode == "embedded":
+        chosen = {"DATABASE_URL": f"sqlite:///{home / 'db.sqlite3'}"}
+        manage({**inherited_env(), **chosen}, "migrate", "--no-input")
+        return chosen
+    if not os.environ.get("REDIS_URL"):
+        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
+    request.getfixturevalue("django_db_setup")
+    redis_url = os.environ["REDIS_URL"]
+    if redis_database is not None:
+        redis_url = own_database(redis_url, redis_database)
+    chosen = {"DATABASE_URL": database_url(), "REDIS_URL": redis_url}
+    return {**chosen, "CELERY_TASK_ALWAYS_EAGER": "true"} if eager else chosen
 
 
 @contextmanager

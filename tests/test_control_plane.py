@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 import pytest
@@ -37,6 +36,7 @@ from tests.processes import (
     Web,
     gunicorn,
     inherited_env,
+    mode_env,
     platform,
     running,
     summary,
@@ -70,21 +70,6 @@ RUN = uuid.uuid4().hex[:6]  # that Redis database outlives a run: counts kept th
 pytestmark = pytest.mark.timeout(90)
 
 
-def database_url() -> str:
-    """The pytest-django PostgreSQL test database, as processes reach it."""
-    from django.db import connection
-
-    db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
-def own_database(redis_url: str) -> str:
-    """The same Redis server, another database: every test's clean_state (tests/conftest.py),
-    in this run and in any run beside it, flushes the database of REDIS_URL, and with it the
-    cooldowns and locks this module's processes share."""
-    return urlunsplit(urlsplit(redis_url)._replace(path=f"/{REDIS_DATABASE}"))
-
-
 @pytest.fixture(scope="module")
 def stack(
     mode: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -92,18 +77,7 @@ def stack(
     """The devissuer and ``gunicorn -w 2`` of one mode, shared by the module's tests."""
     home = tmp_path_factory.mktemp(f"control-plane-{mode}")
     env = {**inherited_env(), **SETTINGS, "DEVISSUER_KEY_DIR": str(home / "keys")}
-    if mode == "embedded":
-        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
-        manage(env, "migrate", "--no-input")
-    else:
-        if not os.environ.get("REDIS_URL"):
-            pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
-        request.getfixturevalue("django_db_setup")
-        env.update(
-            DATABASE_URL=database_url(),
-            REDIS_URL=own_database(os.environ["REDIS_URL"]),
-            CELERY_TASK_ALWAYS_EAGER="true",
-        )
+    env.update(mode_env(mode, request, home, REDIS_DATABASE))
     with platform(env, home) as running:
         yield running
 

@@ -1,7 +1,6 @@
 """The per-process tenant directory (tenants/directory.py) and the change feed that evicts it."""
 
 import json
-import os
 import sys
 import time
 import uuid
@@ -10,10 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from django.db import connection
 from django.db.models import Max
 
 from bench.stack import PROBE_APP
@@ -37,12 +34,13 @@ from tests.processes import (
     Web,
     gunicorn,
     inherited_env,
+    mode_env,
     platform,
     running,
     summary,
     wait_until_up,
 )
-from tests.test_e2e import free_port, manage
+from tests.test_e2e import free_port
 
 RECHECK = 0.2
 UNREACHABLE_REDIS = {
@@ -407,18 +405,7 @@ def worker_env(
     home = tmp_path_factory.mktemp(f"directory-{mode}")
     env = {**inherited_env(), **SETTINGS, "DEVISSUER_KEY_DIR": str(home / "keys")}
     env["HOME_DIR"] = str(home)
-    if mode == "embedded":
-        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
-        manage(env, "migrate", "--no-input")
-        return env
-    if not os.environ.get("REDIS_URL"):
-        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
-    request.getfixturevalue("django_db_setup")
-    db = connection.settings_dict
-    redis_url = urlsplit(os.environ["REDIS_URL"])._replace(path=f"/{REDIS_DATABASE}")
-    database = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    env.update(DATABASE_URL=database, REDIS_URL=urlunsplit(redis_url))
-    return {**env, "CELERY_TASK_ALWAYS_EAGER": "true"}
+    return {**env, **mode_env(mode, request, home, REDIS_DATABASE)}
 
 
 @pytest.fixture(scope="module")

@@ -238,7 +238,7 @@ def test_garbage_on_the_unlock_form_re_renders_it_with_errors(root, client, data
 
 def createsuperuser(password: str) -> subprocess.CompletedProcess[str]:
     """``createsuperuser --no-input`` in a process of its own, on the test database."""
-    from tests.test_control_plane import database_url
+    from tests.processes import database_url
 
     env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SUPERUSER_PASSWORD": password}
     command = [sys.executable, "manage.py", "createsuperuser", "--no-input"]

@@ -6,20 +6,18 @@ lifted by ``manage.py axes_reset_ip_username`` and by the admin's unlock page; w
 are refused by the admin's password form and by ``createsuperuser --no-input``.
 """
 
-import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
 
-from tests.processes import PROBE, WORKERS, Web, gunicorn
-from tests.test_control_plane import SETTINGS, database_url, inherited_env
+from tests.processes import PROBE, WORKERS, Web, gunicorn, inherited_env, mode_env
+from tests.test_control_plane import SETTINGS
 from tests.test_e2e import ROOT, manage
 
 LIMIT = 10
@@ -37,16 +35,7 @@ def web_env(
     """The environment of the mode's processes, its database migrated."""
     home = tmp_path_factory.mktemp(f"login-{mode}")
     env = {**inherited_env(), **SETTINGS, "AXES_FAILURE_LIMIT": str(LIMIT), "HOME_DIR": str(home)}
-    if mode == "embedded":
-        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
-        manage(env, "migrate", "--no-input")
-    else:
-        if not os.environ.get("REDIS_URL"):
-            pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
-        request.getfixturevalue("django_db_setup")
-        redis_url = urlsplit(os.environ["REDIS_URL"])._replace(path=f"/{REDIS_DATABASE}")
-        env.update(DATABASE_URL=database_url(), REDIS_URL=urlunsplit(redis_url))
-    return env
+    return {**env, **mode_env(mode, request, home, REDIS_DATABASE, eager=False)}
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from authz.metrics import LabelSlots
 from authz.tasks import refresh_key_set
 from devissuer import dpop
 from tenants.directory import directory
-from tests.processes import PROBE, WORKERS, Web, gunicorn, inherited_env, running
+from tests.processes import PROBE, WORKERS, Web, gunicorn, inherited_env, mode_env, running
 from tests.test_e2e import free_port, manage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -408,17 +408,7 @@ ACCEPTED, REFUSED = 20, 10
 def served_env(mode: str, request, tmp_path_factory) -> dict[str, str]:
     """The environment of a web server of one mode (its database migrated)."""
     home = tmp_path_factory.mktemp(f"metrics-{mode}")
-    env = {**inherited_env(), **SERVED}
-    if mode == "embedded":
-        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
-        manage(env, "migrate", "--no-input")
-        return env
-    if not os.environ.get("REDIS_URL"):
-        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
-    request.getfixturevalue("django_db_setup")
-    db = connection.settings_dict
-    database = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    return {**env, "DATABASE_URL": database, "REDIS_URL": os.environ["REDIS_URL"]}
+    return {**inherited_env(), **SERVED, **mode_env(mode, request, home, eager=False)}
 
 
 def tenant_item(slug: str, active: bool = True) -> dict:

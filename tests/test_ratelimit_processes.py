@@ -6,7 +6,6 @@ processes: ten OS processes, each with its own ``Limiter``, hammer one limit at 
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Stack, inherited_env, platform, summary
-from tests.test_control_plane import database_url, own_database
-from tests.test_e2e import ROOT, manage
+from tests.processes import Stack, inherited_env, mode_env, platform, summary
+from tests.test_e2e import ROOT
 
 PROCESSES = 10
+REDIS_DATABASE = 13  # apart from the one clean_state flushes and from other modules'
 RATE = 100  # per second: several windows in a few seconds
 HAMMER_SECONDS = 3.5  # at least two whole windows with all ten counting
 RUN = uuid.uuid4().hex[:6]  # the Redis database outlives a run
@@ -80,16 +79,7 @@ def env(
     home = tmp_path_factory.mktemp(f"ratelimit-{mode}")
     env = {**inherited_env(), **SETTINGS, "DEVISSUER_KEY_DIR": str(home / "keys")}
     env["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    if mode == "embedded":
-        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
-        manage(env, "migrate", "--no-input")
-        return env
-    if not os.environ.get("REDIS_URL"):
-        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
-    request.getfixturevalue("django_db_setup")
-    env.update(DATABASE_URL=database_url(), REDIS_URL=own_database(os.environ["REDIS_URL"]))
-    env["CELERY_TASK_ALWAYS_EAGER"] = "true"
-    return env
+    return {**env, **mode_env(mode, request, home, REDIS_DATABASE)}
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,21 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
 from devissuer import dpop
-from tests.processes import ROOT, Stack, inherited_env, platform, running, wait_until_up
-from tests.test_control_plane import SETTINGS, database_url
+from tests.processes import (
+    ROOT,
+    Stack,
+    inherited_env,
+    mode_env,
+    platform,
+    running,
+    wait_until_up,
+)
+from tests.test_control_plane import SETTINGS
 from tests.test_e2e import free_port, manage
 
 pytestmark = pytest.mark.timeout(120)
@@ -242,25 +249,13 @@ TENANTS = {
 
 
 def platform_env(mode: str, home: Path, request: pytest.FixtureRequest) -> dict[str, str]:
-    """The platform's settings: the control plane suite's, the secret, one trusted proxy."""
-    env = {
-        **inherited_env(),
-        **SETTINGS,
-        "DEVISSUER_KEY_DIR": str(home / "keys"),
-        "AUTHZ_PROXY_SECRET": SECRET,
-        "TRUSTED_PROXY_COUNT": "1",
-    }
-    if mode == "embedded":
-        env["DATABASE_URL"] = f"sqlite:///{home / 'db.sqlite3'}"
-        manage(env, "migrate", "--no-input")
-        return env
-    if not os.environ.get("REDIS_URL"):
-        pytest.fail("REDIS_URL is not set: run the suite through platform/run-tests.")
-    request.getfixturevalue("django_db_setup")
-    own = urlunsplit(urlsplit(os.environ["REDIS_URL"])._replace(path=f"/{REDIS_DATABASE}"))
-    redis.Redis.from_url(own).flushdb()
-    env.update(DATABASE_URL=database_url(), REDIS_URL=own, CELERY_TASK_ALWAYS_EAGER="true")
-    return env
+    """The platform's settings: the control plane suite's, the mode's stores, the secret."""
+    chosen = mode_env(mode, request, home, REDIS_DATABASE)
+    if "REDIS_URL" in chosen:  # this database outlives a run: start it empty
+        redis.Redis.from_url(chosen["REDIS_URL"]).flushdb()
+    env = {**inherited_env(), **SETTINGS, **chosen, "DEVISSUER_KEY_DIR": str(home / "keys")}
+    # The proxy is the edge: TRUSTED_PROXY_COUNT stays 0, the proxy's own entry is the client.
+    return {**env, "AUTHZ_PROXY_SECRET": SECRET}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ The same calls, driven by wrk (else bench/pyload.py) for ``--seconds`` each afte
 - ``nginx``: through nginx, no decision (a plain proxy_pass, for nginx's own share);
 - ``nginx_decision``: through the shipped platform/proxies/nginx.conf, only its placeholders
   filled in: auth_request to the platform (gunicorn, 2 sync workers), a route hit, a repeated
-  Bearer token, the identity headers copied to the API.
+  Bearer token, the identity headers copied to the API;
+- ``platform_public``: the platform's own open endpoint straight to gunicorn, for what the
+  platform serves at all on this machine at this moment.
 
 It prints requests per second and p50/p99 of each, and the latency the decision adds. The
 platform runs in the embedded mode (``--mode redis`` for PostgreSQL and Redis); the tenant is
@@ -30,6 +32,7 @@ SLUG = "proxied"
 AUDIENCE = "https://api.proxied.test"
 ROUTE = "/orders/{id}"
 TARGET = "/orders/42"
+PUBLIC = ("/api/public", "")  # the platform's own open endpoint, straight to gunicorn
 NGINX_MAIN = """
 worker_processes 1;
 pid {home}/nginx.pid;
@@ -103,9 +106,9 @@ def check_allowed(url: str, token: str) -> None:
 
 def measure(urls: dict[str, str], token: str, seconds: int, workdir: Path) -> dict[str, Load]:
     """Each scenario after a 2 s warm-up; what the timed run measured."""
-    lines = [(TARGET, f"Bearer {token}")]
     results = {}
     for name, url in urls.items():
+        lines = [PUBLIC] if name == "platform_public" else [(TARGET, f"Bearer {token}")]
         drive(url, lines, 200, 2, workdir)
         results[name] = drive(url, lines, 200, seconds, workdir)
         if results[name].errors:
@@ -149,6 +152,7 @@ def main() -> None:
         urls = start_nginx(stack, web_url, secret)
         token = mint_token(plat)
         check_allowed(urls["nginx_decision"], token)
+        urls["platform_public"] = web_url
         results = measure(urls, token, args.seconds, stack.workdir)
     print(f"mode {args.mode}, {args.seconds} s per scenario, wrk 1 thread 4 connections")
     report(results)

@@ -245,6 +245,7 @@ TENANTS = {
     "quota": {"routes": [{"methods": ["GET"], "path": "/q"}], "rate_limit_per_subject": "3/min"},
     "dark": {"routes": [{"methods": ["GET"], "path": "/d"}]},
     "grow": {"routes": [{"methods": ["GET"], "path": "/a", "public": True}]},
+    "nonce": {"routes": [{"methods": ["GET"], "path": "/n"}], "dpop_nonce": True},
 }
 
 
@@ -585,6 +586,33 @@ def test_a_subject_over_its_limit_sees_429_with_retry_after(proxy: Proxy) -> Non
     assert_refused(replies[3], 429, "rate_limited")
     assert int(replies[3].headers["Retry-After"]) > 0
     assert replies[3].headers["RateLimit-Policy"], str(replies[3])
+    # An allowed call tells the client its quota; the API gets none of it.
+    assert replies[0].headers["RateLimit-Policy"] and replies[0].headers["RateLimit"]
+    assert not [name for name in replies[0].upstream if "ratelimit" in name], str(replies[0])
+
+
+def test_a_nonce_tenant_asks_for_a_nonce_then_serves_the_proof_that_carries_it(
+    proxy: Proxy,
+) -> None:
+    key = dpop.new_key()
+    token = proxy.deployment.stack.token(
+        "nonce", proxy.deployment.audience("nonce"), "alice@clients", key
+    )
+    url = proxy.url("nonce.localhost", "/n")
+
+    def call(nonce: str | None = None) -> Reply:
+        proof = dpop.make_proof(key, "GET", url, access_token=token, nonce=nonce)
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        return proxy.send("GET", "/n", host="nonce.localhost", headers=headers)
+
+    first = call()
+    assert_refused(first, 401, "use_dpop_nonce")
+    assert len(first.headers.get_all("WWW-Authenticate")) == 1
+    served = call(first.headers["DPoP-Nonce"])
+
+    assert identity(served)["x-authz-subject"] == ["alice@clients"]
+    assert served.headers["DPoP-Nonce"] == first.headers["DPoP-Nonce"]
+    assert "dpop-nonce" not in served.upstream and "x-authz-reply-dpop-nonce" not in served.upstream
 
 
 def test_an_issuer_down_with_no_keys_held_is_503_with_retry_after(proxy: Proxy) -> None:

@@ -276,12 +276,12 @@ def deployment(
             "nginx": stack_of.enter_context(nginx(home / "nginx", platform_port, api_port)),
             "caddy": stack_of.enter_context(caddy(home / "caddy", platform_port, api_port)),
         }
-        dead_issuer = f"http://127.0.0.1:{free_port()}/.well-known/jwks.json"
+        # dark's key set is at a port nobody listens on: its issuer is down, no keys held.
+        dead = {"dark": {"jwks_url": f"http://127.0.0.1:{free_port()}/.well-known/jwks.json"}}
         items = [
-            stack.tenant(slug, hosts=[f"{slug}.localhost"], **fields)
+            stack.tenant(slug, hosts=[f"{slug}.localhost"], **fields, **dead.get(slug, {}))
             for slug, fields in TENANTS.items()
         ]
-        items[3]["jwks_url"] = dead_issuer
         stack.import_tenants(*items)
         yield Deployment(mode, stack, ports, access_log)
         if mode == "redis":  # what a transactional test leaves: empty tables for the next

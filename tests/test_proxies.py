@@ -645,3 +645,15 @@ def test_a_route_added_in_admin_is_served_by_every_worker_within_the_recheck_int
         assert elapsed < PROPAGATION, [*map(str, replies)]
         time.sleep(0.05)
     assert elapsed < PROPAGATION
+
+
+@pytest.mark.parametrize("name", PROXIES)
+def test_with_the_platform_down_the_client_gets_502_and_the_api_nothing(
+    name: str, tmp_path: Path
+) -> None:
+    start = {"nginx": nginx, "caddy": caddy}[name]
+    with echo_api() as api_port, start(tmp_path / name, free_port(), api_port) as port:
+        proxy = Proxy(name, port, deployment=None)  # type: ignore[arg-type]
+        replies = [proxy.send("GET", "/health"), proxy.send("GET", "/orders/7", token="x")]
+
+    assert [(reply.status, reply.upstream) for reply in replies] == [(502, None)] * 2

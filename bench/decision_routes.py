@@ -11,10 +11,8 @@ within each round, which shuts out most of the noise of a shared machine.
 """
 
 import argparse
-import io
 import os
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,32 +50,21 @@ def routes(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def environ(host: str, token: str) -> dict[str, Any]:
+def decision_environ(host: str, token: str) -> dict[str, Any]:
     """A decision request as Caddy or Traefik sends it, for GET /r1/42/sub."""
-    return {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/authz/decision",
-        "RAW_URI": "/authz/decision",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1:8000",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_X_AUTHZ_PROXY_SECRET": SECRET,
-        "HTTP_X_FORWARDED_METHOD": "GET",
-        "HTTP_X_FORWARDED_PROTO": "https",
-        "HTTP_X_FORWARDED_HOST": host,
-        "HTTP_X_FORWARDED_URI": "/r1/42/sub?expand=1",
-        "HTTP_X_FORWARDED_FOR": "192.0.2.7",
-        "HTTP_AUTHORIZATION": f"Bearer {token}",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-    }
+    from bench.inprocess import environ
+
+    env = environ("/authz/decision", f"Bearer {token}")
+    env.update(
+        RAW_URI="/authz/decision",
+        HTTP_X_AUTHZ_PROXY_SECRET=SECRET,
+        HTTP_X_FORWARDED_METHOD="GET",
+        HTTP_X_FORWARDED_PROTO="https",
+        HTTP_X_FORWARDED_HOST=host,
+        HTTP_X_FORWARDED_URI="/r1/42/sub?expand=1",
+        HTTP_X_FORWARDED_FOR="192.0.2.7",
+    )
+    return env
 
 
 def decider(application: Callable, host: str, token: str) -> Callable[[], None]:
@@ -90,7 +77,7 @@ def decider(application: Callable, host: str, token: str) -> Callable[[], None]:
             raise SystemExit(f"decision for {host}: {line} {headers}")
 
     def decide() -> None:
-        body = application(environ(host, token), start_response)
+        body = application(decision_environ(host, token), start_response)
         b"".join(body)
         body.close()
 

@@ -657,3 +657,31 @@ def test_with_the_platform_down_the_client_gets_502_and_the_api_nothing(
         replies = [proxy.send("GET", "/health"), proxy.send("GET", "/orders/7", token="x")]
 
     assert [(reply.status, reply.upstream) for reply in replies] == [(502, None)] * 2
+
+
+def test_the_client_address_is_what_the_proxy_saw_not_what_the_client_claims(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    env = {**inherited_env(), **SETTINGS, **mode_env("embedded", request, tmp_path)}
+    env |= {"DEVISSUER_KEY_DIR": str(tmp_path / "keys"), "AUTHZ_PROXY_SECRET": SECRET}
+    env["AUTHZ_RATE_LIMIT_ANONYMOUS_PER_ADDRESS"] = "6/min"
+    with ExitStack() as stack_of:
+        stack = stack_of.enter_context(platform(env, tmp_path))
+        stack.import_tenants(stack.tenant("shop", hosts=["shop.localhost"], routes=SHOP_ROUTES))
+        api_port = stack_of.enter_context(echo_api())
+        platform_port = int(stack.web.url.rsplit(":", 1)[1])
+        started = {"nginx": nginx, "caddy": caddy}
+        ports = {
+            name: stack_of.enter_context(start(tmp_path / name, platform_port, api_port))
+            for name, start in started.items()
+        }
+        replies = []
+        for n in range(7):  # each a refusal for want of a token, claiming another address
+            name = PROXIES[n % 2]
+            proxy = Proxy(name, ports[name], deployment=None)  # type: ignore[arg-type]
+            spoofed = {"X-Forwarded-For": f"198.51.100.{n}"}
+            replies.append(proxy.send("GET", "/orders/7", headers=spoofed))
+
+    # One address was counted: the one the proxies saw.
+    assert [reply.status for reply in replies] == [401] * 6 + [429], [*map(str, replies)]
+    assert_refused(replies[6], 429, "rate_limited")

@@ -54,7 +54,7 @@ PROBE = re.compile(r"probe=([0-9a-f]{32})")
 # The access log names the worker and the original URI (X-Original-URI from nginx,
 # X-Forwarded-Uri from Caddy), which carries the probe.
 ACCESS_FORMAT = "%(p)s %({x-original-uri}i)s%({x-forwarded-uri}i)s %(s)s"
-PACKAGES = {"nginx": ("/usr/sbin/nginx", "nginx-light"), "caddy": ("/usr/bin/caddy", "caddy")}
+PACKAGES = {"nginx": ("/usr/sbin/nginx", "nginx"), "caddy": ("/usr/bin/caddy", "caddy")}
 
 SHOP_ROUTES = [
     {"methods": ["GET"], "path": "/orders/{id}", "scopes": ["read:orders", "admin"]},

@@ -124,10 +124,12 @@ def binary(name: str) -> str:
     """The proxy's executable, installed from Debian's packages first if it is missing."""
     path, package = PACKAGES[name]
     if not (shutil.which(name) or Path(path).exists()):
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
         install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
         environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(install, check=True, capture_output=True, env=environment)
+        for command in (["apt-get", "update", "-qq"], install):
+            done = subprocess.run(command, capture_output=True, text=True, env=environment)
+            if done.returncode:
+                pytest.fail(f"{' '.join(command)} failed (as root?):\n{done.stderr}")
     return shutil.which(name) or path
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -687,3 +688,21 @@ def test_the_client_address_is_what_the_proxy_saw_not_what_the_client_claims(
     # One address was counted: the one the proxies saw.
     assert [reply.status for reply in replies] == [401] * 6 + [429], [*map(str, replies)]
     assert_refused(replies[6], 429, "rate_limited")
+
+
+def test_through_nginx_a_request_the_platform_cannot_read_is_its_400_with_its_body(
+    deployment: Deployment,
+) -> None:
+    # nginx passes the raw bytes of the target on (Caddy escapes them: the route then decides).
+    port = deployment.ports["nginx"]
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    with connection:
+        connection.sendall(
+            b"GET /orders/\xff\xfe HTTP/1.1\r\n"
+            + f"Host: shop.localhost:{port}\r\nConnection: close\r\n\r\n".encode()
+        )
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        body = response.read()
+
+    assert (response.status, json.loads(body)["code"]) == (400, "invalid_forwarded_request")

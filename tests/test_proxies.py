@@ -32,6 +32,7 @@ import redis
 from devissuer import dpop
 from tests.processes import (
     ROOT,
+    WORKERS,
     Stack,
     inherited_env,
     mode_env,
@@ -49,7 +50,6 @@ SECRET = "proxy-tests-secret-" + "s" * 24
 RECHECK = float(SETTINGS["AUTHZ_CONFIG_RECHECK_INTERVAL"])
 PROPAGATION = RECHECK + 2.5  # the recheck interval, a feed query, and margin
 REDIS_DATABASE = 13  # apart from clean_state's and from the other process suites'
-WORKERS = 2
 PROXIES = ["nginx", "caddy"]
 PROBE = re.compile(r"probe=([0-9a-f]{32})")
 # The access log names the worker and the original URI (X-Original-URI from nginx,

@@ -281,9 +281,10 @@ def gunicorn(
     access_log, log = log_dir / f"{name}-access.log", log_dir / f"{name}.log"
     access_log.touch()
     env = {"METRICS_DIR": str(log_dir / "metrics"), **env}
-    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(WORKERS), *options]
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(WORKERS)]
     command += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "--no-control-socket"]
     command += ["--access-logfile", str(access_log), "--access-logformat", ACCESS_FORMAT]
+    command += options  # last, so an option given twice takes the caller's value
     with running(command, env, log) as process:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", process, log)
         yield Web(f"http://127.0.0.1:{port}", access_log, log=log, master_pid=process.pid)
@@ -355,13 +356,13 @@ class Stack:
 
 
 @contextmanager
-def platform(env: dict[str, str], home: Path) -> Iterator[Stack]:
-    """The devissuer and gunicorn, started in ``env``, logs under ``home``."""
+def platform(env: dict[str, str], home: Path, options: Sequence[str] = ()) -> Iterator[Stack]:
+    """The devissuer and gunicorn (with ``options``), started in ``env``, logs under ``home``."""
     port = free_port()
     with ExitStack() as stack:
         log = home / "devissuer.log"
         command = [sys.executable, "manage.py", "devissuer", "--port", str(port)]
         issuer = stack.enter_context(running(command, env, log))
         wait_until_up(f"http://127.0.0.1:{port}/_stats", issuer, log)
-        web = stack.enter_context(gunicorn(env, home))
+        web = stack.enter_context(gunicorn(env, home, options=options))
         yield Stack(env, f"http://127.0.0.1:{port}", web, home)

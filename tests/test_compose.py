@@ -204,6 +204,26 @@ class Deployment:
         lines = run([DOCKER, "events", *window, *filters])
         return [json.loads(line) for line in lines.splitlines()]
 
+    def log_events(self, service: str, **match: Any) -> list[dict[str, Any]]:
+        """JSON log lines of every container of a service whose fields include ``match``."""
+        found = []
+        for line in self.compose("logs", "--no-color", service).splitlines():
+            _, _, text = line.partition("| ")
+            try:
+                record = json.loads(text) if text.startswith("{") else None
+            except ValueError:
+                continue
+            if record and all(record.get(key) == value for key, value in match.items()):
+                found.append(record)
+        return found
+
+    def refreshed(self, service: str, tenant: str, keys: int) -> bool:
+        """Whether a service logged a good refresh of the tenant's key set with this many keys."""
+        url = f"http://devissuer:8001/{tenant}/.well-known/jwks.json"
+        return bool(
+            self.log_events(service, event="jwks_refresh", jwks_url=url, outcome="ok", keys=keys)
+        )
+
     def leftovers(self) -> list[str]:
         """Containers, networks and volumes of the project still there."""
         label = f"label=com.docker.compose.project={self.project}"
@@ -392,7 +412,8 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
 
     # Scaled: every replica serves; a message written through one is read through another.
     scaling = time.time()
-    deployment.compose("up", "-d", "--no-recreate", "--scale", f"web={WEB_REPLICAS}")
+    scale = ["--scale", f"web={WEB_REPLICAS}", "--scale", "worker=2"]
+    deployment.compose("up", "-d", "--no-recreate", *scale)
     webs = [deployment.web(replica) for replica in range(1, WEB_REPLICAS + 1)]
     for web in webs:
         wait_for(lambda web=web: serves(web, scoped), 120)
@@ -400,6 +421,15 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
     created = webs[0].call("POST", "/api/messages", scoped, ACME, json={"text": "hello"})
     assert created.status_code == 201, created.text
     assert webs[-1].status(f"/api/messages/{created.json()['id']}", scoped, ACME) == 200
+
+    # A key rotated at the issuer: beat schedules, a worker fetches, every replica accepts it,
+    # and no web replica fetched it on the request path.
+    requests.post(f"{deployment.issuer}/acme/rotate", timeout=10).raise_for_status()
+    wait_for(lambda: deployment.refreshed("worker", "acme", 2), 30)
+    time.sleep(1.5)  # AUTHZ_CONFIG_RECHECK_INTERVAL, and a margin
+    rotated = mint(deployment.issuer, "acme", "read:messages")
+    assert all(web.status(SCOPED, rotated, ACME) == 200 for web in webs)
+    assert not deployment.refreshed("web", "acme", 2)
 
     # One web container killed: the others keep serving, none of their requests lost.
     victim = deployment.containers("web")[-1]

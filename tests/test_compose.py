@@ -130,6 +130,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     require_root()
     install_missing_packages()
     log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    bridge = Path("/sys/class/net/docker0")
+    bridge_was_there = bridge.exists()
     daemon = None if engine_answers() else start_dockerd(log)
     try:
         ensure_base_images()
@@ -138,6 +140,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         if daemon:
             stop_dockerd(daemon)
             assert not engine_answers(), "the dockerd this test started is gone"
+            if not bridge_was_there and bridge.exists():  # dockerd leaves its bridge behind
+                run(["ip", "link", "delete", "docker0"])
 
 
 # --- the deployment ---------------------------------------------------------------------------

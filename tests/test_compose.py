@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+from devissuer import dpop
 from tests.test_e2e import tenants_document
 from tests.test_stack import Client, filled_in_dotenv, mint, require_root
 from tests.test_tasks import wait_for
@@ -49,6 +50,8 @@ DEPENDS_ON = {
 OPERATOR_SHELL = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 SCOPED = "/api/private-scoped"
 ACME = "acme.localhost"
+# What the test measured, printed at its end: seconds, and requests lost of those sent.
+Figures = dict[str, float | str]
 
 
 def run(
@@ -200,6 +203,15 @@ class Deployment:
         address = self.compose("port", f"--index={replica}", "web", "8000").strip()
         return Client(f"http://{address}")
 
+    def container_behind(self, web: Client) -> str:
+        """The id of the web container published at this client's port."""
+        port = web.base.rsplit(":", 1)[1]
+        for container in self.inspect(*self.containers("web")):
+            bindings = container["NetworkSettings"]["Ports"].get("8000/tcp") or []
+            if any(binding["HostPort"] == port for binding in bindings):
+                return container["Id"]
+        pytest.fail(f"no web container is published at {web.base}")
+
     def events(self, since: float) -> list[dict[str, Any]]:
         """The engine's events for this project's containers since then."""
         label = f"label=com.docker.compose.project={self.project}"
@@ -316,12 +328,36 @@ def ready(web: Client) -> requests.Response | None:
         return None
 
 
+def is_ready(web: Client) -> bool:
+    """Whether /readyz answers 200."""
+    response = ready(web)
+    return response is not None and response.status_code == 200
+
+
 def serves(web: Client, token: str) -> bool:
     """Whether the replica answers the scoped call with this token."""
     try:
         return web.status(SCOPED, token, ACME) == 200
     except requests.RequestException:
         return False
+
+
+def dpop_status(deployment: Deployment, web: Client) -> int:
+    """A token bound to a fresh key at the development issuer, then a proof for one call."""
+    key = dpop.new_key()
+    token_url = "http://devissuer:8001/acme/oauth/token"  # as the issuer names itself
+    minted = requests.post(
+        f"{deployment.issuer}/acme/oauth/token",
+        json={"audience": "https://api.acme.test", "sub": "auth0|alice", "scope": "read:messages"},
+        headers={"DPoP": dpop.make_proof(key, "POST", token_url)},
+        timeout=10,
+    )
+    assert minted.json()["token_type"] == "DPoP", minted.text
+    token = minted.json()["access_token"]
+    proof = dpop.make_proof(key, "GET", f"https://{ACME}{SCOPED}", access_token=token)
+    headers = {"Host": ACME, "X-Forwarded-Proto": "https", "DPoP": proof}
+    headers["Authorization"] = f"DPoP {token}"
+    return requests.get(f"{web.base}{SCOPED}", headers=headers, timeout=10).status_code
 
 
 def started_after_dependencies_were_healthy(events: list[dict[str, Any]]) -> dict[str, bool]:
@@ -377,19 +413,42 @@ def test_every_builder_reads_the_same_build_context_rules():
 @pytest.mark.compose
 @pytest.mark.timeout(900)
 def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
-    figures: dict[str, float] = {}
+    figures: Figures = {}
+    started = time.time()
+    bring_up(deployment, figures)
+    check_the_image(deployment)
+    scoped = import_a_tenant_and_call_it(deployment)
+    webs, message = scale_out(deployment, scoped, figures)
+    rotated = rotate_a_key(deployment, webs)
+    survivors = kill_a_web(deployment, webs, scoped, figures)
+    restart_redis_empty(deployment, survivors, scoped, figures)
+    stop_postgres(deployment, survivors, scoped, figures)
+    # Named volumes: the tenants and the message survive down and up.
+    deployment.compose("down", "--timeout", "10")
+    deployment.compose("up", "-d")
+    first = deployment.web(1)
+    wait_for(lambda: serves(first, rotated), 60)
+    assert first.status(message, scoped, ACME) == 200
+    figures["total_s"] = time.time() - started
+    rounded = {name: round(v, 1) if isinstance(v, float) else v for name, v in figures.items()}
+    print("compose figures:", json.dumps(rounded))
+
+
+def bring_up(deployment: Deployment, figures: Figures) -> None:
+    """Build, then up as the README has it; every service healthy, in dependency order."""
     started = time.time()
     deployment.compose("build", timeout=600)
     figures["build_s"] = time.time() - started
     up = time.time()
-    # --build as the README has it: everything is built already, so it costs a cache check.
-    deployment.compose("up", "-d", "--build", timeout=600)
+    deployment.compose("up", "-d", "--build", timeout=600)  # built: a cache check
     wait_for(deployment.all_healthy, 180)
     figures["up_to_all_healthy_s"] = time.time() - up
     order = started_after_dependencies_were_healthy(deployment.events(up - 1))
     assert order == dict.fromkeys(DEPENDS_ON, True)
 
-    # The image: a user, no .env, Django's deployment checks clean.
+
+def check_the_image(deployment: Deployment) -> None:
+    """A user of its own, no .env anywhere, Django's deployment checks clean."""
     assert deployment.compose("exec", "-T", "web", "id", "-u").strip() != "0"
     found = deployment.compose(
         "exec", "-T", "-u", "root", "web", "find", "/", "-xdev", "-name", ".env"
@@ -399,7 +458,9 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
         "exec", "-T", "web", "python", "manage.py", "check", "--deploy", "--fail-level", "WARNING"
     )
 
-    # A tenant, imported as an operator would, its issuer the dev profile's development issuer.
+
+def import_a_tenant_and_call_it(deployment: Deployment) -> str:
+    """Tenants imported as an operator would; the documented answers; a scoped token."""
     imported = deployment.compose(
         "exec", "-T", "web", "python", "manage.py", "tenants", "import", "-",
         stdin=tenants_document("http://devissuer:8001"),
@@ -413,8 +474,12 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
     assert first.status("/api/private", host=ACME) == 401
     refused = first.call("GET", SCOPED, plain, ACME)
     assert (refused.status_code, refused.json()["code"]) == (403, "insufficient_scope")
+    assert dpop_status(deployment, first) == 200
+    return scoped
 
-    # Scaled: every replica serves; a message written through one is read through another.
+
+def scale_out(deployment: Deployment, scoped: str, figures: Figures) -> tuple[list[Client], str]:
+    """Every replica serves; a message written through one is read through another."""
     scaling = time.time()
     scale = ["--scale", f"web={WEB_REPLICAS}", "--scale", "worker=2"]
     deployment.compose("up", "-d", "--no-recreate", *scale)
@@ -424,48 +489,61 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
     figures["scaled_replica_serves_s"] = time.time() - scaling
     created = webs[0].call("POST", "/api/messages", scoped, ACME, json={"text": "hello"})
     assert created.status_code == 201, created.text
-    assert webs[-1].status(f"/api/messages/{created.json()['id']}", scoped, ACME) == 200
+    message = f"/api/messages/{created.json()['id']}"
+    assert webs[-1].status(message, scoped, ACME) == 200
+    return webs, message
 
-    # A key rotated at the issuer: beat schedules, a worker fetches, every replica accepts it,
-    # and no web replica fetched it on the request path.
+
+def rotate_a_key(deployment: Deployment, webs: list[Client]) -> str:
+    """Beat schedules, a worker fetches, every replica accepts; no web fetched on a request."""
     requests.post(f"{deployment.issuer}/acme/rotate", timeout=10).raise_for_status()
     wait_for(lambda: deployment.refreshed("worker", "acme", 2), 30)
     time.sleep(1.5)  # AUTHZ_CONFIG_RECHECK_INTERVAL, and a margin
     rotated = mint(deployment.issuer, "acme", "read:messages")
     assert all(web.status(SCOPED, rotated, ACME) == 200 for web in webs)
     assert not deployment.refreshed("web", "acme", 2)
+    return rotated
 
-    # One web container killed: the others keep serving, none of their requests lost.
-    victim = deployment.containers("web")[-1]
-    with Prober(webs[:-1], scoped) as probe:
+
+def kill_a_web(
+    deployment: Deployment, webs: list[Client], token: str, figures: Figures
+) -> list[Client]:
+    """One web container killed: the others keep serving, none of their requests lost."""
+    victim, survivors = webs[-1], webs[:-1]
+    with Prober(survivors, token) as probe:
         time.sleep(1)
-        run([DOCKER, "kill", victim])
+        run([DOCKER, "kill", deployment.container_behind(victim)])
         time.sleep(3)
+    assert not serves(victim, token)
     assert (probe.sent > 20, probe.failed) == (True, 0)
-    figures["lost_while_a_web_was_killed"] = probe.failed
-    survivors = webs[:-1]
+    figures["lost_while_a_web_was_killed"] = f"{probe.failed} of {probe.sent}"
+    return survivors
 
-    # Redis restarted empty: the API keeps serving tokens whose keys each process holds.
-    with Prober(survivors, scoped) as probe:
+
+def restart_redis_empty(
+    deployment: Deployment, webs: list[Client], token: str, figures: Figures
+) -> None:
+    """Redis flushed and restarted: tokens whose keys each process holds keep passing."""
+    with Prober(webs, token) as probe:
         deployment.compose("exec", "-T", "redis", "redis-cli", "flushall")
         deployment.compose("restart", "redis")
-        for web in survivors:
-            wait_for(lambda web=web: (ready(web) or requests.Response()).status_code == 200, 60)
+        for web in webs:
+            wait_for(lambda web=web: is_ready(web), 60)
     assert probe.failed == 0, f"{probe.failed} of {probe.sent} lost while Redis restarted"
-    figures["lost_while_redis_restarted"] = probe.failed
+    figures["lost_while_redis_restarted"] = f"{probe.failed} of {probe.sent}"
 
-    # PostgreSQL stopped for 10 s: readiness names it, warm requests pass, then it recovers.
-    with Prober(survivors, scoped) as probe:
+
+def stop_postgres(deployment: Deployment, webs: list[Client], token: str, figures: Figures) -> None:
+    """PostgreSQL stopped for 10 s: readiness names it, warm requests pass, then it recovers."""
+    with Prober(webs, token) as probe:
         deployment.compose("stop", "postgres")
-        down = [ready(web) for web in survivors]
+        down = [ready(web) for web in webs]
         time.sleep(10)
         deployment.compose("start", "postgres")
-        for web in survivors:
-            wait_for(lambda web=web: (ready(web) or requests.Response()).status_code == 200, 60)
+        for web in webs:
+            wait_for(lambda web=web: is_ready(web), 60)
     for response in down:
         assert response is not None
         assert (response.status_code, response.json()["failed"]) == (503, ["database"])
     assert probe.failed == 0, f"{probe.failed} of {probe.sent} lost while PostgreSQL was down"
-    figures["lost_while_postgres_was_down"] = probe.failed
-    figures["total_s"] = time.time() - started
-    print("compose figures:", json.dumps({k: round(v, 1) for k, v in figures.items()}))
+    figures["lost_while_postgres_was_down"] = f"{probe.failed} of {probe.sent}"

@@ -154,6 +154,26 @@ def summary(answers: list[Answer]) -> str:
     return ", ".join(f"{n}x pid {p} {s} {c} realm={r}" for (p, s, c, r), n in counts.items())
 
 
+def answered(status: int, code: str | None = None) -> Check:
+    """Answers with this status (and error code)."""
+    return lambda a: a.status == status and (code is None or a.code == code)
+
+
+OK = answered(200)
+NOT_FOUND = answered(404, "tenant_not_found")
+
+
+def realm_of(slug: str) -> Check:
+    """A tokenless request's 401 naming this tenant: the tenant that answered."""
+    return lambda a: a.status == 401 and a.realm == slug
+
+
+def assert_every(answers: list[Answer], check: Check) -> None:
+    """Every worker answered and every answer passed."""
+    assert len({a.pid for a in answers}) >= WORKERS, summary(answers)
+    assert all(check(a) for a in answers), summary(answers)
+
+
 class Web:
     """A gunicorn with WORKERS sync workers, asked over fresh connections."""
 

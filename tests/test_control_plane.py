@@ -29,15 +29,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from devissuer import dpop
 from devissuer.issuer import DevKeyStore, start_in_thread
 from tests.processes import (
+    NOT_FOUND,
+    OK,
     ROOT,
     Answer,
-    Check,
     Stack,
     Web,
+    answered,
+    assert_every,
     gunicorn,
     inherited_env,
     mode_env,
     platform,
+    realm_of,
     running,
     summary,
     wait_until_up,
@@ -80,26 +84,6 @@ def stack(
     env.update(mode_env(mode, request, home, REDIS_DATABASE))
     with platform(env, home) as running:
         yield running
-
-
-def answered(status: int, code: str | None = None) -> Check:
-    """Answers with this status (and error code)."""
-    return lambda a: a.status == status and (code is None or a.code == code)
-
-
-OK = answered(200)
-NOT_FOUND = answered(404, "tenant_not_found")
-
-
-def realm_of(slug: str) -> Check:
-    """A 401 challenge naming this tenant: the tenant that answered a tokenless request."""
-    return lambda a: a.status == 401 and a.realm == slug
-
-
-def assert_every(answers: list[Answer], check: Check) -> None:
-    """Every worker answered and every answer passed."""
-    assert len({a.pid for a in answers}) >= 2, summary(answers)
-    assert all(check(a) for a in answers), summary(answers)
 
 
 def audience(item: dict) -> str:

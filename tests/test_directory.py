@@ -27,17 +27,21 @@ from tenants.directory import (
 from tenants.models import ScopeRule, Tenant, TenantAudience, TenantChange, TenantHost
 from tests.processes import (
     ACCESS_FORMAT,
+    NOT_FOUND,
+    OK,
     WORKERS,
     Answer,
     Check,
     Stack,
     Web,
+    answered,
+    assert_every,
     gunicorn,
     inherited_env,
     mode_env,
     platform,
+    realm_of,
     running,
-    summary,
     wait_until_up,
 )
 from tests.test_e2e import free_port
@@ -368,26 +372,6 @@ SETTINGS = {
 }
 FLOOD = 600
 PRIVATE = "/api/private"
-
-
-def answered(status: int, code: str | None = None) -> Check:
-    """Answers with this status (and error code)."""
-    return lambda a: a.status == status and (code is None or a.code == code)
-
-
-OK = answered(200)
-NOT_FOUND = answered(404, "tenant_not_found")
-
-
-def realm_of(slug: str) -> Check:
-    """A tokenless request's 401 naming this tenant: the tenant that answered."""
-    return lambda a: a.status == 401 and a.realm == slug
-
-
-def assert_every(answers: list[Answer], check: Check) -> None:
-    """Every worker answered and every answer passed."""
-    assert len({a.pid for a in answers}) >= WORKERS, summary(answers)
-    assert all(check(a) for a in answers), summary(answers)
 
 
 def seen_within(web: Web, check: Check, path: str, within: float, **request: Any) -> float:

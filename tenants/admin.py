@@ -423,6 +423,7 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
             "opts": self.opts,
             "original": tenant,
             "title": f"Debug a token for {tenant.slug}",
+            "issuers": [issuer.issuer for issuer in tenant.issuers.all()],
             "form": form,
             "answer": answer,
             "problem": problem,

@@ -54,7 +54,7 @@ def add_tenant(page, slug: str, issuer_url: str) -> None:
     page.goto("/admin/tenants/tenant/add/")
     page.fill("#id_slug", slug)
     page.fill("#id_name", slug.title())
-    page.fill("#id_issuer_override", issuer_url)
+    page.fill("#id_issuers-0-issuer_override", issuer_url)
     page.fill("#id_audiences-0-audience", f"https://api.{slug}.test")
     page.get_by_text("Add another Tenant host").click()
     page.fill("#id_hosts-0-hostname", f"{slug}.localhost")

@@ -338,3 +338,19 @@ def test_the_migration_makes_each_tenants_issuer_its_one_entry_and_back():
     assert legacy.issuer_override == "https://login.legacy.test/"
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_metrics_show_the_key_set_of_every_issuer(client, dual, canonical, custom, settings):
+    from tests.test_metrics import TOKEN, scrape, value
+
+    settings.METRICS_TOKEN = TOKEN
+    for factory in (canonical, custom):
+        assert client.get(PRIVATE, **bearer(factory.token())).status_code == 200
+
+    samples = scrape(client)
+
+    for listed in dual.issuers.all():
+        age = ("authz_keyset_age_seconds", frozenset({"jwks_url": listed.jwks_url}.items()))
+        assert 0 <= samples[age] < 30
+        labels = {"jwks_url": listed.jwks_url, "outcome": "ok", "trigger": "on_demand"}
+        assert value(samples, "authz_keyset_fetch_total", **labels) == 1

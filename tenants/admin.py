@@ -22,7 +22,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from authz.conf import authz_settings
 from authz.diagnostics import check_issuer
 from authz.endpoints import all_endpoints
-from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
+from authz.jwks import KeySetHealth, KeySetRecord, key_set_health, read_records
 from authz.store import claim, derived_key, internal_key, shared_store
 from authz.tasks import refresh_key_set
 from ops.admin_actions import CheckedSelectionMixin
@@ -565,21 +565,28 @@ def _health_summary(health: KeySetHealth) -> str:
 
 
 def _refresh_and_report(tenant: Tenant) -> str:
-    """Refresh the key set of every issuer the tenant lists; one sentence for all of them."""
+    """Queue the refresh of every issuer's key set; wait briefly, together, for the stored
+    records to change, then report each."""
     urls = sorted(tenant.jwks_urls)
-    labels = {url: tenant.slug if len(urls) == 1 else f"{tenant.slug} ({url})" for url in urls}
-    return " ".join(_refresh_url_and_report(labels[url], url) for url in urls)
-
-
-def _refresh_url_and_report(label: str, url: str) -> str:
-    """Queue the refresh task; wait briefly for the stored record to change, then report."""
-    before = read_record(url)
-    refresh_key_set.delay(url)
+    before = read_records(urls)
+    for url in urls:
+        refresh_key_set.delay(url)
     deadline = time.monotonic() + REFRESH_WAIT_SECONDS
-    record = read_record(url)
-    while record == before and time.monotonic() < deadline:
+    records = read_records(urls)
+    while _unchanged(before, records, urls) and time.monotonic() < deadline:
         time.sleep(0.2)
-        record = read_record(url)
+        records = read_records(urls)
+    label = {url: tenant.slug if len(urls) == 1 else f"{tenant.slug} ({url})" for url in urls}
+    return " ".join(_refresh_report(label[url], before.get(url), records.get(url)) for url in urls)
+
+
+def _unchanged(before: dict, after: dict, urls: list[str]) -> bool:
+    """Whether some key set has not been written since ``before`` was read."""
+    return any(after.get(url) == before.get(url) for url in urls)
+
+
+def _refresh_report(label: str, before: KeySetRecord | None, record: KeySetRecord | None) -> str:
+    """One sentence on one key set's refresh."""
     if record == before:
         return f"{label}: refresh queued; the worker has not reported yet (reload in a moment)."
     if record.last_error and (record.error_at or 0) >= (record.fetched_at or 0):

@@ -356,3 +356,15 @@ def test_metrics_show_the_key_set_of_every_issuer(client, dual, canonical, custo
         labels = {"jwks_url": listed.jwks_url, "outcome": "ok", "trigger": "on_demand"}
         fetched = value(after, "authz_keyset_fetch_total", **labels)
         assert fetched - value(before, "authz_keyset_fetch_total", **labels) == 1
+
+
+def test_refresh_keys_now_refreshes_and_reports_every_issuer(admin_client, dual, issuer):
+    from django.contrib.messages import get_messages
+
+    response = admin_client.post(f"/admin/tenants/tenant/{dual.pk}/refresh-keys/")
+
+    (message,) = [str(m) for m in get_messages(response.wsgi_request)]
+    for name in ("canonical", "custom"):
+        kid, _ = issuer.store.current(name)
+        url = f"{issuer.url_for(name)}.well-known/jwks.json"
+        assert f"dual ({url}): refreshed, 1 key(s): {kid}." in message

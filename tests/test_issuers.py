@@ -368,3 +368,13 @@ def test_refresh_keys_now_refreshes_and_reports_every_issuer(admin_client, dual,
         kid, _ = issuer.store.current(name)
         url = f"{issuer.url_for(name)}.well-known/jwks.json"
         assert f"dual ({url}): refreshed, 1 key(s): {kid}." in message
+
+
+def test_check_issuer_checks_every_issuer(admin_client, dual, issuer):
+    from django.contrib.messages import get_messages
+
+    response = admin_client.post(f"/admin/tenants/tenant/{dual.pk}/check-issuer/")
+
+    messages = [str(m) for m in get_messages(response.wsgi_request)]
+    for name in ("canonical", "custom"):
+        assert f"Discovery issuer matches: {issuer.url_for(name)}" in messages

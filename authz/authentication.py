@@ -20,9 +20,16 @@ from authz.errors import (
 )
 from authz.keys import KeySetUnavailable, key_cache
 from authz.metrics import TOKEN_CACHE, VERIFICATION
-from authz.policy import DPOP_DISABLED, DPOP_REQUIRED, IssuerPolicy
+from authz.policy import DPOP_DISABLED, DPOP_REQUIRED, IssuerPolicy, TrustedIssuers
 from authz.token_cache import refused_tokens, token_digest, verified_tokens
-from authz.tokens import Claims, SigningKey, TokenError, verify_token
+from authz.tokens import (
+    Claims,
+    InvalidIssuer,
+    SigningKey,
+    TokenError,
+    read_token,
+    verify_read,
+)
 from authz.users import provisioned_user
 
 BEARER, DPOP = "Bearer", "DPoP"
@@ -66,14 +73,15 @@ class Principal:
 class TenantTokenAuthentication(BaseAuthentication):
     """Verifies ``Authorization: Bearer <token>`` or ``DPoP <token>`` with its ``DPoP`` proof.
 
-    The tenant is whatever the resolver put on ``request.tenant``: anything with a ``slug``, a
-    ``policy`` and ``provision_users``; this module does not know where tenants come from. The
-    scheme used is left on ``request.authorization_scheme`` so the error handler answers with
-    the right challenge, a tenant that issues DPoP nonces gets ``request.dpop_nonce`` set, and a
-    replayed proof sets ``request.dpop_replayed`` (for the traffic counts). A proof names the
-    request that ``request_target`` gives. The token debugger
-    sets ``request.authz_dry_run``: a proof is then looked up but not recorded, and no user is
-    provisioned; everything else runs as for the API.
+    The tenant is whatever the resolver put on ``request.tenant``: anything with a ``slug``,
+    a ``policy`` (its first issuer's: schemes, DPoP), ``issuers`` (every issuer it lists, a
+    ``TrustedIssuers``) and ``provision_users``; this module does not know where tenants come
+    from. The scheme used is left on ``request.authorization_scheme`` so the error handler
+    answers with the right challenge, a tenant that issues DPoP nonces gets
+    ``request.dpop_nonce`` set, and a replayed proof sets ``request.dpop_replayed`` (for the
+    traffic counts). A proof names the request that ``request_target`` gives. The token
+    debugger sets ``request.authz_dry_run``: a proof is then looked up but not recorded, and no
+    user is provisioned; everything else runs as for the API.
     """
 
     def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
@@ -85,7 +93,7 @@ class TenantTokenAuthentication(BaseAuthentication):
         tenant = request.tenant
         policy = tenant.policy
         self.check_scheme(scheme, policy)
-        claims = self.claims_of(token, policy)
+        claims = self.claims_of(token, tenant.issuers)
         bound_to = confirmation_key(claims)
         if scheme == BEARER and bound_to is not None:
             raise InvalidToken(
@@ -160,49 +168,62 @@ class TenantTokenAuthentication(BaseAuthentication):
         except dpop.ReplayCheckUnavailable as exc:
             raise ReplayCheckUnavailable() from exc
 
-    def claims_of(self, token: str, policy: IssuerPolicy) -> Claims:
+    def claims_of(self, token: str, trust: TrustedIssuers) -> Claims:
         """The token's claims: remembered, refused as remembered, or verified now."""
         started = time.perf_counter()
         digest = token_digest(token)
-        claims = verified_tokens.get(token, policy, digest)
+        claims = verified_tokens.get(token, trust, digest)
         if claims is not None:
             TOKEN_CACHE_HIT.inc()
             VERIFIED_CACHED.observe(time.perf_counter() - started)
             return claims
-        refusal = refused_tokens.get(policy, digest)
+        refusal = refused_tokens.get(trust, digest)
         if refusal is not None:
             TOKEN_CACHE_REFUSED_HIT.inc()
             VERIFIED_CACHED.observe(time.perf_counter() - started)
             raise InvalidToken(refusal.description, code=refusal.code, check=refusal.check)
         TOKEN_CACHE_MISS.inc()
         try:
-            return self.verify(token, policy, digest)
+            return self.verify(token, trust, digest)
         finally:
             VERIFIED_FRESH.observe(time.perf_counter() - started)
 
-    def verify(self, token: str, policy: IssuerPolicy, digest: bytes) -> Claims:
-        """Full verification; remembered, pass or lasting failure, so a repeat skips it."""
+    def verify(self, token: str, trust: TrustedIssuers, digest: bytes) -> Claims:
+        """Full verification against the issuer the token names, if the tenant lists it;
+        remembered, pass or lasting failure, so a repeat skips it."""
         used: list[SigningKey] = []
+        policy: IssuerPolicy | None = None
 
         def key_for_kid(kid: str) -> SigningKey:
             used.append(key_cache.signing_key(policy.jwks_url, kid))
             return used[-1]
 
         try:
-            claims = verify_token(token, policy, key_for_kid)
+            unverified = read_token(token)
+            policy = issuer_policy(unverified.issuer, trust)
+            claims = verify_read(unverified, policy, key_for_kid)
         except TokenError as exc:
             if exc.lasting and len(token) <= authz_settings.MAX_TOKEN_BYTES:
-                refused_tokens.put(policy, digest, used[-1] if used else None, exc)
+                refused_tokens.put(trust, policy, digest, used[-1] if used else None, exc)
             raise InvalidToken(exc.description, code=exc.code, check=exc.check) from exc
         except KeySetUnavailable as exc:
             raise IssuerUnavailable(retry_after=exc.retry_after) from exc
-        verified_tokens.put(token, policy, used[-1], claims)
+        verified_tokens.put(token, trust, policy, used[-1], claims)
         return claims
 
     def authenticate_header(self, request: Request) -> str:
         """The bare challenges for a request that sent no token."""
         tenant = getattr(request, "tenant", None)
         return challenges(tenant, None, {}) if tenant else 'Bearer realm="api"'
+
+
+def issuer_policy(issuer: object, trust: TrustedIssuers) -> IssuerPolicy:
+    """The policy of the listed issuer a token names: one dictionary lookup, never a URL taken
+    from the token. No ``iss`` at all goes to the first issuer's checks, which refuse it."""
+    policy = trust.policy_for(issuer)
+    if policy is None and issuer is not None:
+        raise InvalidIssuer()
+    return policy or trust.primary
 
 
 def request_target(request: Request) -> tuple[str, str]:

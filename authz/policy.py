@@ -58,3 +58,42 @@ def shared_policy(**values: Any) -> IssuerPolicy:
     """The one live policy with these values, created when none is held."""
     candidate = IssuerPolicy(**values)
     return _shared.setdefault(candidate.identity(), candidate)
+
+
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
+class TrustedIssuers:
+    """A tenant's issuer policies, one per issuer it lists, found by a token's exact ``iss``.
+
+    The policies differ only in issuer and JWKS URL; the first listed speaks for the tenant
+    where one policy is needed (schemes, DPoP). Shared like policies, so its identity changes
+    whenever any issuer is added, removed or edited: the token caches rely on that.
+    """
+
+    policies: tuple[IssuerPolicy, ...]
+    by_issuer: dict[str, IssuerPolicy]
+
+    @property
+    def primary(self) -> IssuerPolicy:
+        """The first listed issuer's policy."""
+        return self.policies[0]
+
+    def policy_for(self, issuer: object) -> IssuerPolicy | None:
+        """The policy of the issuer a token names, if listed: one dictionary lookup."""
+        return self.by_issuer.get(issuer) if isinstance(issuer, str) else None
+
+
+_shared_issuers: "weakref.WeakValueDictionary[tuple, TrustedIssuers]" = (
+    weakref.WeakValueDictionary()
+)
+
+
+def shared_issuers(policies: tuple[IssuerPolicy, ...]) -> TrustedIssuers:
+    """The one live ``TrustedIssuers`` of these policies (shared ones), in this order."""
+    candidate = TrustedIssuers(policies, {policy.issuer: policy for policy in policies})
+    identity = tuple(policy.identity() for policy in policies)
+    return _shared_issuers.setdefault(identity, candidate)
+
+
+def trusting_one(policy: IssuerPolicy) -> TrustedIssuers:
+    """A tenant that lists one issuer, this policy's."""
+    return shared_issuers((policy,))

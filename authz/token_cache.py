@@ -1,8 +1,10 @@
 """Bounded per-process caches of verified and refused tokens, so a repeated token skips RSA.
 
 A verified entry is served only while the token has not expired (``exp``, without leeway), the
-issuer policy is the very one it was verified against, and this process still holds the very key
-that verified it: a rotated-out key, a stale key set or an edited tenant all force a full check.
+tenant's trusted issuers are the very ones it was verified under, and this process still holds the
+very key that verified it (at the JWKS URL of the issuer the token names): a rotated-out key, a
+stale key set or an edited tenant all force a full check. A rotation at one issuer of a tenant
+touches only the entries that issuer's keys verified.
 
 A refused entry is kept only for failures that cannot turn into success while the policy and the
 key set stay as they are: a malformed token, a disallowed algorithm or type, a bad signature under
@@ -13,8 +15,9 @@ valid yet (time passes) and an unreachable issuer are never remembered.
 Both caches are bounded in bytes as well as entries. A verified entry keeps the token's payload
 segment as text (its size is known and it holds no objects the garbage collector walks) and
 rebuilds the claims on a hit: a payload of a thousand empty lists costs its length, not a hundred
-kilobytes of parsed objects. Both are shared fairly: entries are grouped by policy, and a group
-holding its fair share or more makes room by evicting its own least recent entry, never another's.
+kilobytes of parsed objects. Both are shared fairly: entries are grouped by trusted issuers (a
+tenant's, or those of tenants configured alike), and a group holding its fair share or more makes
+room by evicting its own least recent entry, never another's.
 """
 
 import base64
@@ -28,7 +31,7 @@ from typing import Generic, TypeVar
 
 from authz.conf import authz_settings
 from authz.keys import key_cache
-from authz.policy import IssuerPolicy
+from authz.policy import IssuerPolicy, TrustedIssuers
 from authz.tokens import Claims, SigningKey, TokenError, claims_of
 
 # What an entry costs besides its payload text: the entry, its digest and the dict slots.
@@ -44,6 +47,7 @@ def token_digest(token: str) -> bytes:
 class _Verified:
     """One token that passed, with what it takes to rebuild its claims."""
 
+    trust: TrustedIssuers
     policy: IssuerPolicy
     key: SigningKey
     expires_at: int
@@ -58,7 +62,8 @@ class _Verified:
 class _Refused:
     """One token that failed for good, and the key it failed under (None: no key was involved)."""
 
-    policy: IssuerPolicy
+    trust: TrustedIssuers
+    policy: IssuerPolicy | None  # the policy of the issuer it named; None: no issuer listed
     key: SigningKey | None
     error: type[TokenError]
     description: str
@@ -68,7 +73,7 @@ class _Refused:
 
 @dataclass(slots=True)
 class _Group:
-    """The entries of one policy, least recent first, and their bytes."""
+    """The entries of one set of trusted issuers, least recent first, and their bytes."""
 
     digests: OrderedDict = field(default_factory=OrderedDict)
     size: int = 0
@@ -78,11 +83,11 @@ Entry = TypeVar("Entry", _Verified, _Refused)
 
 
 class FairCache(Generic[Entry]):
-    """Least-recently-used entries by token digest, bounded in count and bytes, fair by policy."""
+    """Least-recently-used entries by token digest, bounded in count and bytes, fair by trust."""
 
     def __init__(self, entries_setting: str, bytes_setting: str) -> None:
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
-        self._groups: dict[IssuerPolicy, _Group] = {}
+        self._groups: dict[TrustedIssuers, _Group] = {}
         self._size = 0
         self._settings = (entries_setting, bytes_setting)
         self._lock = threading.Lock()
@@ -93,7 +98,7 @@ class FairCache(Generic[Entry]):
             entry = self._entries.get(digest)
             if entry is not None:
                 self._entries.move_to_end(digest)
-                self._groups[entry.policy].digests.move_to_end(digest)
+                self._groups[entry.trust].digests.move_to_end(digest)
             return entry
 
     def store(self, digest: bytes, entry: Entry) -> None:
@@ -101,7 +106,7 @@ class FairCache(Generic[Entry]):
         with self._lock:
             self._remove(digest)
             self._entries[digest] = entry
-            group = self._groups.setdefault(entry.policy, _Group())
+            group = self._groups.setdefault(entry.trust, _Group())
             group.digests[digest] = None
             group.size += entry.size
             self._size += entry.size
@@ -135,20 +140,22 @@ class FairCache(Generic[Entry]):
         entry = self._entries.pop(digest, None)
         if entry is None:
             return
-        group = self._groups[entry.policy]
+        group = self._groups[entry.trust]
         del group.digests[digest]
         group.size -= entry.size
         self._size -= entry.size
         if not group.digests:
-            del self._groups[entry.policy]
+            del self._groups[entry.trust]
 
 
 def _payload(segment: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
 
 
-def _key_still_held(policy: IssuerPolicy, key: SigningKey | None) -> bool:
-    return key is None or key_cache.held_key(policy.jwks_url, key.kid) is key
+def _key_still_held(policy: IssuerPolicy | None, key: SigningKey | None) -> bool:
+    return key is None or (
+        policy is not None and key_cache.held_key(policy.jwks_url, key.kid) is key
+    )
 
 
 class VerifiedTokenCache(FairCache[_Verified]):
@@ -157,24 +164,31 @@ class VerifiedTokenCache(FairCache[_Verified]):
     def __init__(self) -> None:
         super().__init__("VERIFIED_TOKEN_CACHE_SIZE", "VERIFIED_TOKEN_CACHE_BYTES")
 
-    def get(self, token: str, policy: IssuerPolicy, digest: bytes | None = None) -> Claims | None:
-        """The claims of a token verified earlier under this policy, if still trustworthy."""
+    def get(self, token: str, trust: TrustedIssuers, digest: bytes | None = None) -> Claims | None:
+        """The claims of a token verified earlier under these issuers, if still trustworthy."""
         digest = digest or token_digest(token)
         entry = self.lookup(digest)
         if entry is None:
             return None
         if (
-            entry.policy is not policy
+            entry.trust is not trust
             or time.time() >= entry.expires_at
-            or not _key_still_held(policy, entry.key)
+            or not _key_still_held(entry.policy, entry.key)
         ):
             self.discard(digest)
             return None
-        return claims_of(_payload(entry.payload_segment), policy)
+        return claims_of(_payload(entry.payload_segment), entry.policy)
 
-    def put(self, token: str, policy: IssuerPolicy, key: SigningKey, claims: Claims) -> None:
-        """Remember a token that just passed full verification with ``key``."""
-        entry = _Verified(policy, key, claims.expires_at, token.split(".")[1])
+    def put(
+        self,
+        token: str,
+        trust: TrustedIssuers,
+        policy: IssuerPolicy,
+        key: SigningKey,
+        claims: Claims,
+    ) -> None:
+        """Remember a token that just passed full verification under ``policy`` with ``key``."""
+        entry = _Verified(trust, policy, key, claims.expires_at, token.split(".")[1])
         self.store(token_digest(token), entry)
 
 
@@ -184,21 +198,27 @@ class RefusedTokenCache(FairCache[_Refused]):
     def __init__(self) -> None:
         super().__init__("REFUSED_TOKEN_CACHE_SIZE", "REFUSED_TOKEN_CACHE_BYTES")
 
-    def get(self, policy: IssuerPolicy, digest: bytes) -> TokenError | None:
-        """The failure of a token refused earlier under this policy, raised afresh by the caller."""
+    def get(self, trust: TrustedIssuers, digest: bytes) -> TokenError | None:
+        """The failure of a token refused earlier under these issuers, for the caller to raise."""
         entry = self.lookup(digest)
         if entry is None:
             return None
-        if entry.policy is not policy or not _key_still_held(policy, entry.key):
+        if entry.trust is not trust or not _key_still_held(entry.policy, entry.key):
             self.discard(digest)
             return None
         return entry.error(entry.description, entry.check)
 
     def put(
-        self, policy: IssuerPolicy, digest: bytes, key: SigningKey | None, error: TokenError
+        self,
+        trust: TrustedIssuers,
+        policy: IssuerPolicy | None,
+        digest: bytes,
+        key: SigningKey | None,
+        error: TokenError,
     ) -> None:
         """Remember a lasting failure (the caller decides which are)."""
-        self.store(digest, _Refused(policy, key, type(error), error.description, error.check))
+        entry = _Refused(trust, policy, key, type(error), error.description, error.check)
+        self.store(digest, entry)
 
 
 verified_tokens = VerifiedTokenCache()

@@ -256,24 +256,63 @@ def _checked_key(key: SigningKey, algorithm: str) -> Any:
         ) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class UnverifiedToken:
+    """A compact JWS split, its header and payload read; nothing about it is trusted yet."""
+
+    header_segment: str
+    payload_segment: str
+    signature_segment: str
+    header: dict[str, Any]
+    payload: dict[str, Any]
+
+    @property
+    def issuer(self) -> Any:
+        """The ``iss`` the token names, unverified: only ever a key to look a listed issuer up."""
+        return self.payload.get("iss")
+
+
+def read_token(token: str) -> UnverifiedToken:
+    """Split and read a token once, so picking its issuer and verifying it share the parsing."""
+    header_segment, payload_segment, signature_segment = _segments(token)
+    header = read_header(header_segment)
+    payload = json_object(base64url(payload_segment), "The access token payload")
+    return UnverifiedToken(header_segment, payload_segment, signature_segment, header, payload)
+
+
 def verify_token(
     token: str, policy: IssuerPolicy, key_for_kid: Callable[[str], SigningKey]
 ) -> Claims:
     """Verify signature and claims against the policy; raise a TokenError otherwise."""
-    header_segment, payload_segment, signature_segment = _segments(token)
-    header = read_header(header_segment)
+    return verify_read(read_token(token), policy, key_for_kid)
+
+
+def verify_read(
+    token: UnverifiedToken, policy: IssuerPolicy, key_for_kid: Callable[[str], SigningKey]
+) -> Claims:
+    """Verify a token already read against the policy of the issuer it names."""
+    header = token.header
     algorithm = _checked_algorithm(header, policy)
     _check_type(header, policy)
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise UnknownKey("The access token has no key id (kid).")
+    # Before any key is looked up: a token naming an issuer not listed never causes a fetch.
+    _check_issuer(token.payload, policy)
     public_key = _checked_key(key_for_kid(kid), algorithm)
-    payload_json = base64url(payload_segment)
-    signature = base64url(signature_segment)
-    signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
+    signature = base64url(token.signature_segment)
+    signing_input = f"{token.header_segment}.{token.payload_segment}".encode("ascii")
     if not _signature_verifies(algorithm, signing_input, public_key, signature):
         raise InvalidSignature()
-    return _claims(json_object(payload_json, "The access token payload"), policy)
+    return _claims(token.payload, policy)
+
+
+def _check_issuer(payload: dict[str, Any], policy: IssuerPolicy) -> None:
+    """``iss`` present, and exactly the policy's issuer."""
+    if payload.get("iss") is None:
+        raise InvalidClaims('The access token has no "iss" claim.', check=steps.ISSUER)
+    if payload["iss"] != policy.issuer:
+        raise InvalidIssuer()
 
 
 def _check_type(header: dict[str, Any], policy: IssuerPolicy) -> None:
@@ -312,8 +351,6 @@ def _claims(payload: dict[str, Any], policy: IssuerPolicy) -> Claims:
             raise TokenNotYetValid(f"The access token is not valid yet ({name}).")
     if _seconds(payload, "exp") <= now - leeway:
         raise TokenExpired()
-    if payload["iss"] != policy.issuer:
-        raise InvalidIssuer()
     _check_audience(payload["aud"], policy.audiences)
     _check_subject(payload["sub"])
     for name in ("jti", "client_id"):

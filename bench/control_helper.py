@@ -34,18 +34,19 @@ def seed(path: Path) -> dict[str, Any]:
     """Create a file's tenants, each with its hosts and audiences, in one transaction."""
     from django.db import transaction
 
-    from tenants.models import Tenant, TenantAudience, TenantHost
+    from tenants.models import Tenant, TenantAudience, TenantHost, TenantIssuer
 
     documents = json.loads(path.read_text())["tenants"]
     started = time.monotonic()
     with transaction.atomic():
         tenants = Tenant.objects.bulk_create(
-            [
-                Tenant(slug=d["slug"], name=d["name"], issuer_override=d["issuer"])
-                for d in documents
-            ],
-            batch_size=2000,
+            [Tenant(slug=d["slug"], name=d["name"]) for d in documents], batch_size=2000
         )
+        issuers = [
+            TenantIssuer(tenant=t, issuer_override=d["issuer"])
+            for t, d in zip(tenants, documents, strict=True)
+        ]
+        TenantIssuer.objects.bulk_create(issuers, batch_size=5000)
         hosts = [
             TenantHost(tenant=t, hostname=h)
             for t, d in zip(tenants, documents, strict=True)

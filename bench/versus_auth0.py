@@ -56,7 +56,7 @@ from rest_framework.test import APIRequestFactory  # noqa: E402
 
 from authz import dpop as verifier  # noqa: E402
 from authz.authentication import TenantTokenAuthentication  # noqa: E402
-from authz.policy import shared_policy  # noqa: E402
+from authz.policy import shared_policy, trusting_one  # noqa: E402
 from authz.tokens import SigningKey, verify_token  # noqa: E402
 from devissuer import dpop  # noqa: E402
 from devissuer.issuer import public_jwk  # noqa: E402
@@ -160,6 +160,7 @@ class Tenant:
 
     def __init__(self, policy: Any) -> None:
         self.policy = policy
+        self.issuers = trusting_one(policy)
 
 
 def ours_as_deployed(setup: Setup, dpop_too: bool, calls: int) -> float:

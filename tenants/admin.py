@@ -22,7 +22,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from authz.conf import authz_settings
 from authz.diagnostics import check_issuer
 from authz.endpoints import all_endpoints
-from authz.jwks import KeySetHealth, key_set_health, read_record, read_records
+from authz.jwks import KeySetHealth, KeySetRecord, key_set_health, read_records
 from authz.store import claim, derived_key, internal_key, shared_store
 from authz.tasks import refresh_key_set
 from ops.admin_actions import CheckedSelectionMixin
@@ -39,6 +39,8 @@ from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
     HostForm,
+    IssuerForm,
+    IssuerFormSet,
     RequiredInlineFormSet,
     RouteForm,
     RouteFormSet,
@@ -46,7 +48,15 @@ from tenants.forms import (
     TenantForm,
     TokenDebugForm,
 )
-from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.models import (
+    Route,
+    ScopeRule,
+    Tenant,
+    TenantAudience,
+    TenantCorsOrigin,
+    TenantHost,
+    TenantIssuer,
+)
 from tenants.routes import MAX_ROUTES, METHODS, RouteTable, stored_table
 from tenants.traffic import (
     RATE_LIMITED,
@@ -55,6 +65,7 @@ from tenants.traffic import (
     refusal_shares,
     tenant_traffic,
 )
+from tenants.validation import MAX_ISSUERS
 
 REFRESH_WAIT_SECONDS = 3.0
 
@@ -70,9 +81,11 @@ def operates(request: HttpRequest, tenant: Tenant | None) -> bool:
     return tenants.filter(pk=tenant.pk).exists() if tenant else tenants.exists()
 
 
-def health_of(tenant: Tenant) -> KeySetHealth:
-    """The key set health of a saved tenant."""
-    return key_set_health(read_record(tenant.jwks_url))
+def health_of(tenant: Tenant) -> list[tuple[TenantIssuer, KeySetHealth]]:
+    """Each listed issuer of a saved tenant with the health of its key set: one store read."""
+    issuers = list(tenant.issuers.all())
+    records = read_records(sorted({issuer.jwks_url for issuer in issuers}))
+    return [(issuer, key_set_health(records.get(issuer.jwks_url))) for issuer in issuers]
 
 
 class OperatedInline(admin.TabularInline):
@@ -107,6 +120,20 @@ class HostInline(OperatedInline):
 
     def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         return request.user.is_superuser
+
+
+class IssuerInline(OperatedInline):
+    """The issuers whose tokens the tenant takes, each by its exact iss; at least one."""
+
+    model = TenantIssuer
+    form = IssuerForm
+    formset = IssuerFormSet
+    min_num = 1
+    max_num = MAX_ISSUERS
+    verbose_name_plural = (
+        "issuers (an Auth0 domain is enough; the overrides serve custom domains and other "
+        "OIDC issuers; a token is checked against the one its iss names)"
+    )
 
 
 class AudienceInline(OperatedInline):
@@ -144,7 +171,7 @@ class RouteInline(OperatedInline):
 
 
 class HealthFilter(admin.SimpleListFilter):
-    """Filter tenants by the health of their stored key set."""
+    """Filter tenants by the health of their stored key sets: any issuer's in that state."""
 
     title = "key set health"
     parameter_name = "health"
@@ -161,11 +188,13 @@ class HealthFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if not self.value():
             return queryset
-        tenants = list(queryset.only("slug", "domain", "issuer_override", "jwks_url_override"))
-        records = read_records(sorted({tenant.jwks_url for tenant in tenants}))
-        matching = [
-            t.pk for t in tenants if key_set_health(records.get(t.jwks_url)).status == self.value()
-        ]
+        issuers = list(TenantIssuer.objects.filter(tenant__in=queryset))
+        records = read_records(sorted({issuer.jwks_url for issuer in issuers}))
+        matching = {
+            issuer.tenant_id
+            for issuer in issuers
+            if key_set_health(records.get(issuer.jwks_url)).status == self.value()
+        }
         return queryset.filter(pk__in=matching)
 
 
@@ -201,16 +230,29 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
         "slug",
         "name",
         "active",
-        "issuer",
+        "issuer_list",
         "audience_list",
         "host_list",
         "key_set",
         "refused_last_hour",
     )
     list_filter = ("active", HealthFilter, RefusingFilter)
-    search_fields = ("slug", "name", "domain", "issuer_override", "hosts__hostname")
+    search_fields = (
+        "slug",
+        "name",
+        "issuers__domain",
+        "issuers__issuer_override",
+        "hosts__hostname",
+    )
     actions = ("refresh_keys_action",)
-    inlines = (AudienceInline, HostInline, ScopeRuleInline, CorsOriginInline, RouteInline)
+    inlines = (
+        IssuerInline,
+        AudienceInline,
+        HostInline,
+        ScopeRuleInline,
+        CorsOriginInline,
+        RouteInline,
+    )
     filter_horizontal = ("operators",)
 
     def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple]:
@@ -232,14 +274,6 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
         return [
             ("Identity", {"fields": ["slug", "name", "active"]}),
             (
-                "Issuer",
-                {
-                    "fields": ["domain", "issuer_override", "jwks_url_override"],
-                    "description": "The Auth0 domain is enough for Auth0 tenants; the overrides "
-                    "serve custom domains and other OIDC issuers.",
-                },
-            ),
-            (
                 "Rate limits",
                 {
                     "fields": ["rate_limit_per_tenant", "rate_limit_per_subject"],
@@ -254,7 +288,7 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
         return [] if request.user.is_superuser else ["slug"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        queryset = super().get_queryset(request).prefetch_related("audiences", "hosts")
+        queryset = super().get_queryset(request).prefetch_related("issuers", "audiences", "hosts")
         if request.user.is_superuser:
             return queryset
         return queryset.filter(operators=request.user)
@@ -274,6 +308,10 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         return request.user.is_superuser
 
+    @admin.display(description="issuers")
+    def issuer_list(self, tenant: Tenant) -> str:
+        return ", ".join(issuer.issuer for issuer in tenant.issuers.all())
+
     @admin.display(description="audiences")
     def audience_list(self, tenant: Tenant) -> str:
         return ", ".join(a.audience for a in tenant.audiences.all())
@@ -286,10 +324,12 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
         """The page's tenants, each with its key set record and last hour's traffic: one store
         read each for the whole page."""
         changelist = super().get_changelist_instance(request)
-        records = read_records(sorted({tenant.jwks_url for tenant in changelist.result_list}))
-        shares = refusal_shares(tenant.slug for tenant in changelist.result_list)
-        for tenant in changelist.result_list:
-            tenant.key_set_record = records.get(tenant.jwks_url)
+        tenants = changelist.result_list
+        urls = {issuer.jwks_url for tenant in tenants for issuer in tenant.issuers.all()}
+        records = read_records(sorted(urls))
+        shares = refusal_shares(tenant.slug for tenant in tenants)
+        for tenant in tenants:
+            tenant.key_set_records = [records.get(i.jwks_url) for i in tenant.issuers.all()]
             tenant.last_hour = shares.get(tenant.slug, (0, 0))
         return changelist
 
@@ -300,15 +340,13 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
             return "no requests"
         return f"{refused / total:.0%} of {total}"
 
-    @admin.display(description="key set")
+    @admin.display(description="key sets")
     def key_set(self, tenant: Tenant) -> str:
-        if hasattr(tenant, "key_set_record"):
-            health = key_set_health(tenant.key_set_record)
+        if hasattr(tenant, "key_set_records"):
+            healths = [key_set_health(record) for record in tenant.key_set_records]
         else:
-            health = health_of(tenant)
-        if health.record is None or not health.record.keys:
-            return health.label
-        return f"{health.label} · {len(health.record.keys)} key(s)"
+            healths = [health for _, health in health_of(tenant)]
+        return "; ".join(_health_summary(health) for health in healths)
 
     @admin.action(description="Refresh keys now")
     def refresh_keys_action(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -355,11 +393,12 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
                 messages.WARNING,
             )
         elif request.method == "POST":
-            report = check_issuer(tenant)
-            for fact in report.facts:
-                self.message_user(request, fact, messages.SUCCESS)
-            for problem in report.problems:
-                self.message_user(request, problem, messages.ERROR)
+            for issuer in tenant.issuers.all():
+                report = check_issuer(issuer)
+                for fact in report.facts:
+                    self.message_user(request, fact, messages.SUCCESS)
+                for problem in report.problems:
+                    self.message_user(request, problem, messages.ERROR)
         return HttpResponseRedirect(_change_url(tenant))
 
     @method_decorator(sensitive_post_parameters("token", "proof"))
@@ -384,6 +423,7 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
             "opts": self.opts,
             "original": tenant,
             "title": f"Debug a token for {tenant.slug}",
+            "issuers": [issuer.issuer for issuer in tenant.issuers.all()],
             "form": form,
             "answer": answer,
             "problem": problem,
@@ -413,7 +453,10 @@ class TenantAdmin(CheckedSelectionMixin, admin.ModelAdmin):
         }
         tenant = self.get_object(request, object_id) if object_id else None
         if tenant is not None:
-            extra["key_set"] = key_set_panel(health_of(tenant))
+            extra["key_sets"] = [
+                {"issuer": issuer.issuer, "jwks_url": issuer.jwks_url, **key_set_panel(health)}
+                for issuer, health in health_of(tenant)
+            ]
             extra["proofs"] = proof_panel(tenant)
             extra["traffic"] = traffic_panel(tenant_traffic(tenant.slug))
             extra["route_trial"] = route_trial(tenant, request.GET)
@@ -515,24 +558,41 @@ def _may_check_issuer(tenant: Tenant) -> bool:
     return claim(key, authz_settings.CHECK_ISSUER_COOLDOWN)
 
 
+def _health_summary(health: KeySetHealth) -> str:
+    if health.record is None or not health.record.keys:
+        return health.label
+    return f"{health.label} · {len(health.record.keys)} key(s)"
+
+
 def _refresh_and_report(tenant: Tenant) -> str:
-    """Queue the refresh task; wait briefly for the stored record to change, then report."""
-    url = tenant.jwks_url
-    before = read_record(url)
-    refresh_key_set.delay(url)
+    """Queue the refresh of every issuer's key set; wait briefly, together, for the stored
+    records to change, then report each."""
+    urls = sorted(tenant.jwks_urls)
+    before = read_records(urls)
+    for url in urls:
+        refresh_key_set.delay(url)
     deadline = time.monotonic() + REFRESH_WAIT_SECONDS
-    record = read_record(url)
-    while record == before and time.monotonic() < deadline:
+    records = read_records(urls)
+    while _unchanged(before, records, urls) and time.monotonic() < deadline:
         time.sleep(0.2)
-        record = read_record(url)
+        records = read_records(urls)
+    label = {url: tenant.slug if len(urls) == 1 else f"{tenant.slug} ({url})" for url in urls}
+    return " ".join(_refresh_report(label[url], before.get(url), records.get(url)) for url in urls)
+
+
+def _unchanged(before: dict, after: dict, urls: list[str]) -> bool:
+    """Whether some key set has not been written since ``before`` was read."""
+    return any(after.get(url) == before.get(url) for url in urls)
+
+
+def _refresh_report(label: str, before: KeySetRecord | None, record: KeySetRecord | None) -> str:
+    """One sentence on one key set's refresh."""
     if record == before:
-        return (
-            f"{tenant.slug}: refresh queued; the worker has not reported yet (reload in a moment)."
-        )
+        return f"{label}: refresh queued; the worker has not reported yet (reload in a moment)."
     if record.last_error and (record.error_at or 0) >= (record.fetched_at or 0):
-        return f"{tenant.slug}: refresh failed: {record.last_error}"
+        return f"{label}: refresh failed: {record.last_error}"
     kids = ", ".join(key["kid"] for key in record.keys)
-    return f"{tenant.slug}: refreshed, {len(record.keys)} key(s): {kids}."
+    return f"{label}: refreshed, {len(record.keys)} key(s): {kids}."
 
 
 CHART_HEIGHT = 60  # pixels of the tallest hour's bar

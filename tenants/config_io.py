@@ -16,6 +16,8 @@ from tenants.forms import (
     AudienceForm,
     CorsOriginForm,
     HostForm,
+    IssuerForm,
+    IssuerFormSet,
     ListField,
     RequiredInlineFormSet,
     RouteForm,
@@ -23,19 +25,19 @@ from tenants.forms import (
     ScopeRuleForm,
     TenantForm,
 )
-from tenants.models import Tenant, TenantHost
+from tenants.models import Tenant, TenantHost, TenantIssuer
 from tenants.routes import MAX_ROUTES
 from tenants.tasks import queue_refresh, refreshes_batched
+from tenants.validation import MAX_ISSUERS
 
 T = TypeVar("T")
 
 # JSON name -> model field, for the fields whose names differ.
 RENAMED = {"issuer": "issuer_override", "jwks_url": "jwks_url_override"}
+# An entry of "issuers"; at the top level of a tenant, the one entry of its list.
+ISSUER_KEYS = ("domain", "issuer", "jwks_url")
 DEFAULTS: dict[str, Any] = {
     "active": True,
-    "domain": "",
-    "issuer": "",
-    "jwks_url": "",
     "algorithms": ["RS256"],
     "leeway": 60,
     "scope_claims": "scope",
@@ -129,6 +131,7 @@ class InlineSpec:
 
 
 INLINES = {
+    "issuers": InlineSpec(IssuerForm, IssuerFormSet, 1, MAX_ISSUERS),
     "hosts": InlineSpec(ImportHostForm, BaseInlineFormSet, 0),
     "audiences": InlineSpec(AudienceForm, RequiredInlineFormSet, 1),
     "scope_rules": InlineSpec(ScopeRuleForm, BaseInlineFormSet, 0),
@@ -136,7 +139,7 @@ INLINES = {
     "routes": InlineSpec(RouteForm, RouteFormSet, 0, MAX_ROUTES),
 }
 ROUTE_KEYS = {"methods": list, "path": str, "public": bool, "scopes": list}
-KNOWN_KEYS = {*DEFAULTS, *REQUIRED, *INLINES}
+KNOWN_KEYS = {*DEFAULTS, *REQUIRED, *INLINES, *ISSUER_KEYS}
 # SQLite allows 999 variables per statement; every ``__in`` filter goes in chunks below that.
 CHUNK = 900
 CREATE_EVERY = 1000
@@ -241,12 +244,13 @@ class ImportBatch:
             model.objects.bulk_create(rows)
         for tenant in tenants:
             record_change(tenant.pk)
-        queue_refresh({tenant.jwks_url for tenant in tenants if tenant.active})
+        issuers = parts.get(TenantIssuer, [])
+        queue_refresh({issuer.jwks_url for issuer in issuers if issuer.tenant.active})
         self.new = []
 
 
 def _clear_parts(tenant_ids: list[int]) -> None:
-    """Delete the hosts, audiences, rules and origins of these tenants."""
+    """Delete the issuers, hosts, audiences, rules, origins and routes of these tenants."""
     # The file is the whole truth for its tenants: clearing their parts first lets a host
     # move from one tenant to another, whatever the order of the file.
     for spec in INLINES.values():
@@ -325,15 +329,17 @@ def _validated(
     tenant_valid = form.is_valid()
     tenant = form.save(commit=False) if tenant_valid else form.instance
     # An empty list with no minimum is valid and adds nothing: it needs no formset.
+    lists = {**item, "issuers": _issuer_entries(item)}
     formsets = {
-        name: spec.build(tenant, _inline_rows(name, item[name]), **_form_kwargs(name, batch))
+        name: spec.build(tenant, _inline_rows(name, lists[name]), **_form_kwargs(name, batch))
         for name, spec in INLINES.items()
-        if item.get(name) or spec.min_num
+        if lists.get(name) or spec.min_num
     }
     problems = _form_errors(form.errors)
     for name, formset in formsets.items():
         if not formset.is_valid():
-            problems += _formset_errors(name, formset)
+            top_level = name == "issuers" and name not in item
+            problems += _formset_errors(name, formset, top_level)
     if problems or not tenant_valid:
         return problems, tenant, []
     return [], tenant, [row for formset in formsets.values() for row in formset.save(commit=False)]
@@ -343,8 +349,41 @@ def _form_kwargs(name: str, batch: ImportBatch) -> dict[str, Any]:
     return {"taken": batch.hosts} if name == "hosts" else {}
 
 
+def _issuer_entries(item: dict[str, Any]) -> list[Any]:
+    """The tenant's issuers: its list, or the top-level domain, issuer and jwks_url as one."""
+    if "issuers" in item:
+        return item["issuers"]
+    return [{key: item[key] for key in ISSUER_KEYS if key in item}]
+
+
+def _issuer_shape_problems(item: dict[str, Any]) -> list[str]:
+    """What is wrong with the issuers' shape before their forms look at the values."""
+    if "issuers" not in item:
+        return []
+    if any(key in item for key in ISSUER_KEYS):
+        return ['give either "issuers" or the top-level domain, issuer and jwks_url, not both']
+    entries = item["issuers"] if isinstance(item["issuers"], list) else []
+    problems = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.append(
+                f'issuers[{index}]: each issuer is {{"domain": ...}} or {{"issuer": ...}}'
+            )
+            continue
+        problems += [
+            f"issuers[{index}]: unknown field {k!r}" for k in entry if k not in ISSUER_KEYS
+        ]
+        problems += [
+            f"issuers[{index}]: {key}: must be a str"
+            for key in ISSUER_KEYS
+            if key in entry and not isinstance(entry[key], str)
+        ]
+    return problems
+
+
 def _shape_problems(item: dict[str, Any]) -> list[str]:
     problems = [f"unknown field {key!r}" for key in item if key not in KNOWN_KEYS]
+    problems += _issuer_shape_problems(item)
     problems += [f"{key}: this field is required" for key in REQUIRED if key not in item]
     for name in INLINES:
         if not isinstance(item.get(name, []), list):
@@ -382,11 +421,16 @@ def _is_scope_word(value: object) -> bool:
 
 
 def _tenant_form_data(item: dict[str, Any]) -> dict[str, Any]:
-    values = {**DEFAULTS, **{k: v for k, v in item.items() if k not in INLINES}}
-    return {RENAMED.get(key, key): value for key, value in values.items()}
+    own = {k: v for k, v in item.items() if k not in INLINES and k not in ISSUER_KEYS}
+    return {**DEFAULTS, **own}
 
 
 def _inline_rows(name: str, values: list[Any]) -> list[dict[str, str]]:
+    if name == "issuers":
+        return [
+            {"position": index, **{RENAMED.get(k, k): entry.get(k, "") for k in ISSUER_KEYS}}
+            for index, entry in enumerate(values)
+        ]
     if name == "hosts":
         return [{"hostname": value} for value in values]
     if name == "audiences":
@@ -419,26 +463,25 @@ def _form_errors(errors: dict[str, list[str]]) -> list[str]:
     ]
 
 
-def _formset_errors(name: str, formset: BaseInlineFormSet) -> list[str]:
+def _formset_errors(name: str, formset: BaseInlineFormSet, top_level: bool = False) -> list[str]:
+    """Every problem of a list, by index; a top-level issuer's as the tenant's own fields'."""
     problems = [f"{name}: {message}" for message in formset.non_form_errors()]
     for index, errors in enumerate(formset.errors):
-        problems += [f"{name}[{index}]: {m}" for m in _form_errors(errors)]
+        label = "" if top_level else f"{name}[{index}]: "
+        problems += [f"{label}{m}" for m in _form_errors(errors)]
     return problems
 
 
 def export_tenants() -> dict[str, Any]:
     """Every tenant, in the format ``import_tenants`` reads."""
     tenants = Tenant.objects.prefetch_related(
-        "hosts", "audiences", "scope_rules", "cors_origins", "routes"
+        "issuers", "hosts", "audiences", "scope_rules", "cors_origins", "routes"
     )
     return {"tenants": [_export_one(tenant) for tenant in tenants]}
 
 
 def _export_one(tenant: Tenant) -> dict[str, Any]:
     optional = {
-        "domain": tenant.domain,
-        "issuer": tenant.issuer_override,
-        "jwks_url": tenant.jwks_url_override,
         "rate_limit_per_subject": tenant.rate_limit_per_subject,
         "rate_limit_per_tenant": tenant.rate_limit_per_tenant,
     }
@@ -446,6 +489,7 @@ def _export_one(tenant: Tenant) -> dict[str, Any]:
         "slug": tenant.slug,
         "name": tenant.name,
         "active": tenant.active,
+        **_issuers_of(tenant),
         **{key: value for key, value in optional.items() if value},
         "audiences": [a.audience for a in tenant.audiences.all()],
         "hosts": [h.hostname for h in tenant.hosts.all()],
@@ -465,6 +509,21 @@ def _export_one(tenant: Tenant) -> dict[str, Any]:
         "cors_origins": [o.origin for o in tenant.cors_origins.all()],
         **_routes_of(tenant),
     }
+
+
+def _issuers_of(tenant: Tenant) -> dict[str, Any]:
+    """One issuer at the top level, as files from before lists had it; several as "issuers"."""
+    entries = [
+        {
+            key: value
+            for key, value in zip(
+                ISSUER_KEYS, (i.domain, i.issuer_override, i.jwks_url_override), strict=True
+            )
+            if value
+        }
+        for i in tenant.issuers.all()
+    ]
+    return entries[0] if len(entries) == 1 else {"issuers": entries}
 
 
 def _routes_of(tenant: Tenant) -> dict[str, Any]:

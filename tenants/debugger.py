@@ -35,10 +35,11 @@ from authz.tokens import (
     base64url,
     json_object,
     read_header,
+    read_token,
     verify_token,
 )
 from tenants.directory import TenantConfig, directory
-from tenants.models import Tenant, derive_issuer
+from tenants.models import Tenant, TenantIssuer, derive_issuer
 from tenants.resolution import find_tenant
 from tenants.routes import Route, scopes_allow, stored_table
 from tenants.views import TenantAPIView, TenantResolutionMixin
@@ -298,7 +299,7 @@ def _foreign_token_notes(tenant: Tenant, token: str, claims: Any, checks: list[C
     owner = _verifying_tenant(token, _candidates(tenant, issuer))
     if owner is None:
         return []
-    if owner.policy.issuer == tenant.issuer:
+    if issuer in _issuers_of(tenant):
         return ["This token is meant for another tenant's API on this platform."]
     return ["This token was issued for another tenant of this platform, not this one."]
 
@@ -311,26 +312,41 @@ def _candidates(tenant: Tenant, issuer: Any) -> list[TenantConfig]:
         host = urlsplit(issuer).hostname or ""
     except ValueError:
         return []
-    others = Tenant.objects.filter(active=True).exclude(pk=tenant.pk)
+    others = TenantIssuer.objects.filter(tenant__active=True).exclude(tenant=tenant)
     others = others.filter(Q(issuer_override=issuer) | Q(domain=host, issuer_override=""))
-    rows = others.order_by("pk").values_list("slug", "domain", "issuer_override")
+    rows = others.order_by("tenant_id").values_list("tenant__slug", "domain", "issuer_override")
     slugs = [slug for slug, *where in rows[:FOREIGN_CANDIDATES] if derive_issuer(*where) == issuer]
     return [config for slug in slugs if (config := directory.by_slug(slug)) is not None]
 
 
+def _issuers_of(tenant: Tenant) -> set[str]:
+    """Every ``iss`` the tenant lists."""
+    return {issuer.issuer for issuer in tenant.issuers.all()}
+
+
 def _verifying_tenant(token: str, candidates: list[TenantConfig]) -> TenantConfig | None:
-    """The first candidate whose policy and stored keys (never fetched here) accept the token."""
-    if not candidates:
+    """The first candidate whose policy of the issuer the token names, and whose stored keys
+    (never fetched here) accept the token."""
+    issuer = _named_issuer(token)
+    policies = [(c, p) for c in candidates if (p := c.issuers.policy_for(issuer)) is not None]
+    if not policies:
         return None
     try:
-        records = read_records(sorted({c.policy.jwks_url for c in candidates}))
+        records = read_records(sorted({policy.jwks_url for _, policy in policies}))
     except Exception:  # the store cannot answer: say nothing rather than fail the page
         return None
-    for candidate in candidates:
-        record = records.get(candidate.policy.jwks_url)
-        if record is not None and _verifies(token, candidate.policy, record):
+    for candidate, policy in policies:
+        record = records.get(policy.jwks_url)
+        if record is not None and _verifies(token, policy, record):
             return candidate
     return None
+
+
+def _named_issuer(token: str) -> Any:
+    try:
+        return read_token(token).issuer
+    except TokenError:
+        return None
 
 
 def _verifies(token: str, policy: IssuerPolicy, record: KeySetRecord) -> bool:

@@ -34,7 +34,7 @@ from django.utils import timezone
 from authz.conf import authz_settings
 from authz.endpoints import get_endpoint
 from authz.metrics import CONFIG_CHANGES, CONFIG_PROPAGATION
-from authz.policy import IssuerPolicy, shared_policy
+from authz.policy import IssuerPolicy, TrustedIssuers, shared_issuers, shared_policy
 from authz.store import claim, internal_key
 from tenants.routes import EMPTY_TABLE, RouteTable, stored_table
 
@@ -50,7 +50,7 @@ class TenantConfig:
     id: int
     slug: str
     name: str
-    policy: IssuerPolicy
+    issuers: TrustedIssuers
     hosts: tuple[str, ...]
     provision_users: bool
     admin_scope: str = ""
@@ -61,14 +61,14 @@ class TenantConfig:
     routes: RouteTable = EMPTY_TABLE
 
     @property
-    def issuer(self) -> str:
-        """The exact ``iss`` of the tenant's tokens."""
-        return self.policy.issuer
+    def policy(self) -> IssuerPolicy:
+        """The first listed issuer's policy: what every issuer of the tenant shares (DPoP)."""
+        return self.issuers.primary
 
     @property
-    def jwks_url(self) -> str:
-        """Where the tenant's key set is fetched."""
-        return self.policy.jwks_url
+    def jwks_urls(self) -> tuple[str, ...]:
+        """Where the key sets of the tenant's issuers are fetched, in the order listed."""
+        return tuple(policy.jwks_url for policy in self.issuers.policies)
 
     def required_scopes(self, endpoint_key: str) -> tuple[str, ...]:
         """The tenant's rule for an endpoint, else the endpoint's default."""
@@ -425,9 +425,6 @@ TENANT_COLUMNS = (
     "id",
     "slug",
     "name",
-    "domain",
-    "issuer_override",
-    "jwks_url_override",
     "algorithms",
     "leeway",
     "scope_claims",
@@ -457,6 +454,14 @@ ROUTE_SLOTS = {
     "organizations": "scopes",
 }
 ROUTE_COLUMNS = ", ".join(ROUTE_SLOTS.get(column, "NULL") for column in TENANT_COLUMNS[1:])
+# An issuer's columns, the same way.
+ISSUER_SLOTS = {
+    "slug": "domain",
+    "name": "issuer_override",
+    "admin_scope": "jwks_url_override",
+    "leeway": "position",
+}
+ISSUER_COLUMNS = ", ".join(ISSUER_SLOTS.get(column, "NULL") for column in TENANT_COLUMNS[1:])
 WHERE = {
     "slug": "slug = %s",
     "host": "id = (SELECT tenant_id FROM tenants_tenanthost WHERE hostname = %s)",
@@ -481,10 +486,15 @@ def _tenant_sql(kind: str) -> str:
         f"SELECT 'route', tenant_id, {ROUTE_COLUMNS} FROM tenants_route "  # noqa: S608
         "WHERE tenant_id IN (SELECT id FROM found)"
     )
+    parts.append(
+        f"SELECT 'issuer', tenant_id, {ISSUER_COLUMNS} FROM tenants_tenantissuer "  # noqa: S608
+        "WHERE tenant_id IN (SELECT id FROM found)"
+    )
     return f"WITH found AS ({found}) " + " UNION ALL ".join(parts)
 
 
 TENANT_SQL = {kind: _tenant_sql(kind) for kind in WHERE}
+PART_KINDS = ("host", "audience", "origin", "rule", "route", "issuer")
 
 
 def load_tenant(kind: str, value: str) -> TenantConfig | None:
@@ -495,10 +505,10 @@ def load_tenant(kind: str, value: str) -> TenantConfig | None:
     tenant = next((row[1:] for row in rows if row[0] == "tenant"), None)
     if tenant is None:
         return None
-    parts: dict[str, list] = {"host": [], "audience": [], "origin": [], "rule": [], "route": []}
+    parts: dict[str, list] = {kind: [] for kind in PART_KINDS}
     for kind_of_row, _tenant_id, *values in rows:
-        if kind_of_row == "route":
-            parts["route"].append(dict(zip(TENANT_COLUMNS[1:], values, strict=True)))
+        if kind_of_row in ("route", "issuer"):
+            parts[kind_of_row].append(dict(zip(TENANT_COLUMNS[1:], values, strict=True)))
         elif kind_of_row != "tenant":
             first, second = values[:2]
             parts[kind_of_row].append(first if second is None else (first, second))
@@ -506,28 +516,17 @@ def load_tenant(kind: str, value: str) -> TenantConfig | None:
 
 
 def _config(row: dict, parts: dict[str, list]) -> TenantConfig:
-    from tenants.models import derive_issuer, derive_jwks_url
-
-    issuer = derive_issuer(row["domain"], row["issuer_override"])
-    policy = shared_policy(
-        issuer=issuer,
-        jwks_url=derive_jwks_url(issuer, row["jwks_url_override"]),
-        audiences=tuple(sorted(parts["audience"])),
-        algorithms=tuple(_json(row["algorithms"])),
-        leeway=row["leeway"],
-        scope_claims=row["scope_claims"],
-        token_profile=row["token_profile"],
-        organizations=frozenset(_json(row["organizations"])),
-        dpop=row["dpop"],
-        dpop_algorithms=tuple(_json(row["dpop_algorithms"])),
-        dpop_nonce=bool(row["dpop_nonce"]),
+    shared = _shared_values(row, parts)
+    policies = tuple(
+        shared_policy(issuer=issuer, jwks_url=jwks_url, **shared)
+        for issuer, jwks_url in _issuer_addresses(parts["issuer"])
     )
     rules = [rule if isinstance(rule, tuple) else (rule, "") for rule in parts["rule"]]
     return TenantConfig(
         id=row["id"],
         slug=row["slug"],
         name=row["name"],
-        policy=policy,
+        issuers=shared_issuers(policies),
         hosts=tuple(sorted(parts["host"])),
         provision_users=bool(row["provision_users"]),
         admin_scope=row["admin_scope"],
@@ -537,6 +536,34 @@ def _config(row: dict, parts: dict[str, list]) -> TenantConfig:
         rate_limit_per_tenant=row["rate_limit_per_tenant"],
         routes=_routes(parts["route"]) if parts["route"] else EMPTY_TABLE,
     )
+
+
+def _shared_values(row: dict, parts: dict[str, list]) -> dict:
+    """The policy values every issuer of the tenant shares."""
+    return {
+        "audiences": tuple(sorted(parts["audience"])),
+        "algorithms": tuple(_json(row["algorithms"])),
+        "leeway": row["leeway"],
+        "scope_claims": row["scope_claims"],
+        "token_profile": row["token_profile"],
+        "organizations": frozenset(_json(row["organizations"])),
+        "dpop": row["dpop"],
+        "dpop_algorithms": tuple(_json(row["dpop_algorithms"])),
+        "dpop_nonce": bool(row["dpop_nonce"]),
+    }
+
+
+def _issuer_addresses(rows: list[dict]) -> list[tuple[str, str]]:
+    """(issuer, JWKS URL) of each listed issuer, in the order listed (position, then issuer)."""
+    from tenants.models import derive_issuer, derive_jwks_url
+
+    slot = {column: tenant_column for tenant_column, column in ISSUER_SLOTS.items()}
+    listed = []
+    for row in rows:
+        issuer = derive_issuer(row[slot["domain"]], row[slot["issuer_override"]])
+        jwks_url = derive_jwks_url(issuer, row[slot["jwks_url_override"]])
+        listed.append((row[slot["position"]], issuer, jwks_url))
+    return [(issuer, jwks_url) for _, issuer, jwks_url in sorted(listed)]
 
 
 def _routes(rows: list[dict]) -> RouteTable:
@@ -562,11 +589,13 @@ def _rules(rows: list[tuple[str, str]]) -> MappingProxyType:
 
 
 def jwks_urls(active_only: bool = True) -> set[str]:
-    """Every distinct JWKS URL that tenants use: one query over distinct issuer settings."""
-    from tenants.models import Tenant, derive_issuer, derive_jwks_url
+    """Every distinct JWKS URL that tenants' issuers use: one query over distinct settings."""
+    from tenants.models import TenantIssuer, derive_issuer, derive_jwks_url
 
-    tenants = Tenant.objects.filter(active=True) if active_only else Tenant.objects.all()
-    triples = tenants.values_list("domain", "issuer_override", "jwks_url_override").distinct()
+    issuers = TenantIssuer.objects.all()
+    if active_only:
+        issuers = issuers.filter(tenant__active=True)
+    triples = issuers.values_list("domain", "issuer_override", "jwks_url_override").distinct()
     return {
         derive_jwks_url(derive_issuer(domain, issuer), jwks) for domain, issuer, jwks in triples
     }

@@ -1,12 +1,21 @@
 """Forms shared by the admin and the JSON import, so both validate tenants identically."""
 
+from collections import Counter
 from typing import Any
 
 from django import forms
 from django.forms.models import BaseInlineFormSet
 
 from authz.endpoints import all_endpoints
-from tenants.models import Route, ScopeRule, Tenant, TenantAudience, TenantCorsOrigin, TenantHost
+from tenants.models import (
+    Route,
+    ScopeRule,
+    Tenant,
+    TenantAudience,
+    TenantCorsOrigin,
+    TenantHost,
+    TenantIssuer,
+)
 from tenants.routes import (
     MAX_ROUTES,
     METHODS,
@@ -16,7 +25,7 @@ from tenants.routes import (
     normalized_template,
 )
 from tenants.routes import Route as CompiledRoute
-from tenants.validation import ASYMMETRIC_ALGORITHMS
+from tenants.validation import ASYMMETRIC_ALGORITHMS, MAX_ISSUERS
 
 
 def endpoint_choices() -> list[tuple[str, str]]:
@@ -74,9 +83,6 @@ class TenantForm(forms.ModelForm):
             "slug",
             "name",
             "active",
-            "domain",
-            "issuer_override",
-            "jwks_url_override",
             "algorithms",
             "leeway",
             "scope_claims",
@@ -91,9 +97,45 @@ class TenantForm(forms.ModelForm):
             "rate_limit_per_tenant",
         ]
 
+
+class IssuerForm(forms.ModelForm):
+    """One issuer of a tenant: an Auth0 domain, or an exact issuer, and where its keys live."""
+
+    class Meta:
+        model = TenantIssuer
+        fields = ["position", "domain", "issuer_override", "jwks_url_override"]
+
     def clean_domain(self) -> str:
         """Domains are case-insensitive; store them lower-case."""
         return self.cleaned_data["domain"].strip().lower()
+
+
+class IssuerFormSet(BaseInlineFormSet):
+    """A tenant's issuers: at least one, at most MAX_ISSUERS, no ``iss`` listed twice."""
+
+    def clean(self) -> None:
+        """Refuse no issuer, too many, and two entries that name the same ``iss``."""
+        super().clean()
+        if any(self.errors):
+            return
+        kept = [
+            form.instance
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE", False)
+        ]
+        if not kept:
+            raise forms.ValidationError("Add at least one issuer.", code="required")
+        if len(kept) > MAX_ISSUERS:
+            raise forms.ValidationError(
+                f"A tenant lists at most {MAX_ISSUERS} issuers.", code="too_many_issuers"
+            )
+        named = Counter(issuer.issuer for issuer in kept)
+        repeated = sorted(name for name, count in named.items() if count > 1)
+        if repeated:
+            raise forms.ValidationError(
+                [f"The issuer {name} is listed twice." for name in repeated],
+                code="duplicate_issuer",
+            )
 
 
 class HostForm(forms.ModelForm):

@@ -1,4 +1,4 @@
-"""Tenants: an issuer, the audiences it mints tokens for, hosts, and endpoint scope rules."""
+"""Tenants: their issuers, the audiences it mints tokens for, hosts, and endpoint scope rules."""
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -74,31 +74,11 @@ class TokenProfile(models.TextChoices):
 
 
 class Tenant(models.Model):
-    """One customer of the platform, with the Auth0 (or other OIDC) issuer it trusts."""
+    """One customer of the platform, with the Auth0 (or other OIDC) issuers it trusts."""
 
     slug = models.SlugField(max_length=63, unique=True)
     name = models.CharField(max_length=200)
     active = models.BooleanField(default=True)
-    domain = models.CharField(
-        max_length=253,
-        blank=True,
-        validators=[validate_domain],
-        help_text="Auth0 domain, such as acme.eu.auth0.com; the issuer is then https://acme.eu.auth0.com/.",
-    )
-    issuer_override = models.CharField(
-        "issuer override",
-        max_length=500,
-        blank=True,
-        validators=[validate_issuer_url],
-        help_text="Exact iss claim for custom domains or other issuers; blank derives it.",
-    )
-    jwks_url_override = models.CharField(
-        "JWKS URL override",
-        max_length=500,
-        blank=True,
-        validators=[validate_issuer_url],
-        help_text="Blank: the issuer URL followed by .well-known/jwks.json.",
-    )
     algorithms = models.JSONField(default=default_algorithms, validators=[validate_algorithms])
     leeway = models.PositiveIntegerField(
         default=60,
@@ -180,6 +160,56 @@ class Tenant(models.Model):
     def __str__(self) -> str:
         return self.slug
 
+    @property
+    def issuer(self) -> str:
+        """The first listed issuer's exact ``iss`` (the development commands mint as it)."""
+        first = self.issuers.first()
+        return first.issuer if first else ""
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the first listed issuer's key set is fetched from."""
+        first = self.issuers.first()
+        return first.jwks_url if first else ""
+
+    @property
+    def jwks_urls(self) -> set[str]:
+        """Where the key sets of every listed issuer are fetched from."""
+        return {issuer.jwks_url for issuer in self.issuers.all()}
+
+
+class TenantIssuer(models.Model):
+    """One issuer a tenant trusts: the exact ``iss`` of its tokens and where its keys live."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="issuers")
+    position = models.PositiveIntegerField(default=0, help_text="Order on the page.")
+    domain = models.CharField(
+        max_length=253,
+        blank=True,
+        validators=[validate_domain],
+        help_text="Auth0 domain, such as acme.eu.auth0.com; the issuer is then https://acme.eu.auth0.com/.",
+    )
+    issuer_override = models.CharField(
+        "issuer override",
+        max_length=500,
+        blank=True,
+        validators=[validate_issuer_url],
+        help_text="Exact iss claim for custom domains or other issuers; blank derives it.",
+    )
+    jwks_url_override = models.CharField(
+        "JWKS URL override",
+        max_length=500,
+        blank=True,
+        validators=[validate_issuer_url],
+        help_text="Blank: the issuer URL followed by .well-known/jwks.json.",
+    )
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return self.issuer
+
     def clean(self) -> None:
         """Require a domain or an issuer override to know which issuer to trust."""
         if not self.domain and not self.issuer_override:
@@ -198,7 +228,7 @@ class Tenant(models.Model):
 
     @property
     def jwks_url(self) -> str:
-        """Where the tenant's JSON Web Key Set is fetched from."""
+        """Where this issuer's JSON Web Key Set is fetched from."""
         return derive_jwks_url(self.issuer, self.jwks_url_override)
 
 

@@ -36,6 +36,8 @@ SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 # Auth0 organization ids: org_ and letters or digits.
 ORGANIZATION_ID = re.compile(r"^org_[A-Za-z0-9]{1,64}$")
 MAX_ORGANIZATIONS = 1000
+# Issuers of one tenant: a canonical and a custom domain, a migration or two; never a catalogue.
+MAX_ISSUERS = 10
 
 
 def validate_hostname(value: str) -> None:

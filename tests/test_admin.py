@@ -25,7 +25,9 @@ def tenant_post(**overrides: str) -> dict[str, str]:
         "slug": "initech",
         "name": "Initech",
         "active": "on",
-        "domain": "initech.eu.auth0.com",
+        **inline_management("issuers", 1),
+        "issuers-0-position": "0",
+        "issuers-0-domain": "initech.eu.auth0.com",
         "algorithms": "RS256",
         "leeway": "60",
         "scope_claims": "scope",
@@ -72,11 +74,11 @@ def test_operator_creates_a_tenant_with_its_parts(operator):
 @pytest.mark.parametrize(
     ("overrides", "error"),
     [
-        ({"domain": "https://initech.eu.auth0.com"}, "without https://"),
+        ({"issuers-0-domain": "https://initech.eu.auth0.com"}, "without https://"),
         ({"audiences-0-audience": ""}, "This field is required."),
         ({"scope_rules-0-scopes": 'read "x"'}, "is not a valid scope"),
         ({"algorithms": "HS256"}, "Select a valid choice"),
-        ({"domain": "", "issuer_override": ""}, "Enter the Auth0 domain, or an issuer override."),
+        ({"issuers-0-domain": ""}, "Enter the Auth0 domain, or an issuer override."),
     ],
 )
 def test_bad_input_shows_the_error_and_saves_nothing(operator, overrides, error):
@@ -99,11 +101,18 @@ def operated(make_tenant, django_user_model, client):
 
 def change_post(tenant, **overrides: str) -> dict[str, str]:
     """The change form of an imported tenant as an operator submits it."""
-    audience = tenant.audiences.get()
+    audience, issuer = tenant.audiences.get(), tenant.issuers.get()
     data = {
         "name": tenant.name,
         "active": "on",
-        "issuer_override": tenant.issuer_override,
+        "issuers-TOTAL_FORMS": "1",
+        "issuers-INITIAL_FORMS": "1",
+        "issuers-0-id": str(issuer.pk),
+        "issuers-0-tenant": str(tenant.pk),
+        "issuers-0-position": str(issuer.position),
+        "issuers-0-domain": issuer.domain,
+        "issuers-0-issuer_override": issuer.issuer_override,
+        "issuers-0-jwks_url_override": issuer.jwks_url_override,
         "algorithms": "RS256",
         "leeway": "60",
         "scope_claims": "scope",
@@ -213,7 +222,9 @@ def test_repointing_a_tenant_fetches_the_new_keys_once_the_save_commits(
     new_issuer = issuer.url_for("acme-moved")
 
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(change_url(acme), change_post(acme, issuer_override=new_issuer))
+        response = client.post(
+            change_url(acme), change_post(acme, **{"issuers-0-issuer_override": new_issuer})
+        )
 
     assert response.status_code == 302
     acme.refresh_from_db()

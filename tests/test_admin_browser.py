@@ -54,7 +54,7 @@ def add_tenant(page, slug: str, issuer_url: str) -> None:
     page.goto("/admin/tenants/tenant/add/")
     page.fill("#id_slug", slug)
     page.fill("#id_name", slug.title())
-    page.fill("#id_issuer_override", issuer_url)
+    page.fill("#id_issuers-0-issuer_override", issuer_url)
     page.fill("#id_audiences-0-audience", f"https://api.{slug}.test")
     page.get_by_text("Add another Tenant host").click()
     page.fill("#id_hosts-0-hostname", f"{slug}.localhost")
@@ -95,11 +95,11 @@ def test_bad_domain_shows_the_field_error_and_saves_nothing(open_page, superuser
     page.goto("/admin/tenants/tenant/add/")
     page.fill("#id_slug", "broken")
     page.fill("#id_name", "Broken")
-    page.fill("#id_domain", "https://broken.eu.auth0.com/")
+    page.fill("#id_issuers-0-domain", "https://broken.eu.auth0.com/")
     page.fill("#id_audiences-0-audience", "https://api.broken.test")
     navigate(page, "input[name=_save]")
 
-    error = page.inner_text(".field-domain .errorlist")
+    error = page.inner_text("#issuers-group .errorlist")
     assert "without https://" in error
     assert not Tenant.objects.filter(slug="broken").exists()
 

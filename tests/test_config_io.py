@@ -140,7 +140,11 @@ def test_readme_example_imports(settings, run_import, insecure):
 
     tenant = Tenant.objects.get(slug="acme")
     assert "Imported 1 tenant(s): 1 created, 0 updated; 1 key set(s) to refresh." in output
-    assert (tenant.name, tenant.domain, tenant.active) == ("Acme", "acme.eu.auth0.com", True)
+    assert (tenant.name, tenant.issuers.get().domain, tenant.active) == (
+        "Acme",
+        "acme.eu.auth0.com",
+        True,
+    )
     assert [h.hostname for h in tenant.hosts.all()] == ["acme.localhost"]
     assert [a.audience for a in tenant.audiences.all()] == ["https://api.acme.test"]
     assert [(r.endpoint, r.scopes) for r in tenant.scope_rules.all()] == [

@@ -214,11 +214,13 @@ def test_warm_request_among_10000_tenants_makes_no_query_and_no_fetch(
     client, acme, acme_tokens, issuer, django_assert_num_queries
 ):
     from tenants.directory import directory
-    from tenants.models import Tenant, TenantAudience, TenantHost
+    from tenants.models import Tenant, TenantAudience, TenantHost, TenantIssuer
 
     others = Tenant.objects.bulk_create(
-        Tenant(slug=f"t{index:05d}", name=f"T{index}", issuer_override=acme_tokens.issuer)
-        for index in range(9_999)
+        Tenant(slug=f"t{index:05d}", name=f"T{index}") for index in range(9_999)
+    )
+    TenantIssuer.objects.bulk_create(
+        TenantIssuer(tenant=tenant, issuer_override=acme_tokens.issuer) for tenant in others
     )
     TenantAudience.objects.bulk_create(
         TenantAudience(tenant=tenant, audience="https://api.other.test") for tenant in others

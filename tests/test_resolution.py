@@ -128,7 +128,7 @@ def test_a_token_of_another_issuer_is_refused(client, make_tenant, tokens, issue
     other = client.get(f"/t/{sent_to}/api/private", **bearer(tokens(issued_by).token()))
 
     assert own.status_code == 200
-    assert (other.status_code, other.json()["code"]) == (401, "unknown_key")
+    assert (other.status_code, other.json()["code"]) == (401, "invalid_issuer")
     assert f'realm="{sent_to}", error="invalid_token"' in other["WWW-Authenticate"]
 
 
@@ -176,7 +176,7 @@ def test_the_path_prefix_wins_over_the_host(client, make_tenant, tokens):
     to_beta = client.get("/t/beta/api/private", HTTP_HOST="acme.localhost", **bearer(token))
     to_acme = client.get("/t/acme/api/private", HTTP_HOST="beta.localhost", **bearer(token))
 
-    assert (to_beta.status_code, to_beta.json()["code"]) == (401, "unknown_key")
+    assert (to_beta.status_code, to_beta.json()["code"]) == (401, "invalid_issuer")
     assert 'realm="beta"' in to_beta["WWW-Authenticate"]
     assert to_acme.status_code == 200
 
@@ -189,4 +189,4 @@ def test_a_host_serves_only_its_own_tenant(client, make_tenant, tokens):
         "/api/private", HTTP_HOST="beta.localhost", **bearer(tokens("acme").token())
     )
 
-    assert (response.status_code, response.json()["code"]) == (401, "unknown_key")
+    assert (response.status_code, response.json()["code"]) == (401, "invalid_issuer")

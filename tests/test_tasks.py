@@ -21,7 +21,7 @@ from authz.tasks import refresh_key_set
 from config.celery import app as celery_app
 from tenants.config_io import import_tenants
 from tenants.directory import directory
-from tenants.models import Tenant
+from tenants.models import Tenant, TenantIssuer
 from tenants.tasks import refresh_all_key_sets
 from tests.fixtures import jwks_url_of, kids_of
 
@@ -72,7 +72,8 @@ def worker(transactional_db: None) -> Iterator[subprocess.Popen]:
 
 @pytest.mark.worker
 def test_saving_a_tenant_refreshes_its_keys_after_commit(worker, issuer):
-    Tenant.objects.create(slug="saved", name="Saved", issuer_override=issuer.url_for("saved"))
+    tenant = Tenant.objects.create(slug="saved", name="Saved")
+    tenant.issuers.create(issuer_override=issuer.url_for("saved"))
 
     kids = wait_for(lambda: kids_of(jwks_url_of("saved")))
 
@@ -207,10 +208,10 @@ def test_repointing_the_last_tenant_of_a_url_drops_its_record(
     refresh_key_set.delay(old)
 
     def repoint(slug: str) -> None:
-        tenant = Tenant.objects.get(slug=slug)
-        tenant.issuer_override = issuer.url_for("new-keys")
+        listed = Tenant.objects.get(slug=slug).issuers.get()
+        listed.issuer_override = issuer.url_for("new-keys")
         with django_capture_on_commit_callbacks(execute=True):
-            tenant.save()
+            listed.save()
 
     repoint("mover")
     kept = read_record(old)
@@ -246,8 +247,9 @@ def test_beat_schedule_refreshes_every_key_set_on_its_own(worker, make_tenant, i
 def test_fan_out_finds_a_tenant_this_process_has_not_seen(db, issuer):
     assert directory.by_slug("fresh") is None  # this process's directory, before the save
     # bulk_create sends no signal, as a save in another process reaches this one only later
-    Tenant.objects.bulk_create(
-        [Tenant(slug="fresh", name="Fresh", issuer_override=issuer.url_for("fresh"))]
+    (fresh,) = Tenant.objects.bulk_create([Tenant(slug="fresh", name="Fresh")])
+    TenantIssuer.objects.bulk_create(
+        [TenantIssuer(tenant=fresh, issuer_override=issuer.url_for("fresh"))]
     )
 
     assert refresh_all_key_sets.delay().get() == 1

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from authz import authentication
-from authz.policy import IssuerPolicy, shared_policy
+from authz.policy import IssuerPolicy, TrustedIssuers, shared_issuers, shared_policy
 from authz.tasks import refresh_key_set
 from authz.token_cache import refused_tokens, verified_tokens
 from tenants.config_io import import_tenants
@@ -17,15 +17,15 @@ PRIVATE = "/t/acme/api/private"
 
 @pytest.fixture
 def verifications(monkeypatch):
-    """Count full verifications (the real function still runs)."""
+    """Count full verifications, each of which reads the token first (the real one runs)."""
     calls = []
-    real = authentication.verify_token
+    real = authentication.read_token
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(authentication, "verify_token", counting)
+    monkeypatch.setattr(authentication, "read_token", counting)
     return calls
 
 
@@ -106,16 +106,19 @@ def test_the_cache_is_bounded(client, acme, acme_tokens, settings):
     assert len(verified_tokens._entries) == 3
 
 
-def test_an_entry_counts_only_under_the_very_policy_it_was_verified_against(
+def test_an_entry_counts_only_under_the_very_issuers_it_was_verified_under(
     client, acme, acme_tokens
 ):
     token = acme_tokens.token()
     assert client.get(PRIVATE, **bearer(token)).status_code == 200
-    policy = directory.by_slug("acme").policy
+    trust = directory.by_slug("acme").issuers
+    policy = trust.primary
+    copy = IssuerPolicy(**policy.values())
 
     assert shared_policy(**policy.values()) is policy  # identical values, one shared object
-    assert verified_tokens.get(token, policy) is not None
-    assert verified_tokens.get(token, IssuerPolicy(**policy.values())) is None
+    assert shared_issuers((policy,)) is trust
+    assert verified_tokens.get(token, trust) is not None
+    assert verified_tokens.get(token, TrustedIssuers((copy,), {copy.issuer: copy})) is None
 
 
 def test_the_cache_is_bounded_in_bytes_for_payloads_that_parse_into_many_objects(
@@ -139,9 +142,7 @@ def test_the_cache_is_bounded_in_bytes_for_payloads_that_parse_into_many_objects
 def test_a_hit_rebuilds_the_verified_claims(client, acme, acme_tokens):
     token = acme_tokens.token(scope="read:messages", org_id="org_1", nested={"a": [1, 2]})
     assert client.get(PRIVATE, **bearer(token)).status_code == 200
-    policy = directory.by_slug("acme").policy
-
-    claims = verified_tokens.get(token, policy)
+    claims = verified_tokens.get(token, directory.by_slug("acme").issuers)
 
     assert claims.scopes == {"read:messages"} and claims.subject == "auth0|user-1"
     assert claims.payload["nested"] == {"a": [1, 2]} and claims.payload["org_id"] == "org_1"
@@ -161,7 +162,7 @@ def test_one_tenant_flooding_new_tokens_never_evicts_another_tenants_entries(
         flood = tokens("acme").token(sub=f"acme-{index}")
         assert client.get(PRIVATE, **bearer(flood)).status_code == 200
 
-    beta = directory.by_slug("beta").policy
+    beta = directory.by_slug("beta").issuers
     assert all(verified_tokens.get(token, beta) is not None for token in quiet)
     assert verified_tokens.held()[0] == 20
 

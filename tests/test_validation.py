@@ -6,10 +6,10 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
-from authz.policy import IssuerPolicy
+from authz.policy import IssuerPolicy, trusting_one
 from tenants.directory import TenantConfig
-from tenants.forms import HostForm, TenantForm
-from tenants.models import ScopeRule, Tenant
+from tenants.forms import HostForm, IssuerForm, TenantForm
+from tenants.models import ScopeRule, Tenant, TenantIssuer
 from tenants.validation import (
     ASYMMETRIC_ALGORITHMS,
     validate_algorithms,
@@ -267,13 +267,13 @@ def test_algorithms_refuse_empty_or_symmetric(value, code):
     [{"domain": "acme.eu.auth0.com"}, {"issuer_override": "https://login.acme.test/"}],
     ids=["domain", "issuer-override"],
 )
-def test_tenant_clean_accepts_a_domain_or_an_issuer_override(fields):
-    Tenant(slug="acme", name="Acme", **fields).clean()
+def test_issuer_clean_accepts_a_domain_or_an_issuer_override(fields):
+    TenantIssuer(**fields).clean()
 
 
-def test_tenant_clean_requires_a_domain_or_an_issuer_override():
+def test_issuer_clean_requires_a_domain_or_an_issuer_override():
     with pytest.raises(ValidationError) as refused:
-        Tenant(slug="acme", name="Acme").clean()
+        TenantIssuer().clean()
 
     error = refused.value.error_dict["domain"][0]
     assert (error.message, error.code) == (
@@ -310,7 +310,7 @@ def tenant_config(rules: dict[str, tuple[str, ...]]) -> TenantConfig:
         id=1,
         slug="acme",
         name="Acme",
-        policy=policy,
+        issuers=trusting_one(policy),
         hosts=("acme.localhost",),
         provision_users=False,
         scope_rules=MappingProxyType(rules),
@@ -355,7 +355,6 @@ def tenant_form_data(**fields: Any) -> dict[str, Any]:
         "slug": "acme",
         "name": "Acme",
         "active": True,
-        "domain": "acme.eu.auth0.com",
         "algorithms": ["RS256"],
         "leeway": 60,
         "scope_claims": "scope",
@@ -367,32 +366,34 @@ def tenant_form_data(**fields: Any) -> dict[str, Any]:
 
 
 @pytest.mark.django_db
-def test_tenant_form_stores_the_domain_lower_case_and_stripped():
-    form = TenantForm(tenant_form_data(domain="  ACME.EU.Auth0.COM "))
+def test_issuer_form_stores_the_domain_lower_case_and_stripped():
+    form = IssuerForm({"position": 0, "domain": "  ACME.EU.Auth0.COM "})
+    form.instance.tenant = Tenant.objects.create(slug="acme", name="Acme")
 
     assert form.is_valid(), form.errors
     assert form.save().domain == "acme.eu.auth0.com"
 
 
 @pytest.mark.django_db
-def test_tenant_form_runs_the_model_validators():
-    form = TenantForm(tenant_form_data(domain="HTTPS://ACME.AUTH0.COM", leeway=601))
+def test_tenant_and_issuer_forms_run_the_model_validators():
+    form = TenantForm(tenant_form_data(leeway=601))
+    issuer = IssuerForm({"position": 0, "domain": "HTTPS://ACME.AUTH0.COM"})
 
-    assert not form.is_valid()
-    assert form.errors["domain"][0].startswith("Enter the bare domain")
+    assert not form.is_valid() and not issuer.is_valid()
+    assert issuer.errors["domain"][0].startswith("Enter the bare domain")
     assert form.errors["leeway"] == ["Ensure this value is less than or equal to 600."]
 
 
 @pytest.mark.django_db
-def test_tenant_form_requires_a_domain_or_an_issuer_override():
-    form = TenantForm(tenant_form_data(domain=""))
+def test_issuer_form_requires_a_domain_or_an_issuer_override():
+    form = IssuerForm({"position": 0, "domain": ""})
 
     assert form.errors["domain"] == ["Enter the Auth0 domain, or an issuer override."]
 
 
 @pytest.mark.django_db
 def test_host_form_stores_the_hostname_lower_case_and_stripped():
-    tenant = Tenant.objects.create(slug="acme", name="Acme", domain="acme.eu.auth0.com")
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
     form = HostForm({"hostname": " API.Acme.LOCALHOST "})
     form.instance.tenant = tenant
 
@@ -402,7 +403,7 @@ def test_host_form_stores_the_hostname_lower_case_and_stripped():
 
 @pytest.mark.django_db
 def test_host_form_refuses_a_hostname_taken_in_another_case():
-    tenant = Tenant.objects.create(slug="acme", name="Acme", domain="acme.eu.auth0.com")
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
     tenant.hosts.create(hostname="acme.localhost")
     form = HostForm({"hostname": "ACME.localhost"})
     form.instance.tenant = tenant

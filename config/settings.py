@@ -68,11 +68,13 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Django's, skipped on the API and decision paths, which a token authenticates (issue 21):
+    # no session, login, message or CSRF token is read or written there.
+    "ops.middleware.WebSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "ops.middleware.WebCsrfViewMiddleware",
+    "ops.middleware.WebAuthenticationMiddleware",
+    "ops.middleware.WebMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a lockout flagged during the login into its page.
     "axes.middleware.AxesMiddleware",

@@ -219,6 +219,8 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=1 if BEHIND_TLS_PRO
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's, with "*/*" and a bare "application/json" answered without parsing (issue 21).
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tenants.negotiation.PlainAcceptNegotiation",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["authz.authentication.TenantTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["authz.permissions.HasEndpointScopes"],

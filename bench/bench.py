@@ -464,6 +464,16 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     return figures
 
 
+def cpu_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The peer's CPU per request over ours: the req/s ratio a quiet machine would show, steadier
+    than req/s when other processes take the cores (the load generator's share drops out)."""
+    cpu = {row["scenario"]: row["server_cpu_ms"] for row in rows}
+    return {
+        f"{name}_cpu_peer_over_ours": round(cpu[f"peer_{name}"] / cpu[name], 3)
+        for name in PEER_SCENARIOS
+    }
+
+
 def report_scale(figures: dict[str, Any]) -> str:
     """The 1,000 and 10,000 measurements, as sentences."""
     lines = []
@@ -544,6 +554,7 @@ def request_path(plat: Platform, tokens: Tokens, args: argparse.Namespace) -> di
     plat.stack.stop(web)
     figures["scenarios"] = {row.pop("scenario"): row for row in map(dict, rows)}
     figures.update(ratios(rows))
+    figures.update(cpu_ratios(rows))
     print(table(rows))
     mine = {key: value for key, value in ratios(rows).items() if key not in PEER_RATIOS}
     print(", ".join(f"{key} = {value:.3f}" for key, value in mine.items()))
@@ -552,6 +563,7 @@ def request_path(plat: Platform, tokens: Tokens, args: argparse.Namespace) -> di
         "scoped_distinct >= 1.00): "
         + ", ".join(f"{key} = {figures[key]:.3f}" for key in PEER_RATIOS)
     )
+    print(", ".join(f"{key} = {value:.3f}" for key, value in cpu_ratios(rows).items()))
     rss = " and ".join(map(str, figures["worker_rss_mib"]))
     print(f"web worker RSS with {args.tenants} tenants warm: {rss} MiB", flush=True)
     return figures

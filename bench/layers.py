@@ -127,6 +127,37 @@ def no_negotiation() -> Iterator[None]:
         yield
 
 
+# Issue 21's cuts, undone: what API requests ran before.
+DJANGO_WEB_MIDDLEWARE = {
+    "ops.middleware.WebSessionMiddleware": SESSIONS,
+    "ops.middleware.WebCsrfViewMiddleware": "django.middleware.csrf.CsrfViewMiddleware",
+    "ops.middleware.WebAuthenticationMiddleware": NEED_SESSIONS[0],
+    "ops.middleware.WebMessageMiddleware": NEED_SESSIONS[1],
+}
+BACK = "back: "  # a variant that adds a layer: its row is what it adds, not what it saves
+
+
+@contextlib.contextmanager
+def django_web_middleware() -> Iterator[None]:
+    """Django's session, CSRF, login and message middleware for every path, API included."""
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    every_path = [DJANGO_WEB_MIDDLEWARE.get(m, m) for m in settings.MIDDLEWARE]
+    with override_settings(MIDDLEWARE=every_path):
+        yield
+
+
+@contextlib.contextmanager
+def drf_negotiation() -> Iterator[None]:
+    """DRF's own content negotiation, parsing every Accept."""
+    from rest_framework.negotiation import DefaultContentNegotiation
+    from rest_framework.views import APIView
+
+    with mock.patch.object(APIView, "content_negotiation_class", DefaultContentNegotiation):
+        yield
+
+
 def variants() -> dict[str, Variant]:
     """Each layer's absence, by the name of the layer."""
     return {
@@ -138,6 +169,8 @@ def variants() -> dict[str, Variant]:
         "rate-limit bookkeeping": no_rate_limits,
         "tenant resolution": tenant_given,
         "content negotiation": no_negotiation,
+        f"{BACK}Django's web middleware on API paths": django_web_middleware,
+        f"{BACK}DRF's negotiation": drf_negotiation,
         "JSON rendering": patched(
             "rest_framework.renderers.JSONRenderer.render", lambda *a, **k: b"{}"
         ),
@@ -185,7 +218,9 @@ def table(best: dict[str, dict[str, float]], markdown: bool) -> str:
         )
     )
     for name, costs in best.items():
-        if name != "everything":
+        if name.startswith(BACK):
+            lines.append(row(f"{name} adds", [costs[n] - full[n] for n in names], markdown))
+        elif name != "everything":
             lines.append(row(f"{name} saves", [full[n] - costs[n] for n in names], markdown))
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ microseconds per request with everything in, and what each layer's absence saves
 interleave the variants; each figure is the best of ``--rounds``. The request log line is
 written as deployed (``LOG_LEVEL=INFO``, JSON) to /dev/null.
 
-    .venv/bin/python -m bench.layers [--tenants 10] [--requests 2000] [--rounds 5] [--markdown]
+    .venv/bin/python -m bench.layers [--tenants 10] [--requests 300] [--rounds 30] [--markdown]
 """
 
 import argparse
@@ -195,7 +195,7 @@ def measure(tokens: Tokens, requests: int, rounds: int) -> dict[str, dict[str, f
                 app = application()
                 for scenario, (expect, lines) in requests_of.items():
                     call = caller(app, expect)
-                    cpu_microseconds(call, lines, 200)  # warm: this handler's first requests
+                    cpu_microseconds(call, lines, 50)  # warm: this handler's first requests
                     cost = cpu_microseconds(call, lines, requests)
                     row = best.setdefault(name, {})
                     row[scenario] = min(cost, row.get(scenario, cost))
@@ -249,8 +249,8 @@ def main() -> None:
     """Set up, measure every variant, print the table, tear down."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=10)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     with Stack() as stack:

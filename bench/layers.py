@@ -15,6 +15,7 @@ import contextlib
 import logging.config
 import os
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -165,7 +166,9 @@ def variants() -> dict[str, Variant]:
         **middleware_variants(),
         "request log line (INFO, JSON)": no_log_line,
         "metrics (count_request)": patched("ops.middleware.count_request", lambda *a: None),
-        "traffic counting": patched("ops.middleware.traffic_counter", mock.Mock()),
+        "traffic counting": patched(
+            "ops.middleware.traffic_counter", SimpleNamespace(record=lambda *a: None)
+        ),
         "rate-limit bookkeeping": no_rate_limits,
         "tenant resolution": tenant_given,
         "content negotiation": no_negotiation,

@@ -131,7 +131,6 @@ def no_negotiation() -> Iterator[None]:
 # Issue 21's cuts, undone: what API requests ran before.
 DJANGO_WEB_MIDDLEWARE = {
     "ops.middleware.WebSessionMiddleware": SESSIONS,
-    "ops.middleware.WebCsrfViewMiddleware": "django.middleware.csrf.CsrfViewMiddleware",
     "ops.middleware.WebAuthenticationMiddleware": NEED_SESSIONS[0],
     "ops.middleware.WebMessageMiddleware": NEED_SESSIONS[1],
 }
@@ -140,7 +139,7 @@ BACK = "back: "  # a variant that adds a layer: its row is what it adds, not wha
 
 @contextlib.contextmanager
 def django_web_middleware() -> Iterator[None]:
-    """Django's session, CSRF, login and message middleware for every path, API included."""
+    """Django's session, login and message middleware for every path, API included."""
     from django.conf import settings
     from django.test.utils import override_settings
 

@@ -67,12 +67,14 @@ MIDDLEWARE = [
     "ops.middleware.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "corsheaders.middleware.CorsMiddleware",
+    # django-cors-headers', sparing requests without Origin its parse of every header.
+    "tenants.cors.TenantCorsMiddleware",
     # Django's, skipped on the API and decision paths, which a token authenticates (issue 21):
-    # no session, login, message or CSRF token is read or written there.
+    # no session, login or message is read or written there.
     "ops.middleware.WebSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "ops.middleware.WebCsrfViewMiddleware",
+    # As named, for Django's check --deploy (security.W003); API views are exempt anyway.
+    "django.middleware.csrf.CsrfViewMiddleware",
     "ops.middleware.WebAuthenticationMiddleware",
     "ops.middleware.WebMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

@@ -10,7 +10,6 @@ from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.middleware.csrf import CsrfViewMiddleware
 
 from ops.health import readiness
 from ops.metrics import METRICS_PATH, count_request, metrics_response
@@ -21,7 +20,7 @@ logger = logging.getLogger(__name__)
 API_PATH = re.compile(r"^(/t/[^/]+)?/api/")
 DECISION_PATH = re.compile(r"^/authz/decision(/|$)")
 # What a token authenticates: the tenants' endpoints and the forward-auth decisions. Neither has
-# a browser session, so sessions, logins, messages and CSRF are skipped there. The API's docs
+# a browser session, so sessions, logins and messages are skipped there. The API's docs
 # and schema are pages a browser opens: they keep everything.
 TOKEN_PATH = re.compile(r"^(?:(?:/t/[^/]+)?/api/(?!docs$|schema$)|/authz/decision(?:/|$))")
 
@@ -38,16 +37,6 @@ class WebOnly:
 
 class WebSessionMiddleware(WebOnly, SessionMiddleware):
     """Sessions, for the admin and its login only."""
-
-
-class WebCsrfViewMiddleware(WebOnly, CsrfViewMiddleware):
-    """CSRF checks, for the admin and its login only (API views are exempt anyway)."""
-
-    def process_view(self, request: HttpRequest, *args: Any) -> HttpResponse | None:
-        """Nothing to check on the API; the forms' check elsewhere."""
-        if TOKEN_PATH.match(request.path_info):
-            return None
-        return super().process_view(request, *args)
 
 
 class WebAuthenticationMiddleware(WebOnly, AuthenticationMiddleware):

@@ -12,7 +12,7 @@ from ops.middleware import TOKEN_PATH
 
 pytestmark = pytest.mark.django_db
 
-# Every header an API answer carried before sessions, logins, messages and CSRF were skipped.
+# Every header an API answer carried before sessions, logins and messages were skipped.
 API_HEADERS = {
     "Allow",
     "Content-Length",
@@ -49,14 +49,13 @@ def signed_in(client: Any) -> Any:
 
 
 @pytest.mark.parametrize("path", ["/t/acme/api/public", "/api/public"])
-def test_api_requests_read_no_session_user_message_or_csrf_cookie(signed_in, acme, seen, path):
+def test_api_requests_read_no_session_user_or_message(signed_in, acme, seen, path):
     response = signed_in.get(path, HTTP_HOST="acme.localhost")
 
     assert response.status_code == 200
     [request] = seen
     assert not hasattr(request, "session")
     assert not hasattr(request, "_messages")
-    assert "CSRF_COOKIE" not in request.META
     assert "Set-Cookie" not in response.headers
 
 
@@ -66,6 +65,7 @@ def test_api_answers_keep_every_header(client, acme):
     assert set(response.headers) == API_HEADERS
     assert response["X-Frame-Options"] == "DENY"
     assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Vary"] == "origin"
 
 
 def test_api_requests_are_still_logged_and_counted(client, acme, caplog):

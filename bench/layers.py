@@ -149,6 +149,17 @@ def django_web_middleware() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def library_cors() -> Iterator[None]:
+    """django-cors-headers' own middleware, which builds request.headers to look for Origin."""
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    ours, theirs = "tenants.cors.TenantCorsMiddleware", "corsheaders.middleware.CorsMiddleware"
+    with override_settings(MIDDLEWARE=[theirs if m == ours else m for m in settings.MIDDLEWARE]):
+        yield
+
+
+@contextlib.contextmanager
 def drf_negotiation() -> Iterator[None]:
     """DRF's own content negotiation, parsing every Accept."""
     from rest_framework.negotiation import DefaultContentNegotiation
@@ -173,6 +184,7 @@ def variants() -> dict[str, Variant]:
         "content negotiation": no_negotiation,
         f"{BACK}Django's web middleware on API paths": django_web_middleware,
         f"{BACK}DRF's negotiation": drf_negotiation,
+        f"{BACK}django-cors-headers' middleware": library_cors,
         "JSON rendering": patched(
             "rest_framework.renderers.JSONRenderer.render", lambda *a, **k: b"{}"
         ),

@@ -18,25 +18,31 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import control, load
 from bench.counters import Counters
 from bench.fixtures import (
+    DECIDED,
+    DECISION_PATH,
     LIMITED,
     STARTED,
     Tokens,
+    decision_headers,
     issuer_name,
     public_path,
     say,
     scoped_path,
+    slug,
     tenant_document,
     with_proofs,
 )
 from bench.stack import (
     HELD_PATH,
     PROBE_APP,
+    PROXY_SECRET,
     ROOT,
     Platform,
     Stack,
@@ -44,6 +50,7 @@ from bench.stack import (
     http_get,
     import_tenants,
     rss_mib,
+    start_peer,
     start_platform,
     start_web,
     wait_until,
@@ -129,6 +136,7 @@ def distinct_lines(tokens: Tokens, tenants: int, count: int) -> list[tuple[str, 
 SCENARIOS = (
     "public",
     "scoped_repeat",
+    "decision_repeat",
     "limited_repeat",
     "scoped_distinct",
     "dpop_distinct",
@@ -179,6 +187,7 @@ def scenario_requests(
     return {
         "public": (200, [(public_path(0), "")]),
         "scoped_repeat": (200, [(scoped_path(0), tokens.bearer(0))]),
+        "decision_repeat": (200, [decision_line(tokens.bearer(DECIDED))]),
         "limited_repeat": (200, [(scoped_path(LIMITED), tokens.bearer(LIMITED))]),
         "scoped_distinct": (200, distinct_lines(tokens, tenants, distinct)),
         "dpop_distinct": (200, dpop_lines(tokens, tenants, distinct, keys)),
@@ -188,34 +197,76 @@ def scenario_requests(
     }
 
 
+def decision_line(authorization: str) -> tuple[str, str, str, str]:
+    """A proxy asking about a client's request to tenant DECIDED's host, a route it has."""
+    return (DECISION_PATH, authorization, "", decision_headers(DECIDED, PROXY_SECRET))
+
+
+# The peer (bench/peer, the quickstart done right): one tenant, tenant 0's issuer and audience.
+PEER_SCENARIOS = ("public", "scoped_repeat", "scoped_distinct")
+PEER_SCOPED = "/api/private-scoped"
+
+
+def peer_requests(name: str, tokens: Tokens, count: int) -> tuple[int, list]:
+    """The peer's request lines for one of PEER_SCENARIOS (``count`` of them when distinct)."""
+    if name == "public":
+        return 200, [("/api/public", "")]
+    if name == "scoped_repeat":
+        return 200, [(PEER_SCOPED, tokens.bearer(0))]
+    return 200, [(PEER_SCOPED, tokens.bearer(0)) for _ in range(count)]
+
+
+@dataclass
+class Server:
+    """One server measured in the run: its URL, its workers, and what counts their cost."""
+
+    base: str
+    pids: list[int]
+    counters: Counters
+
+
 def ready(name: str, lines: list, base: str, keys: list) -> list:
     """The lines as sent: DPoP lines with proofs made now (a proof is good for a minute)."""
     return with_proofs(lines, base, keys) if name in FRESH_PROOFS else lines
 
 
 def timed_scenarios(
-    plat: Platform, base: str, pids: list[int], tokens: Tokens, seconds: int
+    plat: Platform, ours: Server, peer: Server, tokens: Tokens, seconds: int
 ) -> list[dict]:
-    """Warm up, then run every scenario against the same server."""
-    workdir, n = plat.stack.workdir, plat.tenants
+    """Warm up, then run every scenario against the same server, each of PEER_SCENARIOS against
+    the peer right after ours (interleaved, so both see the same machine)."""
+    workdir, n, base = plat.stack.workdir, plat.tenants, ours.base
     keys = [dpop.new_key() for _ in range(DPOP_KEYS)]
     scenarios = scenario_requests(tokens, n, max(20 * n, 2000), keys)
     say(f"warming up: {WARMUP_SECONDS} s of each scenario")
     for name, (expect, lines) in scenarios.items():
         load.drive(base, ready(name, lines, base, keys), expect, WARMUP_SECONDS, workdir)
-    counters = Counters(plat, pids)
-    counters.log_statements(True)
+    for name in PEER_SCENARIOS:
+        expect, lines = peer_requests(name, tokens, 2000)
+        load.drive(peer.base, lines, expect, WARMUP_SECONDS, workdir)
+    ours.counters.log_statements(True)
+    rps: dict[str, float] = {}
     results = []
     for name in SCENARIOS:
         expect, lines = scenarios[name]
         if name in DISTINCT_BUILDERS:
-            count = tokens_needed(results[1]["rps"], seconds)
+            count = tokens_needed(rps["scoped_repeat"], seconds)
             say(f"{name}: {count} requests")
             lines = DISTINCT_BUILDERS[name](tokens, n, count, keys)
         lines = ready(name, lines, base, keys)
         say(f"{name}: {seconds} s")
-        results.append(run_scenario(name, expect, lines, base, seconds, counters, workdir))
-    counters.log_statements(False)
+        results.append(run_scenario(name, expect, lines, base, seconds, ours.counters, workdir))
+        rps[name] = results[-1]["rps"]
+        if name in PEER_SCENARIOS:
+            count = tokens_needed(rps.get("peer_scoped_repeat", rps[name]), seconds)
+            expect, lines = peer_requests(name, tokens, count)
+            say(f"peer_{name}: {seconds} s")
+            row = run_scenario(
+                f"peer_{name}", expect, lines, peer.base, seconds, peer.counters, workdir
+            )
+            results.append(row)
+            rps[row["scenario"]] = row["rps"]
+    ours.counters.log_statements(False)
     return results
 
 
@@ -354,7 +405,7 @@ def machine() -> dict[str, Any]:
 
 # (title, key, format): the first column is left-aligned, the rest right-aligned.
 COLUMNS = (
-    ("scenario", "scenario", "<20"),
+    ("scenario", "scenario", "<25"),
     ("status", "status", ">6"),
     ("requests", "requests", ">8"),
     ("req/s", "rps", ">7.1f"),
@@ -385,6 +436,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 RATIOS = (
     "scoped_repeat_over_public",
+    "decision_repeat_over_public",
     "scoped_distinct_over_public",
     "dpop_distinct_over_public",
     "dpop_reused_token_over_public",
@@ -394,6 +446,9 @@ RATIOS = (
 
 
 LIMITER_RATIO = "limited_repeat_over_scoped_repeat"  # the rate limiter's cost (target >= 0.95)
+# A proxy's decision against the peer's private-scoped endpoint with a repeated token.
+DECISION_OVER_PEER = "decision_repeat_over_peer_scoped_repeat"
+PEER_RATIOS = (*(f"{name}_over_peer" for name in PEER_SCENARIOS), DECISION_OVER_PEER)
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -403,7 +458,20 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
         key: round(rps[key.removesuffix("_over_public")] / rps["public"], 3) for key in RATIOS
     }
     figures[LIMITER_RATIO] = round(rps["limited_repeat"] / rps["scoped_repeat"], 3)
+    for name in PEER_SCENARIOS:  # issue 21: public >= 0.95, repeat >= 1.10, distinct >= 1.00
+        figures[f"{name}_over_peer"] = round(rps[name] / rps[f"peer_{name}"], 3)
+    figures[DECISION_OVER_PEER] = round(rps["decision_repeat"] / rps["peer_scoped_repeat"], 3)
     return figures
+
+
+def cpu_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The peer's CPU per request over ours: the req/s ratio a quiet machine would show, steadier
+    than req/s when other processes take the cores (the load generator's share drops out)."""
+    cpu = {row["scenario"]: row["server_cpu_ms"] for row in rows}
+    return {
+        f"{name}_cpu_peer_over_ours": round(cpu[f"peer_{name}"] / cpu[name], 3)
+        for name in PEER_SCENARIOS
+    }
 
 
 def report_scale(figures: dict[str, Any]) -> str:
@@ -470,17 +538,32 @@ def stop_on_signal(signum: int, frame: object) -> None:
 
 
 def request_path(plat: Platform, tokens: Tokens, args: argparse.Namespace) -> dict[str, Any]:
-    """The five scenarios with ``--tenants`` tenants; prints their table."""
+    """The scenarios with ``--tenants`` tenants, and the peer's; prints their table."""
     add_tenants(plat, args.tenants)
-    say(f"starting gunicorn, 2 sync workers ({plat.mode} mode)")
+    say(f"starting gunicorn, 2 sync workers ({plat.mode} mode), and the peer's")
     base, web = start_web(plat)
-    rows = timed_scenarios(plat, base, worker_pids(web.pid), tokens, args.duration)
+    peer_base, peer = start_peer(
+        plat.stack, f"{plat.issuer_url}/{issuer_name(0)}/", f"https://api.{slug(0)}.test"
+    )
+    ours = Server(base, worker_pids(web.pid), Counters(plat, worker_pids(web.pid)))
+    peers = Server(peer_base, worker_pids(peer.pid), Counters(plat, worker_pids(peer.pid)))
+    rows = timed_scenarios(plat, ours, peers, tokens, args.duration)
     figures: dict[str, Any] = {"worker_rss_mib": [rss_mib(pid) for pid in worker_pids(web.pid)]}
+    figures["peer_worker_rss_mib"] = [rss_mib(pid) for pid in peers.pids]
+    plat.stack.stop(peer)
     plat.stack.stop(web)
     figures["scenarios"] = {row.pop("scenario"): row for row in map(dict, rows)}
     figures.update(ratios(rows))
+    figures.update(cpu_ratios(rows))
     print(table(rows))
-    print(", ".join(f"{key} = {value:.3f}" for key, value in ratios(rows).items()))
+    mine = {key: value for key, value in ratios(rows).items() if key not in PEER_RATIOS}
+    print(", ".join(f"{key} = {value:.3f}" for key, value in mine.items()))
+    print(
+        "ours / peer (the quickstart done right; targets: public >= 0.95, scoped_repeat >= 1.10, "
+        "scoped_distinct >= 1.00): "
+        + ", ".join(f"{key} = {figures[key]:.3f}" for key in PEER_RATIOS)
+    )
+    print(", ".join(f"{key} = {value:.3f}" for key, value in cpu_ratios(rows).items()))
     rss = " and ".join(map(str, figures["worker_rss_mib"]))
     print(f"web worker RSS with {args.tenants} tenants warm: {rss} MiB", flush=True)
     return figures
@@ -523,7 +606,8 @@ def main() -> None:
     if len(results) > 1:
         summary["embedded"] = results[1]
         for result in results:
-            ratio = ", ".join(f"{key} = {result[key]:.3f}" for key in (*RATIOS, LIMITER_RATIO))
+            keys = (*RATIOS, LIMITER_RATIO, *PEER_RATIOS)
+            ratio = ", ".join(f"{key} = {result[key]:.3f}" for key in keys)
             print(f"{result['mode']} mode: {ratio}")
     summary["run_seconds"] = round(time.monotonic() - STARTED, 1)
     say("done; everything started was stopped")

@@ -39,12 +39,18 @@ LIMITS_NEVER_REACHED = {
 }
 
 
+# Tenant DECIDED has routes: the forward-auth decision endpoint serves it (decision_repeat).
+DECIDED = 0
+DECIDED_ROUTES = [{"methods": ["GET"], "path": "/orders/{id}", "scopes": [SCOPE]}]
+
+
 def tenant_document(
     index: int, issuer_base: str, issuer: str | None = None, prefix: str = "t"
 ) -> dict[str, Any]:
     """Tenant ``index`` as the tenants JSON describes it (one audience, one host)."""
     name = slug(index, prefix)
     limits = LIMITS_NEVER_REACHED if index == LIMITED and prefix == "t" else {}
+    routes = {"routes": DECIDED_ROUTES} if index == DECIDED and prefix == "t" else {}
     return {
         "slug": name,
         "name": f"Tenant {name}",
@@ -52,7 +58,24 @@ def tenant_document(
         "audiences": [f"https://api.{name}.test"],
         "hosts": [f"{name}.localhost"],
         **limits,
+        **routes,
     }
+
+
+DECISION_PATH = "/authz/decision"
+
+
+def decision_headers(index: int, proxy_secret: str) -> str:
+    """What Traefik sends about a client's ``GET /orders/1`` to tenant ``index``'s host, as the
+    load generators read extra headers ("Name: value" joined by "|")."""
+    headers = {
+        "X-Authz-Proxy-Secret": proxy_secret,
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": f"{slug(index)}.localhost",
+        "X-Forwarded-Uri": "/orders/1",
+    }
+    return "|".join(f"{name}: {value}" for name, value in headers.items())
 
 
 def scoped_path(index: int) -> str:

@@ -28,7 +28,7 @@ from devissuer import dpop
 BASE_URL = "http://127.0.0.1:8000"  # what environ() says the client addressed
 
 
-def environ(path: str, authorization: str, proof: str = "") -> dict[str, Any]:
+def environ(path: str, authorization: str, proof: str = "", extra: str = "") -> dict[str, Any]:
     """A minimal WSGI environ of a GET, as gunicorn would pass it."""
     env = {
         "REQUEST_METHOD": "GET",
@@ -50,6 +50,9 @@ def environ(path: str, authorization: str, proof: str = "") -> dict[str, Any]:
         env["HTTP_AUTHORIZATION"] = authorization
     if proof:
         env["HTTP_DPOP"] = proof
+    for pair in filter(None, extra.split("|")):  # "Name: value|..." as the load generators read
+        name, value = pair.split(": ", 1)
+        env["HTTP_" + name.upper().replace("-", "_")] = value
     return env
 
 
@@ -60,9 +63,9 @@ def caller(application: Callable, expect: int) -> Callable[..., None]:
     def start_response(line: str, headers: list, exc_info: object = None) -> None:
         status.append(line)
 
-    def call(path: str, authorization: str, proof: str = "") -> None:
+    def call(path: str, authorization: str, proof: str = "", extra: str = "") -> None:
         status.clear()
-        response = application(environ(path, authorization, proof), start_response)
+        response = application(environ(path, authorization, proof, extra), start_response)
         try:
             b"".join(response)
         finally:

@@ -68,7 +68,8 @@ def drive_once(
 
 
 def write_requests(workdir: Path, lines: list[tuple[str, ...]]) -> Path:
-    """The request file the load generators read: "path<TAB>authorization[<TAB>DPoP proof]"."""
+    """The request file the load generators read: "path<TAB>authorization[<TAB>DPoP proof
+    [<TAB>headers]]", headers as "Name: value" pairs joined by "|"."""
     requests_file = workdir / "requests.tsv"
     requests_file.write_text("".join("\t".join(line) + "\n" for line in lines))
     return requests_file

@@ -27,19 +27,20 @@ class Tally:
     seconds: float = 0.0
 
 
-def read_lines(path: str) -> list[tuple[str, str, str]]:
-    """The (path, authorization, DPoP proof) lines of a request file ("" when absent)."""
+def read_lines(path: str) -> list[tuple[str, str, str, str]]:
+    """The (path, authorization, DPoP proof, headers) lines of a request file ("" when absent)."""
     with open(path) as file:
-        return [tuple((line.rstrip("\n") + "\t\t").split("\t")[:3]) for line in file]
+        return [tuple((line.rstrip("\n") + "\t\t\t").split("\t")[:4]) for line in file]
 
 
 def one_request(
-    connection: http.client.HTTPConnection, path: str, auth: str, proof: str = ""
+    connection: http.client.HTTPConnection, path: str, auth: str, proof: str = "", extra: str = ""
 ) -> int:
     """Send one GET on an open connection and read the whole response; return its status."""
     headers = {"Authorization": auth} if auth else {}
     if proof:
         headers["DPoP"] = proof
+    headers.update(pair.split(": ", 1) for pair in extra.split("|") if pair)
     connection.request("GET", path, headers=headers)
     response = connection.getresponse()
     response.read()

@@ -1,5 +1,6 @@
 -- wrk script of one benchmark scenario.
--- BENCH_REQUESTS names a file of "path<TAB>authorization header[<TAB>DPoP proof]" lines; each
+-- BENCH_REQUESTS names a file of "path<TAB>authorization header[<TAB>DPoP proof[<TAB>headers]]"
+-- lines (headers: "Name: value" pairs joined by "|", such as a proxy's X-Forwarded-*); each
 -- wrk thread takes every BENCH_THREADS-th line from its own offset, so threads never send the
 -- same line, and cycles through its share (a request sent again counts as reused: a
 -- distinct-token run must show none).
@@ -21,10 +22,12 @@ function init(args)
    for line in io.lines(os.getenv("BENCH_REQUESTS")) do
       if n % nthreads == id then
          local path, rest = line:match("^([^\t]*)\t?(.*)$")
-         local auth, proof = rest:match("^([^\t]*)\t?(.*)$")
+         local auth, more = rest:match("^([^\t]*)\t?(.*)$")
+         local proof, extra = more:match("^([^\t]*)\t?(.*)$")
          local headers = {}
          if auth ~= "" then headers["Authorization"] = auth end
          if proof ~= "" then headers["DPoP"] = proof end
+         for name, value in extra:gmatch("([^|:]+): ([^|]*)") do headers[name] = value end
          table.insert(prepared, wrk.format("GET", path, headers))
       end
       n = n + 1

@@ -87,11 +87,13 @@ class Stack:
         )
         return started.stdout.strip().splitlines()[-1], directory
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path = ROOT
+    ) -> subprocess.Popen:
         """Start a long-running process in its own session, output to ``<workdir>/<name>.log``."""
         log = (self.workdir / f"{name}.log").open("ab")
         process = subprocess.Popen(  # noqa: S603 - argv built by the benchmark
-            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
         self._stops.append(lambda: self.stop(process))
@@ -133,6 +135,9 @@ class Stack:
 PLATFORM_KEYS = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER")
 
 
+PROXY_SECRET = "bench-proxy-secret-of-enough-length-0123456789"  # noqa: S105 - loopback only
+
+
 def platform_env(database_url: str, redis_url: str | None, key_dir: Path) -> dict[str, str]:
     """Environment of the platform's processes: production settings, loopback issuers allowed.
 
@@ -154,6 +159,8 @@ def platform_env(database_url: str, redis_url: str | None, key_dir: Path) -> dic
             "AUTHZ_JWKS_REFRESH_INTERVAL": "3600",
             "DEVISSUER_KEY_DIR": str(key_dir),
             "LOG_LEVEL": "WARNING",
+            # The forward-auth decision endpoint on (decision_repeat).
+            "AUTHZ_PROXY_SECRET": PROXY_SECRET,
         }
     )
     if redis_url:
@@ -272,6 +279,30 @@ def start_web(plat: Platform, app: str | None = None) -> tuple[str, subprocess.P
     plat.stack.wait_http("web", web, f"http://127.0.0.1:{port}/bench-not-found")
     wait_until(lambda: len(worker_pids(web.pid)) == 2, "both gunicorn workers started")
     return f"http://127.0.0.1:{port}", web
+
+
+PEER_DIR = ROOT / "bench" / "peer"
+
+
+def start_peer(stack: Stack, issuer: str, audience: str) -> tuple[str, subprocess.Popen]:
+    """The quickstart done right (bench/peer) under gunicorn with 2 sync workers, as ours is.
+
+    Started from its own directory with only the environment its README names: no
+    gunicorn.conf.py, and none of the platform's settings.
+    """
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SETTINGS_MODULE": "apiexample.settings",
+        "SECRET_KEY": "bench-only-not-secret",
+        "AUTH0_DOMAIN": issuer,
+        "API_IDENTIFIER": audience,
+    }
+    port = free_port()
+    argv = [PYTHON, "-m", "gunicorn", "apiexample.wsgi", "-w", "2", "-b", f"127.0.0.1:{port}"]
+    peer = stack.spawn("peer", argv, env, cwd=PEER_DIR)
+    stack.wait_http("peer", peer, f"http://127.0.0.1:{port}/api/public")
+    wait_until(lambda: len(worker_pids(peer.pid)) == 2, "both peer workers started")
+    return f"http://127.0.0.1:{port}", peer
 
 
 def worker_pids(master: int) -> list[int]:

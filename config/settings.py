@@ -67,12 +67,16 @@ MIDDLEWARE = [
     "ops.middleware.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "corsheaders.middleware.CorsMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # django-cors-headers', sparing requests without Origin its parse of every header.
+    "tenants.cors.TenantCorsMiddleware",
+    # Django's, skipped on the API and decision paths, which a token authenticates (issue 21):
+    # no session, login or message is read or written there.
+    "ops.middleware.WebSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # As named, for Django's check --deploy (security.W003); API views are exempt anyway.
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "ops.middleware.WebAuthenticationMiddleware",
+    "ops.middleware.WebMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a lockout flagged during the login into its page.
     "axes.middleware.AxesMiddleware",
@@ -217,6 +221,8 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=1 if BEHIND_TLS_PRO
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's, with "*/*" and a bare "application/json" answered without parsing (issue 21).
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tenants.negotiation.PlainAcceptNegotiation",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["authz.authentication.TenantTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["authz.permissions.HasEndpointScopes"],

@@ -6,6 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from ops.health import readiness
@@ -16,6 +19,32 @@ logger = logging.getLogger(__name__)
 
 API_PATH = re.compile(r"^(/t/[^/]+)?/api/")
 DECISION_PATH = re.compile(r"^/authz/decision(/|$)")
+# What a token authenticates: the tenants' endpoints and the forward-auth decisions. Neither has
+# a browser session, so sessions, logins and messages are skipped there. The API's docs
+# and schema are pages a browser opens: they keep everything.
+TOKEN_PATH = re.compile(r"^(?:(?:/t/[^/]+)?/api/(?!docs$|schema$)|/authz/decision(?:/|$))")
+
+
+class WebOnly:
+    """Mixed into a Django middleware: it runs for every path but the API's (TOKEN_PATH)."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Straight on for an API request; the middleware's own work for anything else."""
+        if TOKEN_PATH.match(request.path_info):
+            return self.get_response(request)  # type: ignore[attr-defined]
+        return super().__call__(request)  # type: ignore[misc]
+
+
+class WebSessionMiddleware(WebOnly, SessionMiddleware):
+    """Sessions, for the admin and its login only."""
+
+
+class WebAuthenticationMiddleware(WebOnly, AuthenticationMiddleware):
+    """The session's user, for the admin only (the API's principal comes from its token)."""
+
+
+class WebMessageMiddleware(WebOnly, MessageMiddleware):
+    """The admin's flash messages."""
 
 
 class HealthProbeMiddleware:

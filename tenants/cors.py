@@ -3,9 +3,11 @@
 import re
 from typing import Any
 
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.utils.cache import patch_vary_headers
 
 from tenants.resolution import tenant_of_path
 
@@ -20,3 +22,20 @@ def origin_allowed_for_tenant(sender: Any, request: HttpRequest, **kwargs: Any) 
     except DisallowedHost:
         return False
     return tenant is not None and request.headers.get("origin") in tenant.cors_origins
+
+
+class TenantCorsMiddleware(CorsMiddleware):
+    """django-cors-headers' middleware; a request without ``Origin`` (any call that is not a
+    browser's cross-origin one) gets what it gave it, ``Vary: origin`` on CORS paths, without
+    parsing every request header into ``request.headers`` to look for ``Origin``."""
+
+    def add_response_headers(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        """The library's, when the request names an origin; else only the Vary header."""
+        if request.META.get("HTTP_ORIGIN"):
+            return super().add_response_headers(request, response)
+        enabled = getattr(request, "_cors_enabled", None)
+        if enabled is None:
+            enabled = self.is_enabled(request)
+        if enabled:
+            patch_vary_headers(response, ("origin",))
+        return response

@@ -1,0 +1,9 @@
+"""The quickstart's root URLs."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("auth0authorization.urls")),
+]

@@ -1,10 +1,12 @@
-"""README.md and docs/: a short front page, links and paths that resolve, walks that run.
+"""README.md and docs/: a short front page, links and paths that resolve, examples that work.
 
-The walks (the README's five minutes, the API page's consumer walk) run as written against the
-real platform/demo, on its free ports instead of 8000 and 8001; each ``#   `` line under a
-command is output that must appear, in order (whitespace aside, ``...`` for anything).
+The tenants page's JSON imports and exports as written. The walks (the README's five minutes, the
+API page's consumer walk) run as written against the real platform/demo, on its free ports instead
+of 8000 and 8001; each ``#   `` line under a command is output that must appear, in order
+(whitespace aside, ``...`` for anything).
 """
 
+import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -12,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tenants.config_io import export_tenants, import_tenants
+from tests.test_config_io import TENANTS_PAGE_DOCUMENT
 from tests.test_demo import Demo, serving_demo, stop_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+TENANTS_PAGE = ROOT / "docs" / "tenants.md"
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 FRONT_PAGE_LINES = 150
 FENCE = re.compile(r"^```.*?^```$", re.M | re.S)
@@ -49,6 +54,35 @@ def relative_links(page: Path) -> list[str]:
     return [link for link in LINK.findall(prose(page)) if not re.match(r"[a-z]+:", link)]
 
 
+def section(page: Path, title: str) -> str:
+    """The text of a page from the heading ``title`` to the next heading of its level or above."""
+    text = page.read_text()
+    start = re.search(rf"^(#+) {re.escape(title)}$", text, re.M)
+    assert start, f"no heading {title!r} in {page.name}"
+    level = len(start.group(1))
+    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(FENCE.sub(blank, text), start.end())
+    return text[start.end() : end.start() if end else len(text)]
+
+
+def blank(block: re.Match[str]) -> str:
+    """A fenced block as spaces, so headings are found outside code only, at the same offsets."""
+    return re.sub(r"[^\n]", " ", block.group(0))
+
+
+def fenced(text: str, language: str) -> list[str]:
+    """The contents of a text's fenced blocks in this language."""
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.M | re.S)
+
+
+def as_written(value: object, written: object) -> object:
+    """The value cut to what an example writes: its keys only (export adds the defaults)."""
+    if isinstance(written, dict) and isinstance(value, dict):
+        return {name: as_written(value.get(name), written[name]) for name in written}
+    if isinstance(written, list) and isinstance(value, list) and len(value) == len(written):
+        return [as_written(item, example) for item, example in zip(value, written, strict=True)]
+    return value
+
+
 def test_the_readme_is_a_front_page_of_at_most_150_lines():
     assert len(README.read_text().splitlines()) <= FRONT_PAGE_LINES
 
@@ -78,24 +112,35 @@ def test_every_repository_path_a_page_names_exists(page):
     assert sorted(path for path in named if not (ROOT / path).exists()) == []
 
 
-def section(page: Path, title: str) -> str:
-    """The text of a page from the heading ``title`` to the next heading of its level or above."""
-    text = page.read_text()
-    start = re.search(rf"^(#+) {re.escape(title)}$", text, re.M)
-    assert start, f"no heading {title!r} in {page.name}"
-    level = len(start.group(1))
-    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(FENCE.sub(blank, text), start.end())
-    return text[start.end() : end.start() if end else len(text)]
+def test_the_readmes_two_commands_are_the_demo_and_the_test_suite():
+    # tests/test_demo.py runs the one, CI (.ci/run) the other.
+    assert fenced(section(README, "Two commands"), "sh") == [
+        "platform/demo\n",
+        "platform/run-tests\n",
+    ]
 
 
-def blank(block: re.Match[str]) -> str:
-    """A fenced block as spaces, so headings are found outside code only, at the same offsets."""
-    return re.sub(r"[^\n]", " ", block.group(0))
+def test_the_tenants_pages_example_is_the_document_the_import_tests_use():
+    example = fenced(section(TENANTS_PAGE, "Admin or code"), "json")[0]
+
+    assert json.loads(example) == TENANTS_PAGE_DOCUMENT
 
 
-def shell_blocks(text: str) -> str:
-    """The ```sh blocks of a text, one after another."""
-    return "\n".join(re.findall(r"^```sh\n(.*?)^```$", text, re.M | re.S))
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "title", ["Several issuers", "Routes: the paths of your own API"], ids=["issuers", "routes"]
+)
+def test_the_tenants_pages_fields_import_and_export_as_written(title):
+    snippet = fenced(section(TENANTS_PAGE, title), "json")[0]  # one field, as it sits in a tenant
+    field = json.loads("{" + snippet + "}")
+    tenant = {**TENANTS_PAGE_DOCUMENT["tenants"][0], **field}
+    if "issuers" in field:
+        del tenant["domain"]
+
+    import_tenants({"tenants": [tenant]})
+
+    [exported] = export_tenants()["tenants"]
+    assert as_written(exported, field) == field
 
 
 def output_pattern(expected: str) -> re.Pattern[str]:
@@ -147,7 +192,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 @pytest.mark.demo
 def test_the_readmes_five_minute_walk_answers_as_documented(demo):
-    script = on_demo_ports(shell_blocks(section(README, "Five minutes with the demo")), demo)
+    script = on_demo_ports(
+        "\n".join(fenced(section(README, "Five minutes with the demo"), "sh")), demo
+    )
 
     walked = run_walk(script, demo, ROOT)
 
@@ -159,7 +206,7 @@ def test_the_readmes_five_minute_walk_answers_as_documented(demo):
 @pytest.mark.demo
 def test_the_api_pages_consumer_walk_answers_as_documented(demo, tmp_path):
     walk = section(ROOT / "docs" / "api.md", "A consumer's walk through the API")
-    script = on_demo_ports(shell_blocks(walk), demo)
+    script = on_demo_ports("\n".join(fenced(walk, "sh")), demo)
 
     walked = run_walk(script, demo, tmp_path)  # it writes openapi.yaml where it runs
 

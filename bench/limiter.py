@@ -6,7 +6,7 @@
 Each mode starts its own store (Redis, or a SQLite file with the database as the store), then
 ten processes, each with its own ``Limiter``, count requests against one limit from the start
 of a window to the end of the last one. Printed: the requests admitted in each window (at most
-the limit, or the README's promise is broken) and the requests sent.
+the limit, or docs/operating.md's promise is broken) and the requests sent.
 """
 
 import argparse

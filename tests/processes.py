@@ -295,8 +295,9 @@ class Web:
 def gunicorn(
     env: dict[str, str], log_dir: Path, name: str = "web", options: Sequence[str] = ()
 ) -> Iterator[Web]:
-    """``gunicorn config.wsgi -w 2`` from the project root (and ``options``), as the README says,
-    logging the worker of every request; its metrics directory under ``log_dir`` by default."""
+    """``gunicorn config.wsgi -w 2`` from the project root (and ``options``), as
+    docs/deployment.md says, logging the worker of every request; its metrics directory under
+    ``log_dir`` by default."""
     port = free_port()
     access_log, log = log_dir / f"{name}-access.log", log_dir / f"{name}.log"
     access_log.touch()

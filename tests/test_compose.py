@@ -435,7 +435,7 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
 
 
 def bring_up(deployment: Deployment, figures: Figures) -> None:
-    """Build, then up as the README has it; every service healthy, in dependency order."""
+    """Build, then up as docs/deployment.md has it; every service healthy, in dependency order."""
     started = time.time()
     deployment.compose("build", timeout=600)
     figures["build_s"] = time.time() - started

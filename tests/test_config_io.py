@@ -18,7 +18,7 @@ from tests.fixtures import TokenFactory, bearer
 
 pytestmark = pytest.mark.django_db
 
-README_DOCUMENT = {
+TENANTS_PAGE_DOCUMENT = {
     "tenants": [
         {
             "slug": "acme",
@@ -84,7 +84,7 @@ FULL_DOCUMENT = {
 
 def item(**fields: Any) -> dict[str, Any]:
     """A valid tenant entry for acme, with fields overridden (None removes the field)."""
-    entry = {**README_DOCUMENT["tenants"][0], **fields}
+    entry = {**TENANTS_PAGE_DOCUMENT["tenants"][0], **fields}
     return {key: value for key, value in entry.items() if value is not None}
 
 
@@ -133,10 +133,10 @@ def run_import(write_file: Any) -> Any:
 
 
 @pytest.mark.parametrize("insecure", [True, False], ids=["insecure-on", "insecure-off"])
-def test_readme_example_imports(settings, run_import, insecure):
+def test_the_tenants_pages_example_imports(settings, run_import, insecure):
     settings.AUTHZ = {**settings.AUTHZ, "ALLOW_INSECURE_ISSUERS": insecure}
 
-    output = run_import(README_DOCUMENT)
+    output = run_import(TENANTS_PAGE_DOCUMENT)
 
     tenant = Tenant.objects.get(slug="acme")
     assert "Imported 1 tenant(s): 1 created, 0 updated; 1 key set(s) to refresh." in output
@@ -153,7 +153,7 @@ def test_readme_example_imports(settings, run_import, insecure):
 
 
 def test_issuer_and_jwks_url_derive_from_the_domain():
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
 
     tenant = Tenant.objects.get(slug="acme")
     assert tenant.issuer == "https://acme.eu.auth0.com/"
@@ -216,13 +216,13 @@ def test_export_import_export_round_trip_is_identical(run_import):
 
 
 def test_export_prints_indented_json():
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
 
     assert export_text() == json.dumps(export_tenants(), indent=2) + "\n"
 
 
 def test_import_reads_stdin_when_the_file_is_a_dash(monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(README_DOCUMENT)))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(TENANTS_PAGE_DOCUMENT)))
 
     call_command("tenants", "import", "-", stdout=io.StringIO())
 
@@ -266,7 +266,7 @@ def test_an_import_with_eager_tasks_fetches_nothing_until_the_first_request(
 
 
 def test_upsert_by_slug_updates_the_tenant_and_replaces_its_rows():
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
     before = Tenant.objects.get(slug="acme")
     changed = item(
         name="Acme Corporation",
@@ -287,7 +287,7 @@ def test_upsert_by_slug_updates_the_tenant_and_replaces_its_rows():
 
 
 def test_lists_left_out_of_the_file_remove_the_rows():
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
 
     import_tenants({"tenants": [item(hosts=None, scope_rules=None)]})
 
@@ -298,7 +298,7 @@ def test_lists_left_out_of_the_file_remove_the_rows():
 def test_tenants_absent_from_the_file_are_kept():
     import_tenants(FULL_DOCUMENT)
 
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
 
     assert list(Tenant.objects.values_list("slug", flat=True)) == ["acme", "globex", "initech"]
 
@@ -313,7 +313,7 @@ def test_a_host_can_move_between_tenants_in_one_file():
 
 @pytest.mark.parametrize("invalid_at", [0, 2], ids=["invalid-first", "invalid-last"])
 def test_an_invalid_file_changes_nothing(invalid_at):
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
     before = export_tenants()
     entries = [
         item(name="Renamed", hosts=["new.acme.localhost"], scope_rules=[]),
@@ -329,7 +329,7 @@ def test_an_invalid_file_changes_nothing(invalid_at):
 
 
 def test_command_refuses_an_invalid_file_and_changes_nothing(run_import):
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
     before = export_tenants()
     document = {"tenants": [item(name="Renamed"), item(slug="globex", scope_claims="roles")]}
 
@@ -526,7 +526,7 @@ def test_insecure_issuers_are_accepted_when_allowed(settings, fields):
 
 
 def test_a_host_of_another_tenant_is_refused():
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
 
     reported = problems({"tenants": [item(slug="globex", hosts=["acme.localhost"])]})
 
@@ -723,7 +723,7 @@ def test_in_a_large_file_a_host_claimed_earlier_is_refused(monkeypatch):
 
 
 def test_in_a_large_file_a_host_of_a_tenant_outside_it_is_refused():
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
     entries = bulk_entries()
     entries[-1]["hosts"] = ["bulk0299.localhost", "ACME.localhost"]
 
@@ -750,7 +750,7 @@ def test_a_refused_tenant_does_not_take_its_hosts():
 
 
 def test_a_host_moves_from_an_updated_tenant_to_a_new_one_in_a_large_file():
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
     entries = bulk_entries()
     entries[0]["hosts"] = ["acme.localhost"]  # a new tenant takes acme's host...
 
@@ -761,7 +761,7 @@ def test_a_host_moves_from_an_updated_tenant_to_a_new_one_in_a_large_file():
 
 
 def test_a_slug_that_cleans_to_an_existing_one_is_refused():
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
 
     reported = problems({"tenants": [item(slug=" acme ", hosts=[])]})
 
@@ -770,7 +770,7 @@ def test_a_slug_that_cleans_to_an_existing_one_is_refused():
 
 def test_large_files_are_read_and_cleared_in_chunks(monkeypatch):
     monkeypatch.setattr(config_io, "CHUNK", 7)  # every ``__in`` filter takes several queries
-    import_tenants(README_DOCUMENT)
+    import_tenants(TENANTS_PAGE_DOCUMENT)
     outside = export_tenants()["tenants"]
     import_tenants({"tenants": bulk_entries(40)})
     changed = [{**entry, "hosts": [f"new.{entry['slug']}.localhost"]} for entry in bulk_entries(40)]

@@ -135,10 +135,9 @@ def stop_demo(demo: Demo) -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    """The demo, started once: printed its commands, serving; stopped and checked after."""
-    running = start_demo(tmp_path_factory.mktemp("demo-home"))
+def serving_demo(home: Path) -> Demo:
+    """The demo started in ``home``, once it printed its commands and serves."""
+    running = start_demo(home)
     try:
         # Generous: about 15 s on an idle machine, twice that on a busy one.
         wait_for(lambda: PRINTED in running.output, running, "printed commands", 60)
@@ -146,6 +145,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     except BaseException:
         os.killpg(running.process.pid, signal.SIGKILL)
         raise
+    return running
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """The demo, started once: printed its commands, serving; stopped and checked after."""
+    running = serving_demo(tmp_path_factory.mktemp("demo-home"))
     yield running
     stop_demo(running)
 
@@ -193,7 +199,7 @@ def test_the_dpop_call_the_demo_prints_works_in_a_new_shell(demo):
     assert "Hello from a private endpoint" in called.stdout
 
 
-def test_the_readmes_dpop_post_creates_a_message(demo):
+def test_the_api_pages_dpop_post_creates_a_message(demo):
     base = f"http://127.0.0.1:{demo.port}"
     posted = demo.manage(
         "dpop_request",

@@ -1,9 +1,9 @@
 """GET /metrics: guarded, never on a tenant's address, every family counted, labels bounded.
 
 Most tests read this process's own figures through the endpoint (no multiprocess directory);
-the last section runs gunicorn -w 2 as the README says, with the platform config and --preload,
-in both modes; tests/test_stack.py shows the Celery worker's refreshes reaching the web role, and
-the cardinality test runs two processes.
+the last section runs gunicorn -w 2 as docs/deployment.md says, with the platform config and
+--preload, in both modes; tests/test_stack.py shows the Celery worker's refreshes reaching the
+web role, and the cardinality test runs two processes.
 """
 
 import json
@@ -37,7 +37,7 @@ from tests.test_e2e import free_port, manage
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-test-token-" + "m" * 20
 MAX_SERIES = 10_000
-STORE_BACKOFF = 5.0  # seconds (README)
+STORE_BACKOFF = 5.0  # seconds (docs/operating.md)
 
 
 @pytest.fixture
@@ -386,7 +386,7 @@ def test_the_grafana_dashboard_queries_only_families_we_export(client, metrics_o
 # --- under gunicorn: every worker counted, whatever the command line ---------------------------
 
 GUNICORN_LINES = {
-    "readme": (),  # the README's "Processes" line: gunicorn config.wsgi, from the project root
+    "readme": (),  # docs/deployment.md, "The processes": gunicorn config.wsgi, from the root
     "platform-config": ("-c", "platform/gunicorn.conf.py"),
     "preload": ("--preload",),
     "platform-config-preload": ("-c", "platform/gunicorn.conf.py", "--preload"),

@@ -1,7 +1,7 @@
 """Rate limits across real processes, in both modes: ten limiters at once, and gunicorn -w 2.
 
 "embedded": SQLite and the database as the counters' store. "redis": Redis (the counters) and
-the test PostgreSQL database. The README promises that no limit is exceeded with up to ten
+the test PostgreSQL database. docs/operating.md promises that no limit is exceeded with up to ten
 processes: ten OS processes, each with its own ``Limiter``, hammer one limit at the same time.
 """
 

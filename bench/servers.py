@@ -244,7 +244,7 @@ def main() -> None:
 def report(found: list[dict], args: argparse.Namespace) -> None:
     """The median of each ratio over the rounds, and the machine-readable line."""
     keys = found[0]["ratios"]
-    medians = {key: statistics.median(r["ratios"][key] for r in found) for key in keys}
+    medians = {key: round(statistics.median(r["ratios"][key] for r in found), 3) for key in keys}
     print(f"median over {len(found)} round(s):")
     for key, value in medians.items():
         print(f"  {key} = {value:.3f}")

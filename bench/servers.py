@@ -9,7 +9,7 @@ server's processes spent per request, ``ours / peer`` per server and each server
 sync; with ``--rounds`` above 1, the median ratio of the rounds too. ``--close`` sends
 ``Connection: close`` on every request (a client or proxy that does not keep connections: what
 gunicorn's sync worker does anyway). Bounded: 3 scenarios x 3 servers x 2 sides x (``--duration``
-+ 1 s of warm-up) per round, about 2 minutes at 5 s.
++ 1 s of warm-up) per round, about 3 minutes for one round at 5 s.
 
     .venv/bin/python -m bench.servers [--rounds 1] [--duration 5] [--connections 8] [--close]
 """

@@ -152,7 +152,9 @@ def measure(served: Served, lines: list, seconds: int, workdir: Path, connection
     }
 
 
-def one_round(everyone: list[Served], tokens: Tokens, args: argparse.Namespace, workdir: Path):
+def one_round(
+    everyone: list[Served], tokens: Tokens, args: argparse.Namespace, workdir: Path
+) -> dict[str, dict[str, dict]]:
     """Every scenario on every server, interleaved; return {scenario: {side@server: row}}."""
     rows: dict[str, dict[str, dict]] = {name: {} for name in SCENARIOS}
     for name in SCENARIOS:

@@ -465,13 +465,18 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def cpu_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The peer's CPU per request over ours: the req/s ratio a quiet machine would show, steadier
-    than req/s when other processes take the cores (the load generator's share drops out)."""
+    """The peer's CPU per request over ours, and public's over each scenario's: the req/s ratios
+    a quiet machine would show, steadier than req/s when other processes take the cores (the
+    load generator's share drops out)."""
     cpu = {row["scenario"]: row["server_cpu_ms"] for row in rows}
-    return {
+    figures = {
         f"{name}_cpu_peer_over_ours": round(cpu[f"peer_{name}"] / cpu[name], 3)
         for name in PEER_SCENARIOS
     }
+    for key in RATIOS:  # issue 21 item 4 quotes dpop_distinct and dpop_reused_token this way
+        name = key.removesuffix("_over_public")
+        figures[f"{name}_cpu_public_over_scenario"] = round(cpu["public"] / cpu[name], 3)
+    return figures
 
 
 def report_scale(figures: dict[str, Any]) -> str:

@@ -45,15 +45,20 @@ def generator() -> str:
 
 
 def drive(
-    base_url: str, lines: list[tuple[str, ...]], expect: int, seconds: int, workdir: Path
+    base_url: str,
+    lines: list[tuple[str, ...]],
+    expect: int,
+    seconds: int,
+    workdir: Path,
+    connections: int = CONNECTIONS,
 ) -> Load:
     """Send ``lines`` (path, Authorization) in a loop for ``seconds``; expect ``expect``."""
     requests_file = write_requests(workdir, lines)
     if generator() == "wrk":
-        argv = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
+        argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
         argv += ["-s", str(HERE / "scenario.lua"), base_url]
     else:
-        argv = pyload_argv(base_url, requests_file, expect, seconds)
+        argv = pyload_argv(base_url, requests_file, expect, seconds, connections)
     return run(argv, requests_file, expect, seconds + 60)
 
 
@@ -75,10 +80,13 @@ def write_requests(workdir: Path, lines: list[tuple[str, ...]]) -> Path:
     return requests_file
 
 
-def pyload_argv(base_url: str, requests_file: Path, expect: int, seconds: int) -> list[str]:
+def pyload_argv(
+    base_url: str, requests_file: Path, expect: int, seconds: int, connections: int = CONNECTIONS
+) -> list[str]:
     """The command line of the Python load generator."""
     argv = [PYTHON, str(HERE / "pyload.py"), base_url, "--requests-file", str(requests_file)]
-    return [*argv, "--expect", str(expect), "--seconds", str(seconds), "--connections", "4"]
+    argv += ["--expect", str(expect), "--seconds", str(seconds)]
+    return [*argv, "--connections", str(connections)]
 
 
 def run(argv: list[str], requests_file: Path, expect: int, timeout: int) -> Load:

@@ -205,6 +205,11 @@ def _entry(setup: Setup) -> Any:
     return _parse(record, time.monotonic(), None)
 
 
+# Issue 21 item 4: Bearer as deployed at most a quarter of theirs; DPoP, with our replay record,
+# at most half (theirs keeps no replay state).
+TARGETS = {"bearer": 0.25, "dpop": 0.50}
+
+
 def main() -> None:
     """Interleaved rounds of each measurement; print the medians and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -231,13 +236,12 @@ def main() -> None:
     print(f"proof ids recorded in: {'Redis' if REDIS_URL else 'the database cache (SQLite)'}")
     for name, value in medians.items():
         print(f"{name:28s} {value:8.1f} µs per verification")
-    for scheme in ("bearer", "dpop"):
+    for scheme, target in TARGETS.items():
         theirs = medians[f"auth0 {scheme}"]
         for kind in ("full check", "as deployed"):
             ours = medians[f"ours {scheme}, {kind}"]
-            print(
-                f"{scheme} {kind}: ours / auth0-api-python = {ours / theirs:.3f} (target <= 0.25)"
-            )
+            ratio = f"ours / auth0-api-python = {ours / theirs:.3f}"
+            print(f"{scheme} {kind}: {ratio} (target as deployed <= {target})")
 
 
 if __name__ == "__main__":

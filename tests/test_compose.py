@@ -528,8 +528,10 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
     check_the_image(deployment)
     scoped = import_a_tenant_and_call_it(deployment)
     webs, message = scale_out(deployment, scoped, figures)
+    checking = time.time()
     propagate_a_tenant_change(deployment, webs, figures)
     hold_a_rate_limit_across_replicas(deployment, webs, figures)
+    figures["change_and_limit_checks_s"] = time.time() - checking
     rotated = rotate_a_key(deployment, webs)
     survivors = kill_a_web(deployment, webs, scoped, figures)
     restart_redis_empty(deployment, survivors, scoped, figures)
@@ -605,8 +607,15 @@ def import_a_tenant_and_call_it(deployment: Deployment) -> str:
 def scale_out(deployment: Deployment, scoped: str, figures: Figures) -> tuple[list[Client], str]:
     """Every replica serves; a message written through one is read through another."""
     scaling = time.time()
-    scale = ["--scale", f"web={WEB_REPLICAS}", "--scale", "worker=2"]
-    deployment.compose("up", "-d", "--no-recreate", *scale)
+    scale = ["up", "-d", "--no-recreate", "--scale", f"web={WEB_REPLICAS}", "--scale", "worker=2"]
+    try:
+        deployment.compose(*scale)
+    except AssertionError as clash:
+        # docker.io 20.10 can hand two replicas started at once the same port of the range: the
+        # one that lost is created, not started; up again starts it on another port.
+        assert "address already in use" in str(clash)
+        figures["scale_up_port_clash_retried"] = "yes"
+        deployment.compose(*scale)
     webs = [deployment.web(replica) for replica in range(1, WEB_REPLICAS + 1)]
     for web in webs:
         wait_for(lambda web=web: serves(web, scoped), 120)
@@ -715,7 +724,7 @@ def limit_applied(response: requests.Response) -> bool:
 def assert_documented_429(response: requests.Response) -> None:
     """The README's 429: Retry-After, the draft's headers, the message and code."""
     retry_after = int(response.headers["Retry-After"])
-    assert 1 <= retry_after <= 60
+    assert 1 <= retry_after <= 2 * 60  # the sliding window: the last one's weight must fade too
     assert response.headers["RateLimit-Policy"] == f'"subject";q={SUBJECT_LIMIT};w=60'
     assert response.headers["RateLimit"].startswith('"subject";r=0;t=')
     assert response.json() == {

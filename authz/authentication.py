@@ -4,7 +4,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework import HTTP_HEADER_ENCODING
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from authz import dpop, steps
@@ -110,7 +111,9 @@ class TenantTokenAuthentication(BaseAuthentication):
 
     def credential(self, request: Request) -> tuple[str, str] | None:
         """(scheme, token) of a Bearer or DPoP header; None for another; 400 when malformed."""
-        parts = get_authorization_header(request).split()
+        # DRF's get_authorization_header, from META: request.headers would copy every header.
+        # Bytes, as DRF splits them: only ASCII whitespace separates (str.split takes U+00A0).
+        parts = request.META.get("HTTP_AUTHORIZATION", "").encode(HTTP_HEADER_ENCODING).split()
         scheme = SCHEMES.get(parts[0].decode("latin-1").lower()) if parts else None
         if scheme is None:
             return None

@@ -15,10 +15,12 @@ valid yet (time passes) and an unreachable issuer are never remembered.
 Both caches are bounded in bytes as well as entries. A verified entry keeps the token's payload
 segment as text (its size is known and it holds no objects the garbage collector walks) and
 rebuilds the claims on a hit: a payload of a thousand empty lists costs its length, not a hundred
-kilobytes of parsed objects. A small, flat payload (the usual access token: at most
-``KEPT_PAYLOAD_CHARS`` of text and ``KEPT_CONTAINERS`` lists or objects) keeps its parsed claims
-as well, charged at their measured size: a hit then returns them as they are, the same object
-each time, which spares a repeated token its decoding (about 10 µs of a request).
+kilobytes of parsed objects. From its first hit, a small, flat payload (the usual access token:
+at most ``KEPT_PAYLOAD_CHARS`` of text and ``KEPT_CONTAINERS`` lists or objects) keeps its parsed
+claims as well, charged at their measured size: later hits return them as they are, the same
+object each time, which spares a repeated token its decoding (about 10 µs of a request). Tokens
+seen once, the bulk of a cache under a flood of new ones, keep only their text: a cache full of
+parsed payloads would give every full garbage collection tens of thousands more objects.
 
 Both are shared fairly: entries are grouped by trusted issuers (a tenant's, or those of tenants
 configured alike), and a group holding its fair share or more makes room by evicting its own least
@@ -64,8 +66,9 @@ class _Verified:
     key: SigningKey
     expires_at: int
     payload_segment: str
-    claims: Claims | None  # kept when the payload is small and flat, else rebuilt on a hit
     size: int
+    claims: Claims | None = None  # kept from the first hit when small and flat (KEPT_*)
+    weighed: bool = False  # whether the first hit has decided about keeping them
 
 
 @dataclass(slots=True)
@@ -205,7 +208,27 @@ class VerifiedTokenCache(FairCache[_Verified]):
         ):
             self.discard(digest)
             return None
-        return entry.claims or claims_of(_payload(entry.payload_segment), entry.policy)
+        if entry.claims is not None:
+            return entry.claims
+        claims = claims_of(_payload(entry.payload_segment), entry.policy)
+        if not entry.weighed:
+            entry.weighed = True
+            kept = _kept_size(claims, entry.payload_segment)
+            if kept is not None:
+                self._keep(digest, entry, claims, kept)
+        return claims
+
+    def _keep(self, digest: bytes, entry: _Verified, claims: Claims, size: int) -> None:
+        """Keep an entry's parsed claims, charged at ``size``, if the entry is still held."""
+        with self._lock:
+            if self._entries.get(digest) is not entry or entry.claims is not None:
+                return
+            entry.claims = claims
+            entry.size += size
+            group = self._groups[entry.trust]
+            group.size += size
+            self._size += size
+            self._make_room(group)
 
     def put(
         self,
@@ -217,9 +240,9 @@ class VerifiedTokenCache(FairCache[_Verified]):
     ) -> None:
         """Remember a token that just passed full verification under ``policy`` with ``key``."""
         segment = token.split(".")[1]
-        kept = _kept_size(claims, segment)
-        size = ENTRY_OVERHEAD + len(segment) + (kept or 0)
-        entry = _Verified(trust, policy, key, claims.expires_at, segment, kept and claims, size)
+        entry = _Verified(
+            trust, policy, key, claims.expires_at, segment, ENTRY_OVERHEAD + len(segment)
+        )
         self.store(token_digest(token), entry)
 
 

@@ -6,6 +6,10 @@ that host, its routes decide what the path demands, and the token is checked as 
 platform serves itself. Allowed: 200 with the caller's identity in ``X-Authz-*`` headers.
 Refused: what the in-process API would answer. Only a caller that presents
 ``AUTHZ_PROXY_SECRET`` sees the endpoint at all; anyone else gets the 404 of an unknown URL.
+
+A gateway asks on every upstream call, so the decision is a plain Django view: the allowed
+answer is built here, with the headers DRF's carried; a refusal is handed to ``Refusal``, an
+``APIView``, so that DRF and ``authz.handlers`` answer it exactly as they answer the API's.
 """
 
 import functools
@@ -17,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
@@ -51,6 +56,8 @@ ABSOLUTE_FORM = re.compile(r"^https?://[^/?#]*", re.IGNORECASE)
 # What a header value may carry as it is; anything else (and "%") is percent-encoded (UTF-8).
 HEADER_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 NO_ROUTE_LABEL = "no_route"
+# What DRF's handler answers (it turns Django's two into its own); anything else is a 500.
+REFUSALS = (APIException, Http404, PermissionDenied)
 # Every method is decided; DRF's answer named them all in Allow.
 ALLOW = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, TRACE"
 
@@ -172,7 +179,7 @@ def decision(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     request.authz_endpoint = NO_ROUTE_LABEL  # the metrics' label until a route matches
     try:
         route, principal = decide(request)
-    except APIException as refused:
+    except REFUSALS as refused:
         request.authz_refused = refused
         return _refusal_view(request)
     return allowed(request, route, principal)

@@ -154,13 +154,18 @@ def test_a_hit_rebuilds_the_verified_claims(client, acme, acme_tokens):
     assert claims.payload["nested"] == {"a": [1, 2]} and claims.payload["org_id"] == "org_1"
 
 
-def test_a_small_flat_payload_keeps_its_claims_charged_at_their_size(client, acme, acme_tokens):
+def test_a_small_flat_payload_keeps_its_claims_from_its_first_hit_charged_at_their_size(
+    client, acme, acme_tokens
+):
     token = acme_tokens.token(scope="read:messages", org_id="org_1", roles=["a", "b"])
     assert client.get(PRIVATE, **bearer(token)).status_code == 200
-    trust = directory.by_slug("acme").issuers
     (entry,) = verified_tokens._entries.values()
+    assert entry.claims is None and verified_tokens.held()[1] == entry.size  # seen once: text
 
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+    trust = directory.by_slug("acme").issuers
     assert verified_tokens.get(token, trust) is verified_tokens.get(token, trust) is entry.claims
+    assert verified_tokens.held()[1] == entry.size
     assert entry.claims.scopes == {"read:messages"}
     assert entry.size > 2 * (ENTRY_OVERHEAD + len(entry.payload_segment))  # the objects count
 
@@ -175,7 +180,8 @@ def test_a_small_flat_payload_keeps_its_claims_charged_at_their_size(client, acm
 )
 def test_other_payloads_keep_only_their_text(client, acme, acme_tokens, claims):
     token = acme_tokens.token(**claims)
-    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+    for _ in range(2):  # verified, then a hit
+        assert client.get(PRIVATE, **bearer(token)).status_code == 200
     (entry,) = verified_tokens._entries.values()
 
     assert entry.claims is None

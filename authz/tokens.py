@@ -9,7 +9,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -168,6 +168,9 @@ class Claims:
     scopes: frozenset[str]
     expires_at: int
     payload: Mapping[str, Any]
+    # What callers derive from the claims once (the decision's identity headers): a remembered
+    # token's claims are the same object on every hit.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 # PyJWT's algorithm objects do the cryptography; the compact serialization and the claims are

@@ -8,6 +8,9 @@ from ops.login import login_lockouts_view
 from tenants.decision import decision
 
 urlpatterns = [
+    # Forward auth; Envoy's ext_authz appends the original path (path_prefix). First: a gateway
+    # asks on every upstream call, and no other pattern can match it.
+    re_path(r"^authz/decision(?:/.*)?$", decision, name="decision"),
     # Before the admin's own routes; admin_view: staff login, CSRF, never cached.
     path(
         "admin/login-lockouts/",
@@ -19,8 +22,6 @@ urlpatterns = [
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("messages.urls")),
     path("t/<slug:tenant_slug>/api/", include("messages.urls")),
-    # Forward auth; Envoy's ext_authz appends the original path (path_prefix).
-    re_path(r"^authz/decision(?:/.*)?$", decision, name="decision"),
 ]
 
 # Under /api/ an unrouted path (such as /api/messages/1/2) answers the API's JSON error body.

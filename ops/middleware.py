@@ -108,7 +108,7 @@ class RequestLogMiddleware:
             fields["error_code"],
         )
         if fields["tenant"]:
-            code = traffic_code(response, fields["error_code"])
+            code = traffic_code(request, response, fields["error_code"])
             traffic_counter.record(fields["tenant"], response.status_code, code)
         level = logging.WARNING if response.status_code >= 500 else logging.INFO
         message = "%(method)s %(path)s %(status)s"
@@ -117,8 +117,9 @@ class RequestLogMiddleware:
 
 
 def request_fields(request: HttpRequest, response: HttpResponse, seconds: float) -> dict[str, Any]:
-    """The logged fields; tenant and error code come from DRF's request and response data."""
-    drf_request = getattr(response, "renderer_context", {}).get("request")
+    """The logged fields; tenant and error code come from DRF's request and response data (a
+    decision's own answer leaves its tenant on the Django request)."""
+    drf_request = getattr(response, "renderer_context", {}).get("request", request)
     tenant = getattr(drf_request, "tenant", None)
     # DRF copies the authenticated principal onto the Django request; reading it is free.
     principal = getattr(request, "auth", None)
@@ -138,7 +139,11 @@ def request_fields(request: HttpRequest, response: HttpResponse, seconds: float)
 
 
 def endpoint_of(request: HttpRequest, response: HttpResponse) -> str:
-    """The endpoint key of the view and method (a scope rule's key), else the route's name."""
+    """A decision's route label; the endpoint key of the view and method (a scope rule's key);
+    else the route's name."""
+    decided = getattr(request, "authz_endpoint", None)
+    if decided is not None:
+        return decided
     view = getattr(response, "renderer_context", {}).get("view")
     key_for = getattr(view, "endpoint_key_for", None)
     key = key_for(request.method) if key_for else None
@@ -148,7 +153,9 @@ def endpoint_of(request: HttpRequest, response: HttpResponse) -> str:
     return (match and match.url_name) or "unmatched"
 
 
-def traffic_code(response: HttpResponse, error_code: str | None) -> str | None:
+def traffic_code(
+    request: HttpRequest, response: HttpResponse, error_code: str | None
+) -> str | None:
     """The error code the tenant page counts: the API's, but a replayed DPoP proof apart."""
-    drf_request = getattr(response, "renderer_context", {}).get("request")
+    drf_request = getattr(response, "renderer_context", {}).get("request", request)
     return REPLAY if getattr(drf_request, "dpop_replayed", False) else error_code

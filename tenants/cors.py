@@ -29,6 +29,13 @@ class TenantCorsMiddleware(CorsMiddleware):
     browser's cross-origin one) gets what it gave it, ``Vary: origin`` on CORS paths, without
     parsing every request header into ``request.headers`` to look for ``Origin``."""
 
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Off CORS_URLS_REGEX (the decision endpoint, the admin) CORS is never enabled (our
+        signal receiver asks the same path first): step aside without sending the signal."""
+        if not re.match(settings.CORS_URLS_REGEX, request.path_info):
+            return self.get_response(request)
+        return super().__call__(request)
+
     def add_response_headers(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         """The library's, when the request names an origin; else only the Vary header."""
         if request.META.get("HTTP_ORIGIN"):

@@ -6,8 +6,13 @@ that host, its routes decide what the path demands, and the token is checked as 
 platform serves itself. Allowed: 200 with the caller's identity in ``X-Authz-*`` headers.
 Refused: what the in-process API would answer. Only a caller that presents
 ``AUTHZ_PROXY_SECRET`` sees the endpoint at all; anyone else gets the 404 of an unknown URL.
+
+A gateway asks on every upstream call, so the decision is a plain Django view: the allowed
+answer is built here, with the headers DRF's carried; a refusal is handed to ``Refusal``, an
+``APIView``, so that DRF and ``authz.handlers`` answer it exactly as they answer the API's.
 """
 
+import functools
 import hmac
 import json
 import re
@@ -16,23 +21,33 @@ from typing import Any
 from urllib.parse import quote
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions, status
+from rest_framework import exceptions
+from rest_framework.exceptions import APIException
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from authz.authentication import Principal
+from authz.authentication import Principal, TenantTokenAuthentication
 from authz.errors import InsufficientScope
 from authz.metrics import route_labels
 from ops.login import client_address
+from tenants.ratelimit import (
+    anonymous_limited,
+    early_limits,
+    limiter,
+    limits_of,
+    policy_header,
+    state_header,
+    throttled,
+)
 from tenants.resolution import TenantNotFound, tenant_of_host
 from tenants.routes import Outcome, Route, scopes_allow
-from tenants.views import TenantResolutionMixin
+from tenants.views import count_limits, limits_of_refusal, subject_of
 
 PREFIX = "/authz/decision"
 # RFC 9110 section 5.6.2: a method is a token.
@@ -41,6 +56,10 @@ ABSOLUTE_FORM = re.compile(r"^https?://[^/?#]*", re.IGNORECASE)
 # What a header value may carry as it is; anything else (and "%") is percent-encoded (UTF-8).
 HEADER_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 NO_ROUTE_LABEL = "no_route"
+# What DRF's handler answers (it turns Django's two into its own); anything else is a 500.
+REFUSALS = (APIException, Http404, PermissionDenied)
+# Every method is decided; DRF's answer named them all in Allow.
+ALLOW = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, TRACE"
 
 
 class ForwardedRequestInvalid(exceptions.ParseError):
@@ -151,103 +170,118 @@ class JSONAlways(BaseContentNegotiation):
         return renderer, renderer.media_type
 
 
-class RouteAllows(BasePermission):
-    """The matched route's demand: nothing when public, else a token with one scope alternative."""
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        """True, False (401: no token), or 403 naming the alternatives."""
-        route: Route = request.route
-        if route.public:
-            return True
-        if not isinstance(request.auth, Principal):
-            return False
-        if not scopes_allow(request.auth.scopes, route.scopes):
-            alternatives = route.scope_alternatives
-            raise InsufficientScope(tuple(alternatives[0].split()), alternatives)
-        return True
-
-
-class DecisionView(TenantResolutionMixin, APIView):
-    """Any method: the original request's tenant, route, token and limits decide."""
-
-    content_negotiation_class = JSONAlways
-    permission_classes = (RouteAllows,)
-    parser_classes = ()
-
-    def tenant_of(self, request: Request) -> Any:
-        """The tenant of the original host (its hostnames), else DEFAULT_TENANT."""
-        original = original_request(request._request)
-        request._request.authz_original = original
-        request.authz_target = (original.method, original.url)
-        tenant = tenant_of_host(original.host)
-        if tenant is None:
-            raise TenantNotFound()
-        return tenant
-
-    def address_of(self, request: Request) -> str | None:
-        """The client's address as the calling proxy saw it (its X-Forwarded-For entry)."""
-        return client_address(request._request, calling_proxy=True)
-
-    def serves_method(self, method: str) -> bool:
-        """Every method is decided: the original method is the one that counts."""
-        return True
-
-    def perform_authentication(self, request: Request) -> None:
-        """The route first: no route is 403 before any token work; a public one reads none."""
-        original = request._request.authz_original
-        outcome: Outcome = request.tenant.routes.match(original.method, original.target)
-        request._request.authz_outcome = outcome
-        if outcome.route is None:
-            raise RouteRefused(outcome.reason, code=outcome.code)
-        request.route = outcome.route
-        if not outcome.route.public:
-            super().perform_authentication(request)
-
-    def endpoint_key_for(self, method: str) -> str:
-        """The metrics' endpoint label: the route template (label slots bound the series)."""
-        outcome = getattr(self.request._request, "authz_outcome", None)
-        if outcome is None or outcome.route is None:
-            return NO_ROUTE_LABEL
-        return route_labels.label(outcome.route.template)
-
-    def decide(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Allowed: 200, no body, the identity headers."""
-        response = Response(status=status.HTTP_200_OK)
-        for name, value in identity_headers(request).items():
-            response[name] = header_value(value)
-        return response
-
-    def finalize_response(
-        self, request: Request, response: Response, *args: Any, **kwargs: Any
-    ) -> Response:
-        """The mixin's, and for nginx (whose auth_request drops bodies) the body in a header."""
-        response = super().finalize_response(request, response, *args, **kwargs)
-        wants = request.META.get("HTTP_X_AUTHZ_BODY_IN_HEADER") == "1"
-        if wants and response.status_code >= 400 and isinstance(response.data, dict):
-            body = json.dumps(response.data, ensure_ascii=True, separators=(",", ":"))
-            response["X-Authz-Body"] = body
-        return response
-
-    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Methods Django's views do not name (PROPFIND, ...) are decided too."""
-        return self.decide(request, *args, **kwargs)
-
-    get = post = put = patch = delete = head = options = trace = decide
+@csrf_exempt
+def decision(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """The endpoint for the proxy; for anyone else, the 404 of a URL that does not exist."""
+    if not from_the_proxy(request):
+        raise Http404()
+    request.authz_decision = True
+    request.authz_endpoint = NO_ROUTE_LABEL  # the metrics' label until a route matches
+    try:
+        route, principal = decide(request)
+    except REFUSALS as refused:
+        request.authz_refused = refused
+        return _refusal_view(request)
+    return allowed(request, route, principal)
 
 
-def identity_headers(request: Request) -> dict[str, str]:
-    """Who called, for the upstream: tenant and route, and for a token its subject and more."""
-    headers = {"X-Authz-Tenant": request.tenant.slug, "X-Authz-Route": request.route.template}
-    principal = None if request.route.public else request.auth
-    if isinstance(principal, Principal):
-        headers["X-Authz-Subject"] = principal.subject
-        headers["X-Authz-Scopes"] = " ".join(sorted(principal.scopes))
-        if principal.organization:
-            headers["X-Authz-Organization"] = principal.organization
-        client = principal.claims.payload.get("azp") or principal.claims.payload.get("client_id")
-        if isinstance(client, str):
-            headers["X-Authz-Client-Id"] = client
+def decide(request: HttpRequest) -> tuple[Route, Principal | None]:
+    """The tenant, its early limits, the route, the token and the scopes, then the count: as a
+    tenant's API view decides (``TenantResolutionMixin.initial``), on the Django request, whose
+    attributes the authentication, the log line and the refusal read."""
+    original = request.authz_original = original_request(request)
+    request.authz_target = (original.method, original.url)
+    tenant = request.tenant = tenant_of_host(original.host)
+    if tenant is None:
+        raise TenantNotFound()
+    address = client_address(request, calling_proxy=True) if anonymous_limited() else None
+    known = limiter.known_over(early_limits(tenant, address))
+    if known is not None:  # refused before any token work, with no round trip
+        request.rate_verdicts = [known]
+        raise throttled(known, tenant.slug)
+    try:
+        route, principal = authorize(request, tenant, original)
+    except APIException as refused:
+        limits = limits_of_refusal(tenant, subject_of(request), address, refused)
+        count_limits(request, tenant, limits, refused)
+        raise
+    count_limits(request, tenant, limits_of(tenant, principal and principal.subject))
+    return route, principal
+
+
+def authorize(
+    request: HttpRequest, tenant: Any, original: OriginalRequest
+) -> tuple[Route, Principal | None]:
+    """The route first: no route is 403 before any token work; a public one reads none. Then
+    the token (401 without one) and one of the route's scope alternatives (403)."""
+    outcome: Outcome = tenant.routes.match(original.method, original.target)
+    if outcome.route is None:
+        raise RouteRefused(outcome.reason, code=outcome.code)
+    route = outcome.route
+    request.authz_endpoint = route_labels.label(route.template)
+    if route.public:
+        return route, None
+    request.user = request.auth = None  # as DRF leaves a request whose authentication failed
+    authenticated = authentication.authenticate(request)
+    if authenticated is None:
+        raise exceptions.NotAuthenticated()
+    request.user, request.auth = authenticated
+    principal = authenticated[1]
+    if not scopes_allow(principal.scopes, route.scopes):
+        alternatives = route.scope_alternatives
+        raise InsufficientScope(tuple(alternatives[0].split()), alternatives)
+    return route, principal
+
+
+def allowed(request: HttpRequest, route: Route, principal: Principal | None) -> HttpResponse:
+    """200, no body, the identity headers, then what DRF's answer carried (nonce, limits, Allow)."""
+    response = HttpResponse(status=200)
+    del response["Content-Type"]  # DRF drops it from an empty body
+    response["X-Authz-Tenant"] = fixed_header_value(request.tenant.slug)
+    response["X-Authz-Route"] = fixed_header_value(route.template)
+    if principal is not None:
+        for name, value in principal_headers(principal):
+            response[name] = value
+    rate_and_nonce_headers(request, response)
+    response["Allow"] = ALLOW
+    return response
+
+
+def rate_and_nonce_headers(request: HttpRequest, response: HttpResponse) -> None:
+    """The current DPoP nonce for a tenant that issues them, and the rate-limit state."""
+    nonce = getattr(request, "dpop_nonce", None)
+    if nonce is not None and "DPoP-Nonce" not in response:
+        response["DPoP-Nonce"] = nonce
+    verdicts = getattr(request, "rate_verdicts", None)
+    if verdicts:
+        response["RateLimit-Policy"] = policy_header(verdicts)
+        response["RateLimit"] = state_header(verdicts)
+
+
+def principal_headers(principal: Principal) -> tuple[tuple[str, str], ...]:
+    """Subject, scopes, organization and client id, encoded once per verified token (a
+    remembered token's claims are the same object on every hit)."""
+    memo = principal.claims.memo
+    headers = memo.get("identity")
+    if headers is None:
+        headers = memo["identity"] = tuple(
+            (name, header_value(value)) for name, value in identity_values(principal).items()
+        )
     return headers
+
+
+def identity_values(principal: Principal) -> dict[str, str]:
+    """Who called, for the upstream: the token's subject, scopes, organization and client."""
+    values = {
+        "X-Authz-Subject": principal.subject,
+        "X-Authz-Scopes": " ".join(sorted(principal.scopes)),
+    }
+    if principal.organization:
+        values["X-Authz-Organization"] = principal.organization
+    client = principal.claims.payload.get("azp") or principal.claims.payload.get("client_id")
+    if isinstance(client, str):
+        values["X-Authz-Client-Id"] = client
+    return values
 
 
 def header_value(text: str) -> str:
@@ -255,13 +289,40 @@ def header_value(text: str) -> str:
     return quote(text, safe=HEADER_SAFE, encoding="utf-8", errors="surrogatepass")
 
 
-_decision_view = DecisionView.as_view()
+# Tenant slugs and route templates: few, and the same on every decision.
+fixed_header_value = functools.lru_cache(maxsize=4096)(header_value)
 
 
-@csrf_exempt
-def decision(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    """The endpoint for the proxy; for anyone else, the 404 of a URL that does not exist."""
-    if not from_the_proxy(request):
-        raise Http404()
-    request.authz_decision = True
-    return _decision_view(request)
+class Refusal(APIView):
+    """A refused decision, answered by DRF as the API answers its refusals: the same status,
+    challenges, headers and JSON body (``authz.handlers.exception_handler``)."""
+
+    content_negotiation_class = JSONAlways
+    parser_classes = ()
+    permission_classes = ()
+
+    @property
+    def allowed_methods(self) -> list[str]:
+        """Every method is decided."""
+        return ALLOW.split(", ")
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        """The refusal the decision raised."""
+        raise request._request.authz_refused
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        """Nonce and limits, DRF's, and for nginx (whose auth_request drops bodies) the body in
+        a header."""
+        rate_and_nonce_headers(request._request, response)
+        response = super().finalize_response(request, response, *args, **kwargs)
+        wants = request.META.get("HTTP_X_AUTHZ_BODY_IN_HEADER") == "1"
+        if wants and response.status_code >= 400 and isinstance(response.data, dict):
+            body = json.dumps(response.data, ensure_ascii=True, separators=(",", ":"))
+            response["X-Authz-Body"] = body
+        return response
+
+
+_refusal_view = Refusal.as_view()
+authentication = TenantTokenAuthentication()

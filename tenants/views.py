@@ -50,9 +50,10 @@ class TenantResolutionMixin:
         try:
             super().initial(request, *args, **kwargs)
         except APIException as refused:
-            self.count_rate(request, tenant, _limits_of_refused(request, address, refused), refused)
+            limits = limits_of_refusal(tenant, subject_of(request._request), address, refused)
+            count_limits(request, tenant, limits, refused)
             raise
-        self.count_rate(request, tenant, limits_of(tenant, _subject(request)))
+        count_limits(request, tenant, limits_of(tenant, subject_of(request._request)))
 
     def tenant_of(self, request: Request) -> Any:
         """The request's tenant: by the /t/<slug>/ URL prefix (handlers never see it), or host."""
@@ -66,18 +67,6 @@ class TenantResolutionMixin:
         """Whether this view has a handler for the method (else 405, whatever the token)."""
         name = method.lower()
         return name in self.http_method_names and hasattr(self, name)
-
-    def count_rate(
-        self, request: Request, tenant: Any, limits: list, refused: Exception | None = None
-    ) -> None:
-        """Count the request against its limits (one round trip); 429 when one is over."""
-        verdicts = limiter.count(limits)
-        if not verdicts:
-            return
-        request.rate_verdicts = verdicts
-        over = next((verdict for verdict in verdicts if not verdict.allowed), None)
-        if over is not None:
-            raise throttled(over, tenant.slug) from refused
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any
@@ -97,19 +86,34 @@ class TenantResolutionMixin:
         return self.endpoint_key
 
 
-def _limits_of_refused(request: Request, address: str | None, refused: APIException) -> list[Limit]:
+def count_limits(
+    request: Any, tenant: Any, limits: list[Limit], refused: Exception | None = None
+) -> None:
+    """Count the request against its limits (one round trip); 429 when one is over."""
+    verdicts = limiter.count(limits)
+    if not verdicts:
+        return
+    request.rate_verdicts = verdicts
+    over = next((verdict for verdict in verdicts if not verdict.allowed), None)
+    if over is not None:
+        raise throttled(over, tenant.slug) from refused
+
+
+def limits_of_refusal(
+    tenant: Any, subject: str | None, address: str | None, refused: APIException
+) -> list[Limit]:
     """A refusal before authentication completed (400, 401, 406) is the client's: its address
     first, then the tenant's unauthenticated requests. An outage (503) or a refusal of an
     authenticated caller (403) counts against the tenant and subject."""
-    subject = _subject(request)
     if subject is None and refused.status_code < 500:
-        return refusal_limits(request.tenant, address)
-    return limits_of(request.tenant, subject)
+        return refusal_limits(tenant, address)
+    return limits_of(tenant, subject)
 
 
-def _subject(request: Request) -> str | None:
-    """The authenticated subject, once DRF has authenticated (or refused) the request."""
-    principal = getattr(request, "_auth", None)
+def subject_of(request: HttpRequest) -> str | None:
+    """The authenticated subject, once the request is authenticated (or refused): DRF copies
+    its principal onto the Django request, and the decision puts it there."""
+    principal = getattr(request, "auth", None)
     return principal.subject if isinstance(principal, Principal) else None
 
 

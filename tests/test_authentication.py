@@ -46,6 +46,9 @@ NOT_A_BEARER = [
     pytest.param("Bearerabc.def.ghi", id="scheme-glued-to-token"),
     pytest.param("Token abc", id="drf-token-scheme"),
     pytest.param("A" * 10_240, id="10kb-without-scheme"),
+    # Only ASCII whitespace separates (as DRF splits the header's bytes): not U+00A0 or U+001C.
+    pytest.param("Bearer\xa0abc.def.ghi", id="no-break-space"),
+    pytest.param("Bearer\x1cabc.def.ghi", id="file-separator"),
 ]
 MALFORMED_BEARER = [
     pytest.param("Bearer", id="scheme-only"),

@@ -114,6 +114,33 @@ def test_an_allowed_request_gets_200_no_body_and_the_callers_identity(client, sh
     }
 
 
+def test_an_allowed_decision_carries_the_headers_drf_gave_it_in_their_order(
+    client, make_tenant, tokens
+):
+    make_tenant("shop", routes=ROUTES, rate_limit_per_subject="100/min")
+    token = tokens("shop").token(sub="ann", scope="admin")
+
+    response = decide(client, "GET", "/orders/admin", token)
+
+    # The allowed path answers without DRF; this is what DRF's answer carried (merge21).
+    assert [name for name, _ in response.items()] == [
+        "X-Authz-Tenant",
+        "X-Authz-Route",
+        "X-Authz-Subject",
+        "X-Authz-Scopes",
+        "RateLimit-Policy",
+        "RateLimit",
+        "Allow",
+        "X-Frame-Options",
+        "Content-Length",
+        "X-Content-Type-Options",
+        "Referrer-Policy",
+        "Cross-Origin-Opener-Policy",
+    ]
+    assert response["Allow"] == "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, TRACE"
+    assert response["Content-Length"] == "0" and response.content == b""
+
+
 def test_a_public_route_reads_no_token_and_names_no_subject(client, shop):
     response = decide(client, "GET", "/health", token="not-even-a-token")
 

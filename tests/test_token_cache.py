@@ -7,7 +7,13 @@ import pytest
 from authz import authentication
 from authz.policy import IssuerPolicy, TrustedIssuers, shared_issuers, shared_policy
 from authz.tasks import refresh_key_set
-from authz.token_cache import refused_tokens, verified_tokens
+from authz.token_cache import (
+    ENTRY_OVERHEAD,
+    KEPT_CONTAINERS,
+    KEPT_PAYLOAD_CHARS,
+    refused_tokens,
+    verified_tokens,
+)
 from tenants.config_io import import_tenants
 from tenants.directory import directory
 from tests.fixtures import bearer, jwks_url_of
@@ -146,6 +152,42 @@ def test_a_hit_rebuilds_the_verified_claims(client, acme, acme_tokens):
 
     assert claims.scopes == {"read:messages"} and claims.subject == "auth0|user-1"
     assert claims.payload["nested"] == {"a": [1, 2]} and claims.payload["org_id"] == "org_1"
+
+
+def test_a_small_flat_payload_keeps_its_claims_from_its_first_hit_charged_at_their_size(
+    client, acme, acme_tokens
+):
+    token = acme_tokens.token(scope="read:messages", org_id="org_1", roles=["a", "b"])
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+    (entry,) = verified_tokens._entries.values()
+    assert entry.claims is None and verified_tokens.held()[1] == entry.size  # seen once: text
+
+    assert client.get(PRIVATE, **bearer(token)).status_code == 200
+    trust = directory.by_slug("acme").issuers
+    assert verified_tokens.get(token, trust) is verified_tokens.get(token, trust) is entry.claims
+    assert verified_tokens.held()[1] == entry.size
+    assert entry.claims.scopes == {"read:messages"}
+    assert entry.size > 2 * (ENTRY_OVERHEAD + len(entry.payload_segment))  # the objects count
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"nested": {"a": [1, 2]}},  # a container in a container
+        {f"list{index}": [] for index in range(KEPT_CONTAINERS + 1)},  # too many containers
+        {"padding": "x" * KEPT_PAYLOAD_CHARS},  # too long
+    ],
+)
+def test_other_payloads_keep_only_their_text(client, acme, acme_tokens, claims):
+    token = acme_tokens.token(**claims)
+    for _ in range(2):  # verified, then a hit
+        assert client.get(PRIVATE, **bearer(token)).status_code == 200
+    (entry,) = verified_tokens._entries.values()
+
+    assert entry.claims is None
+    assert entry.size == ENTRY_OVERHEAD + len(entry.payload_segment)
+    rebuilt = verified_tokens.get(token, directory.by_slug("acme").issuers)
+    assert rebuilt.subject == "auth0|user-1" and dict(rebuilt.payload).items() >= claims.items()
 
 
 def test_one_tenant_flooding_new_tokens_never_evicts_another_tenants_entries(

@@ -127,9 +127,14 @@ class BackgroundSync:
         self._every_recheck(refresh_once)
 
     def _every_recheck(self, round_: Callable[[], None]) -> None:
-        """Run ``round_`` every CONFIG_RECHECK_INTERVAL for as long as this process lives."""
+        """Start ``round_`` every CONFIG_RECHECK_INTERVAL for as long as this process lives."""
         pid, stop = os.getpid(), threading.Event()
-        while self._pid == pid and not stop.wait(authz_settings.CONFIG_RECHECK_INTERVAL):
+        due = time.monotonic()
+        while self._pid == pid:
+            # Rounds start on a fixed beat, so a change waits at most one interval for the next
+            # read, not an interval after a slow round; a round that overran is not made up.
+            due = max(due + authz_settings.CONFIG_RECHECK_INTERVAL, time.monotonic())
+            stop.wait(due - time.monotonic())
             round_()
 
 

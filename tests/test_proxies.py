@@ -28,8 +28,10 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 
 from devissuer import dpop
+from tenants.decision import PREFIX
 from tests.processes import (
     ROOT,
     WORKERS,
@@ -286,9 +288,22 @@ def deployment(
             for slug, fields in TENANTS.items()
         ]
         stack.import_tenants(*items)
+        every_worker_decides(stack, "shop.localhost", "/health")  # one import: every name with it
         yield Deployment(mode, stack, ports, access_log)
         if mode == "redis":  # what a transactional test leaves: empty tables for the next
             manage(env, "flush", "--no-input")
+
+
+def every_worker_decides(stack: Stack, host: str, target: str) -> None:
+    """Wait until GET ``target`` at ``host`` is allowed on 20 new connections in a row (both
+    workers, surely): a worker learns a newly imported hostname at its next feed read."""
+    headers = {"X-Authz-Proxy-Secret": SECRET, "X-Forwarded-Method": "GET", "Connection": "close"}
+    headers |= {"X-Forwarded-Host": host, "X-Forwarded-Uri": target}
+    deadline, in_a_row = time.monotonic() + PROPAGATION, 0
+    while in_a_row < 20:
+        assert time.monotonic() < deadline, f"{host} is not decided by every worker"
+        allowed = requests.get(stack.web.url + PREFIX, headers=headers, timeout=5).ok
+        in_a_row = in_a_row + 1 if allowed else 0
 
 
 @pytest.fixture(params=PROXIES)

@@ -30,7 +30,7 @@ import yaml
 from devissuer import dpop
 from tests.processes import Stack, inherited_env, mode_env, platform
 from tests.test_control_plane import SETTINGS
-from tests.test_proxies import PROXIES_DIR, SECRET, SHOP_ROUTES
+from tests.test_proxies import PROXIES_DIR, SECRET, SHOP_ROUTES, every_worker_decides
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -229,6 +229,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             running.tenant("shop", hosts=["shop.localhost"], routes=SHOP_ROUTES),
             running.tenant("quota", hosts=["quota.localhost"], **quota),
         )
+        every_worker_decides(running, "shop.localhost", "/health")  # one import: both names
         yield running
 
 

@@ -38,16 +38,10 @@ from authz.metrics import route_labels
 from ops.login import client_address
 from tenants.ratelimit import (
     anonymous_limited,
-    early_limits,
-    limiter,
-    limits_of,
-    policy_header,
-    state_header,
-    throttled,
 )
 from tenants.resolution import TenantNotFound, tenant_of_host
 from tenants.routes import Outcome, Route, scopes_allow
-from tenants.views import count_limits, limits_of_refusal, subject_of
+from tenants.views import limits_counted, rate_and_nonce_headers
 
 PREFIX = "/authz/decision"
 # RFC 9110 section 5.6.2: a method is a token.
@@ -195,18 +189,8 @@ def decide(request: HttpRequest) -> tuple[Route, Principal | None]:
     if tenant is None:
         raise TenantNotFound()
     address = client_address(request, calling_proxy=True) if anonymous_limited() else None
-    known = limiter.known_over(early_limits(tenant, address))
-    if known is not None:  # refused before any token work, with no round trip
-        request.rate_verdicts = [known]
-        raise throttled(known, tenant.slug)
-    try:
-        route, principal = authorize(request, tenant, original)
-    except APIException as refused:
-        limits = limits_of_refusal(tenant, subject_of(request), address, refused)
-        count_limits(request, tenant, limits, refused)
-        raise
-    count_limits(request, tenant, limits_of(tenant, principal and principal.subject))
-    return route, principal
+    with limits_counted(request, tenant, address):
+        return authorize(request, tenant, original)
 
 
 def authorize(
@@ -245,17 +229,6 @@ def allowed(request: HttpRequest, route: Route, principal: Principal | None) -> 
     rate_and_nonce_headers(request, response)
     response["Allow"] = ALLOW
     return response
-
-
-def rate_and_nonce_headers(request: HttpRequest, response: HttpResponse) -> None:
-    """The current DPoP nonce for a tenant that issues them, and the rate-limit state."""
-    nonce = getattr(request, "dpop_nonce", None)
-    if nonce is not None and "DPoP-Nonce" not in response:
-        response["DPoP-Nonce"] = nonce
-    verdicts = getattr(request, "rate_verdicts", None)
-    if verdicts:
-        response["RateLimit-Policy"] = policy_header(verdicts)
-        response["RateLimit"] = state_header(verdicts)
 
 
 def principal_headers(principal: Principal) -> tuple[tuple[str, str], ...]:

@@ -1,5 +1,7 @@
 """The base of every tenant-served API view, and the API's answer where no route matches."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -43,17 +45,8 @@ class TenantResolutionMixin:
             super().initial(request, *args, **kwargs)
             return
         address = self.address_of(request) if anonymous_limited() else None
-        known = limiter.known_over(early_limits(tenant, address))
-        if known is not None:  # refused before any token work, with no round trip
-            request.rate_verdicts = [known]
-            raise throttled(known, tenant.slug)
-        try:
+        with limits_counted(request._request, tenant, address):
             super().initial(request, *args, **kwargs)
-        except APIException as refused:
-            limits = limits_of_refusal(tenant, subject_of(request._request), address, refused)
-            count_limits(request, tenant, limits, refused)
-            raise
-        count_limits(request, tenant, limits_of(tenant, subject_of(request._request)))
 
     def tenant_of(self, request: Request) -> Any:
         """The request's tenant: by the /t/<slug>/ URL prefix (handlers never see it), or host."""
@@ -71,19 +64,42 @@ class TenantResolutionMixin:
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any
     ) -> Response:
-        """DRF's, and the current DPoP nonce for a tenant that issues them (RFC 9449 section 9)."""
-        nonce = getattr(request, "dpop_nonce", None)
-        if nonce is not None and "DPoP-Nonce" not in response:
-            response["DPoP-Nonce"] = nonce
-        verdicts = getattr(request, "rate_verdicts", None)
-        if verdicts:
-            response["RateLimit-Policy"] = policy_header(verdicts)
-            response["RateLimit"] = state_header(verdicts)
+        """DRF's, with the DPoP nonce and the rate-limit state."""
+        rate_and_nonce_headers(request._request, response)
         return super().finalize_response(request, response, *args, **kwargs)
 
     def endpoint_key_for(self, method: str) -> str | None:
         """The endpoint key whose scope rule guards requests of this method."""
         return self.endpoint_key
+
+
+def rate_and_nonce_headers(request: HttpRequest, response: HttpResponse) -> None:
+    """The current DPoP nonce for a tenant that issues them (RFC 9449 section 9), and the
+    rate-limit state of the limits the request was counted against."""
+    nonce = getattr(request, "dpop_nonce", None)
+    if nonce is not None and "DPoP-Nonce" not in response:
+        response["DPoP-Nonce"] = nonce
+    verdicts = getattr(request, "rate_verdicts", None)
+    if verdicts:
+        response["RateLimit-Policy"] = policy_header(verdicts)
+        response["RateLimit"] = state_header(verdicts)
+
+
+@contextmanager
+def limits_counted(request: HttpRequest, tenant: Any, address: str | None) -> Iterator[None]:
+    """429 at once when an early limit is known to be over; after the work inside, the request
+    counted against its limits (a refusal before authentication against the client's address)."""
+    known = limiter.known_over(early_limits(tenant, address))
+    if known is not None:  # refused before any token work, with no round trip
+        request.rate_verdicts = [known]
+        raise throttled(known, tenant.slug)
+    try:
+        yield
+    except APIException as refused:
+        limits = limits_of_refusal(tenant, subject_of(request), address, refused)
+        count_limits(request, tenant, limits, refused)
+        raise
+    count_limits(request, tenant, limits_of(tenant, subject_of(request)))
 
 
 def count_limits(

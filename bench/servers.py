@@ -34,6 +34,7 @@ from bench.stack import (
     cpu_seconds,
     free_port,
     own_cpu_seconds,
+    peer_env,
     start_platform,
 )
 
@@ -102,13 +103,7 @@ def start_ours(stack: Stack, env: dict[str, str], server: str) -> Served:
 
 def start_peer(stack: Stack, server: str, issuer: str, audience: str) -> Served:
     """The peer under ``server``, from its own directory with only the environment it names."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "DJANGO_SETTINGS_MODULE": "apiexample.settings",
-        "SECRET_KEY": "bench-only-not-secret",
-        "AUTH0_DOMAIN": issuer,
-        "API_IDENTIFIER": audience,
-    }
+    env = peer_env(issuer, audience)
     port = free_port()
     argv = server_argv(server, "apiexample.wsgi:application", port)
     process = stack.spawn(f"peer-{server}", argv, env, cwd=PEER_DIR)

@@ -284,19 +284,24 @@ def start_web(plat: Platform, app: str | None = None) -> tuple[str, subprocess.P
 PEER_DIR = ROOT / "bench" / "peer"
 
 
-def start_peer(stack: Stack, issuer: str, audience: str) -> tuple[str, subprocess.Popen]:
-    """The quickstart done right (bench/peer) under gunicorn with 2 sync workers, as ours is.
-
-    Started from its own directory with only the environment its README names: no
-    gunicorn.conf.py, and none of the platform's settings.
-    """
-    env = {
+def peer_env(issuer: str, audience: str) -> dict[str, str]:
+    """The peer's whole environment: only what its README names, none of the platform's."""
+    return {
         "PATH": os.environ["PATH"],
         "DJANGO_SETTINGS_MODULE": "apiexample.settings",
         "SECRET_KEY": "bench-only-not-secret",
         "AUTH0_DOMAIN": issuer,
         "API_IDENTIFIER": audience,
     }
+
+
+def start_peer(stack: Stack, issuer: str, audience: str) -> tuple[str, subprocess.Popen]:
+    """The quickstart done right (bench/peer) under gunicorn with 2 sync workers, as ours is.
+
+    Started from its own directory with only the environment its README names: no
+    gunicorn.conf.py, and none of the platform's settings.
+    """
+    env = peer_env(issuer, audience)
     port = free_port()
     argv = [PYTHON, "-m", "gunicorn", "apiexample.wsgi", "-w", "2", "-b", f"127.0.0.1:{port}"]
     peer = stack.spawn("peer", argv, env, cwd=PEER_DIR)

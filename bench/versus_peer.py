@@ -13,14 +13,13 @@ ratio an idle machine would show, without the load generator and sockets).
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from typing import Any
 
 from bench.bench import add_tenants
 from bench.fixtures import Tokens, issuer_name, public_path, say, scoped_path, slug
-from bench.stack import PEER_DIR, PYTHON, ROOT, Stack, start_platform
+from bench.stack import PEER_DIR, PYTHON, ROOT, Stack, peer_env, start_platform
 
 SCENARIOS = ("public", "scoped_repeat", "scoped_distinct")
 
@@ -86,19 +85,13 @@ def main() -> None:
         add_tenants(plat, 10)
         tokens = Tokens(stack.workdir / "keys", plat.issuer_url)
         ours_env = {**plat.env, "DJANGO_SETTINGS_MODULE": "config.settings"}
-        peer_env = {
-            "PATH": os.environ["PATH"],
-            "DJANGO_SETTINGS_MODULE": "apiexample.settings",
-            "SECRET_KEY": "bench-only-not-secret",
-            "AUTH0_DOMAIN": f"{plat.issuer_url}/{issuer_name(0)}/",
-            "API_IDENTIFIER": f"https://api.{slug(0)}.test",
-        }
+        peer = peer_env(f"{plat.issuer_url}/{issuer_name(0)}/", f"https://api.{slug(0)}.test")
         best: dict[str, dict[str, float]] = {"ours": {}, "peer": {}}
         for number in range(args.rounds):
             say(f"round {number + 1} of {args.rounds}")
             for side, env, cwd, app in (
                 ("ours", ours_env, str(ROOT), "config.wsgi:application"),
-                ("peer", peer_env, str(PEER_DIR), "apiexample.wsgi:application"),
+                ("peer", peer, str(PEER_DIR), "apiexample.wsgi:application"),
             ):
                 lines = lines_of(tokens, side == "ours", args.requests)
                 for scenario, cost in one_side(env, cwd, app, lines, args.requests).items():

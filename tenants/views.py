@@ -65,7 +65,8 @@ class TenantResolutionMixin:
         self, request: Request, response: Response, *args: Any, **kwargs: Any
     ) -> Response:
         """DRF's, with the DPoP nonce and the rate-limit state."""
-        rate_and_nonce_headers(request._request, response)
+        # The DRF request: the nonce is set on it; the verdicts fall through to Django's.
+        rate_and_nonce_headers(request, response)
         return super().finalize_response(request, response, *args, **kwargs)
 
     def endpoint_key_for(self, method: str) -> str | None:
@@ -73,7 +74,7 @@ class TenantResolutionMixin:
         return self.endpoint_key
 
 
-def rate_and_nonce_headers(request: HttpRequest, response: HttpResponse) -> None:
+def rate_and_nonce_headers(request: HttpRequest | Request, response: HttpResponse) -> None:
     """The current DPoP nonce for a tenant that issues them (RFC 9449 section 9), and the
     rate-limit state of the limits the request was counted against."""
     nonce = getattr(request, "dpop_nonce", None)

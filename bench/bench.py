@@ -211,8 +211,11 @@ PEER_SCENARIOS = ("public", "scoped_repeat", "scoped_distinct")
 # Which of ours each peer scenario is run beside and compared with: the same requests. The peer
 # serves one tenant and counts no rate limit, so its never-seen tokens meet one_tenant_distinct;
 # scoped_distinct (every tenant, one of them limited) is compared as well, apart.
-OURS_FOR_PEER = {"public": "public", "scoped_repeat": "scoped_repeat"}
-OURS_FOR_PEER["one_tenant_distinct"] = "scoped_distinct"
+OURS_FOR_PEER = {
+    "public": "public",
+    "scoped_repeat": "scoped_repeat",
+    "one_tenant_distinct": "scoped_distinct",
+}
 PEER_SCOPED = "/api/private-scoped"
 
 

@@ -27,6 +27,8 @@ SLOT_SECONDS = 30 * 24 * 3600
 # After the store fails, slots are not asked again for this long: an unreachable store must not
 # add its timeout to every request.
 STORE_RETRY_SECONDS = 5.0
+# How many slots a value tries, from the one it hashes to, before it is named ``other``.
+PROBES = 4
 # Per request: from a cache hit (tens of µs) to a fresh fetch on the request path (seconds).
 VERIFICATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.5, 5)
 PROPAGATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300)
@@ -78,11 +80,13 @@ DPOP_REPLAYS = Counter(
 class LabelSlots:
     """Which values of a label get their own series: at most ``size`` in the whole deployment.
 
-    A value hashes to one of ``size`` slots; the first value to claim a slot in the shared store
-    holds it for SLOT_SECONDS, and every process asks the store about a slot once. So the series
-    count is bounded whatever the number of tenants or URLs, every process names the same
-    values, and a request costs a store round trip only while its slot is unknown here. After a
-    store failure, unknown slots name ``other`` for STORE_RETRY_SECONDS without asking.
+    A value hashes to one of ``size`` slots and, when another value holds it, tries the next
+    PROBES - 1 (so two URLs of one tenant rarely share ``other``). The first value to claim a slot
+    in the shared store holds it for SLOT_SECONDS, and every process asks the store about a slot
+    once. So the series count is bounded whatever the number of tenants or URLs, every process
+    names the same values, and a request costs a store round trip only while its slot is unknown
+    here. After a store failure, unknown slots name ``other`` for STORE_RETRY_SECONDS without
+    asking.
     """
 
     def __init__(self, namespace: str, setting: str) -> None:
@@ -97,19 +101,23 @@ class LabelSlots:
         return getattr(authz_settings, self.setting)
 
     def label(self, value: str) -> str:
-        """``value`` when it holds its slot, else ``other``."""
+        """``value`` when it holds a slot of its probe sequence, else ``other``."""
         size = self.size
         if size <= 0:
             return OTHER
         digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        slot = int.from_bytes(digest, "big") % size
-        holder = self._holders.get(slot)
-        if holder is None:
-            holder = self._holder_of(slot, value)
+        first = int.from_bytes(digest, "big") % size
+        for probe in range(min(PROBES, size)):
+            slot = (first + probe) % size
+            holder = self._holders.get(slot)
             if holder is None:
-                return OTHER  # the store did not answer: ask again next time
-            self._holders[slot] = holder
-        return value if holder == value else OTHER
+                holder = self._holder_of(slot, value)
+                if holder is None:
+                    return OTHER  # the store did not answer: ask again next time
+                self._holders[slot] = holder
+            if holder == value:
+                return value
+        return OTHER
 
     def holders(self) -> list[str]:
         """Every value that holds a slot now, as the shared store says (one round trip)."""

@@ -6,6 +6,8 @@ the last section runs gunicorn -w 2 as docs/deployment.md says, with the platfor
 web role, and the cardinality test runs two processes.
 """
 
+import hashlib
+import itertools
 import json
 import os
 import socket
@@ -242,6 +244,29 @@ def test_label_slots_name_at_most_their_size_and_agree_between_holders(settings,
     assert named_first == named_second
     assert "other" in named_first and 1 < len(named_first) <= 11
     assert sorted(first.holders()) == sorted(named_first - {"other"})
+
+
+def test_two_values_that_hash_to_one_slot_are_both_named(settings, db):
+    settings.AUTHZ = {**getattr(settings, "AUTHZ", {}), "METRICS_KEY_SET_LABELS": 100}
+    slots = LabelSlots("test-jwks-url", "METRICS_KEY_SET_LABELS")
+    first, second = _two_urls_in_one_slot(100)
+
+    named = {slots.label(first), slots.label(second)}
+
+    assert named == {first, second}
+    assert LabelSlots("test-jwks-url", "METRICS_KEY_SET_LABELS").label(second) == second
+
+
+def _two_urls_in_one_slot(size: int) -> tuple[str, str]:
+    seen: dict[int, str] = {}
+    for port in itertools.count(1024):
+        url = f"http://127.0.0.1:{port}/custom/.well-known/jwks.json"
+        digest = hashlib.blake2b(url.encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest, "big") % size
+        if slot in seen:
+            return seen[slot], url
+        seen[slot] = url
+    raise AssertionError("unreachable")
 
 
 class Blackhole:

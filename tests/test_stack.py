@@ -582,8 +582,8 @@ def test_the_stack_runs_as_compose_runs_it(stack):
 def _scheduled_refreshes(web: Client, metrics_token: str, issuer: str) -> float:
     """The worker's successful refreshes of this issuer's key sets, as /metrics reports them.
 
-    Two URLs can hash to one label slot (1 in METRICS_KEY_SET_LABELS), and then one of them is
-    counted as ``other``; this stack serves no other issuer, so ``other`` is this issuer's too.
+    A URL whose every probed label slot is held is counted as ``other`` (rare, yet possible);
+    this stack serves no other issuer, so ``other`` is this issuer's too.
     """
     response = requests.get(
         f"{web.base}/metrics", headers={"Authorization": f"Bearer {metrics_token}"}, timeout=10

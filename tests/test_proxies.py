@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,7 @@ import requests
 from devissuer import dpop
 from tenants.decision import PREFIX
 from tests.processes import (
+    EVERYONE_WITHIN,
     ROOT,
     WORKERS,
     Stack,
@@ -295,15 +297,36 @@ def deployment(
 
 
 def every_worker_decides(stack: Stack, host: str, target: str) -> None:
-    """Wait until GET ``target`` at ``host`` is allowed on 20 new connections in a row (both
-    workers, surely): a worker learns a newly imported hostname at its next feed read."""
+    """Wait until every worker has allowed GET ``target`` at ``host``: a worker learns a newly
+    imported hostname at its next feed read, and knows it from then on."""
     headers = {"X-Authz-Proxy-Secret": SECRET, "X-Forwarded-Method": "GET", "Connection": "close"}
-    headers |= {"X-Forwarded-Host": host, "X-Forwarded-Uri": target}
-    deadline, in_a_row = time.monotonic() + PROPAGATION, 0
-    while in_a_row < 20:
-        assert time.monotonic() < deadline, f"{host} is not decided by every worker"
-        allowed = requests.get(stack.web.url + PREFIX, headers=headers, timeout=5).ok
-        in_a_row = in_a_row + 1 if allowed else 0
+    headers["X-Forwarded-Host"] = host
+
+    def decide(probe: str) -> bool:
+        uri = {"X-Forwarded-Uri": f"{target}?probe={probe}", "X-Probe": probe}
+        return requests.get(stack.web.url + PREFIX, headers=headers | uri, timeout=5).ok
+
+    deadline, allowed_by = time.monotonic() + PROPAGATION + EVERYONE_WITHIN, set()
+    with ThreadPoolExecutor(max_workers=4) as pool:  # four at once, so that every worker gets some
+        while len(allowed_by) < WORKERS:
+            assert time.monotonic() < deadline, f"{host} is not decided by every worker"
+            probes = [uuid.uuid4().hex for _ in range(4)]
+            for probe, allowed in zip(probes, pool.map(decide, probes), strict=True):
+                if allowed:
+                    allowed_by.add(worker_of(stack.web.access_log, probe))
+
+
+def worker_of(access_log: Path, probe: str, timeout: float = 5) -> int:
+    """The pid of the worker that answered ``probe``, from an access log whose lines start with
+    ``<pid>`` and end with the status (gunicorn writes them just after the answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in access_log.read_text().splitlines():
+            pid = line.split(" ", 1)[0]
+            if probe in line and pid[:1] == "<" and pid[-1:] == ">" and line[-1:].isdigit():
+                return int(pid.strip("<>"))
+        time.sleep(0.02)
+    pytest.fail(f"{access_log} lacks the decision {probe}")
 
 
 @pytest.fixture(params=PROXIES)

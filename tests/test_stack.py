@@ -192,6 +192,15 @@ def test_the_image_runs_every_app_as_a_user_and_bakes_no_secret():
     assert "collectstatic" in dockerfile and "STATIC_ROOT=" in dockerfile
 
 
+def test_the_dependency_layer_is_redone_only_when_pyproject_changes():
+    dockerfile = (PLATFORM / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = dockerfile.splitlines()
+    install = next(i for i, line in enumerate(lines) if "pip install" in line)
+    copied_before = [line.split()[1:-1] for line in lines[:install] if line.startswith("COPY ")]
+
+    assert copied_before == [["pyproject.toml"]]
+
+
 # --- the stack, natively ----------------------------------------------------------------------
 
 

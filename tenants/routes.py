@@ -104,9 +104,10 @@ def normalize_path(raw_path: str) -> tuple[str, ...]:
     """The segments of a request path (RFC 3986 section 6), or PathRefused; linear time.
 
     Unreserved escapes are decoded (so %2E%2E is ..), other escapes upper-cased, characters not
-    allowed raw are escaped, query and fragment dropped, dot segments removed. One trailing slash
-    is ignored (a template cannot tell ``/a`` from ``/a/``); an empty segment elsewhere is refused,
-    since upstreams disagree on whether ``//`` is one slash.
+    allowed raw are escaped, query and fragment dropped. One trailing slash is ignored (a template
+    cannot tell ``/a`` from ``/a/``). Dot segments and empty segments are refused, not resolved:
+    nginx, Caddy, Traefik and Envoy pass ``/admin/../public`` on as sent, and an upstream that
+    does not resolve it (Express does not) would act on ``/admin`` where we decided ``/public``.
     """
     path = raw_path.partition("?")[0].partition("#")[0]
     if not path.startswith("/"):
@@ -115,14 +116,13 @@ def normalize_path(raw_path: str) -> tuple[str, ...]:
     pieces = decoded[1:].split("/")
     if "" in pieces[:-1]:
         raise PathRefused("empty_segment", "An empty path segment (//) is refused.")
-    segments: list[str] = []
-    for piece in pieces:
-        if piece == "..":
-            if segments:
-                segments.pop()
-        elif piece not in (".", ""):
-            segments.append(piece)
-    return tuple(segments)
+    if "." in pieces or ".." in pieces:
+        raise PathRefused(
+            "dot_segment",
+            "A . or .. path segment is refused: proxies pass it on as sent, and upstreams "
+            "disagree on resolving it.",
+        )
+    return tuple(pieces[:-1] if pieces[-1] == "" else pieces)
 
 
 @dataclass(frozen=True, slots=True)

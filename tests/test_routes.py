@@ -178,15 +178,12 @@ def test_star_overlaps_every_method_and_rest_overlaps_rest() -> None:
         ("/a/b", ("a", "b")),
         ("/a/b/", ("a", "b")),
         ("/", ()),
-        ("/a/./b/../c", ("a", "c")),
-        ("/a/%2E%2E/b", ("b",)),
-        ("/a/%2e/b", ("a", "b")),
-        ("/../../a", ("a",)),
         ("/%61%7e", ("a~",)),
         ("/a%3ab", ("a%3Ab",)),
         ("/caf\u00e9", ("caf%C3%A9",)),
         ("/a?x=/../b#f", ("a",)),
-        ("/a/b/..", ("a",)),
+        ("/a/...", ("a", "...")),
+        ("/a/.b", ("a", ".b")),
     ],
 )
 def test_paths_are_normalized_before_matching(raw: str, segments: tuple[str, ...]) -> None:
@@ -202,6 +199,13 @@ def test_paths_are_normalized_before_matching(raw: str, segments: tuple[str, ...
         ("/public\\..\\admin", "backslash"),
         ("/public/%252e%252e/admin", "encoded_percent"),
         ("/a//b", "empty_segment"),
+        ("/a/./b", "dot_segment"),
+        ("/a/b/..", "dot_segment"),
+        ("/../a", "dot_segment"),
+        ("/a/%2E%2E/b", "dot_segment"),
+        ("/a/%2e/b", "dot_segment"),
+        ("/a/.%2e/b", "dot_segment"),
+        ("/a/./", "dot_segment"),
         ("/admin;jsessionid=1", "path_parameter"),
         ("/a%00", "control_character"),
         ("/a\nb", "control_character"),
@@ -217,17 +221,19 @@ def test_paths_an_upstream_could_read_differently_are_refused(raw: str, code: st
     assert refused.value.code == code
 
 
-def test_an_encoded_dot_dot_cannot_reach_a_stricter_route_through_a_permissive_one() -> None:
+def test_a_dot_dot_never_reaches_a_route_the_upstream_would_not_act_on() -> None:
+    # An upstream that does not resolve dot segments (Express) acts on /admin/... for these.
     routes = table(
         (["GET"], "/public/{rest...}", True),
         (["GET"], "/admin/{rest...}", False, ["admin"]),
     )
     for raw in (
-        "/public/%2E%2E/admin/users",
+        "/admin/../public/x",
+        "/admin/%2E%2E/public/x",
+        "/admin/.%2e/public/x",
         "/public/./../admin/users",
-        "/public/.%2e/admin/users",
     ):
-        assert hit(routes, "GET", raw) == "/admin/{rest...}"
+        assert routes.match("GET", raw).code == "dot_segment", raw
     assert routes.match("GET", "/public/..%2Fadmin/users").code == "encoded_slash"
 
 

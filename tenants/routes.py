@@ -355,7 +355,7 @@ class RouteTable:
         path = "/" + "/".join(segments)
         if self.broken:
             return Outcome(None, code="no_route", reason=self.broken, path=path)
-        found = self._find(method if method in self._named else ANY_METHOD, segments)
+        found = self._decide(method, segments)
         if found is None:
             reason = f"No route matches {method} {path}."
             return Outcome(None, code="no_route", reason=reason, path=path)
@@ -363,7 +363,18 @@ class RouteTable:
         reason = f"{found.label} is the most specific route for {method} {path}."
         return Outcome(found, params, reason=reason, path=path)
 
-    def _find(self, method: str, segments: tuple[str, ...]) -> Route | None:
+    def _decide(self, method: str, segments: tuple[str, ...]) -> Route | None:
+        """The route for ``method``; HEAD is decided as GET unless a more specific route takes
+        HEAD, since upstreams run GET's handler for HEAD (a catch-all must not open it)."""
+        found = self._find(method, segments)
+        if method == "HEAD":
+            as_get = self._find("GET", segments)
+            if as_get is not None and (found is None or as_get[0] >= found[0]):
+                found = as_get
+        return found[1] if found is not None else None
+
+    def _find(self, method: str, segments: tuple[str, ...]) -> tuple[int, Route] | None:
+        method = method if method in self._named else ANY_METHOD
         state, best = self._start, None
         for segment in segments:
             if state is None:
@@ -376,7 +387,7 @@ class RouteTable:
             candidate = state.exact.get(method) if state is not None else None
             if candidate is not None and (best is None or candidate[0] > best[0]):
                 best = candidate
-        return best[1] if best is not None else None
+        return best
 
     def explain(self, method: str, raw_path: str) -> tuple[Outcome, list[str]]:
         """The match and, for the admin, each other route the path meets and why it lost."""
@@ -388,7 +399,9 @@ class RouteTable:
         for route in self.routes:
             if route is outcome.route or not route.matches(segments):
                 continue
-            if route.methods & {method, ANY_METHOD}:
+            if route.methods & {method, ANY_METHOD} or (
+                method == "HEAD" and "GET" in route.methods
+            ):
                 notes.append(f"{route.label} matches too, but is less specific.")
             else:
                 notes.append(f"{route.label} matches the path, but not the method {method}.")

@@ -453,9 +453,25 @@ def test_a_nonce_tenant_gets_use_dpop_nonce_then_is_served(client, make_tenant, 
     assert second["DPoP-Nonce"] == nonce
 
 
-@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
-def test_head_and_options_are_decided_as_the_original_method(client, shop, method):
-    response = decide(client, method, "/health")
+def test_head_is_decided_as_get_and_options_as_itself(client, shop):
+    head = decide(client, "HEAD", "/health")
+    options = decide(client, "OPTIONS", "/health")
 
-    assert response.status_code == 403  # the public route names GET only; HEAD is not implied
-    assert response.json()["code"] == "no_route"
+    assert head.status_code == 200  # the public route names GET: upstreams run it for HEAD
+    assert head["X-Authz-Route"] == "/health"
+    assert options.status_code == 403  # nothing implies OPTIONS
+    assert options.json()["code"] == "no_route"
+
+
+def test_a_catch_all_for_every_method_never_opens_head_on_a_protected_get(client, make_tenant):
+    routes = [
+        {"methods": ["GET"], "path": "/admin/{rest...}", "scopes": ["admin"]},
+        {"methods": ["*"], "path": "/{any...}", "public": True},
+    ]
+    make_tenant("open", routes=routes)
+
+    head = decide(client, "HEAD", "/admin/users", host="open.localhost")
+
+    assert head.status_code == 401
+    assert head.json()["code"] == "not_authenticated"
+    assert decide(client, "HEAD", "/elsewhere", host="open.localhost").status_code == 200

@@ -169,6 +169,23 @@ def test_star_overlaps_every_method_and_rest_overlaps_rest() -> None:
     table((["GET"], "/a/{x}"), (["POST"], "/a/{y}"), (["GET"], "/a/{x...}"), (["GET"], "/a/b"))
 
 
+def test_head_is_decided_as_get_unless_a_more_specific_route_takes_head() -> None:
+    routes = table(
+        (["GET"], "/admin/{rest...}", False, ["admin"]),
+        (["*"], "/{any...}", True),
+        (["HEAD"], "/admin/ping", True),
+        (["GET"], "/docs/{page}", False, ["read"]),
+        (["*"], "/docs/{rest...}", True),
+    )
+
+    assert hit(routes, "HEAD", "/admin/users") == "/admin/{rest...}"
+    assert hit(routes, "HEAD", "/admin/ping") == "/admin/ping"
+    assert hit(routes, "HEAD", "/docs/intro") == "/docs/{page}"
+    assert hit(routes, "HEAD", "/docs/a/b") == "/docs/{rest...}"
+    assert hit(routes, "HEAD", "/elsewhere") == "/{any...}"
+    assert hit(routes, "POST", "/admin/users") == "/{any...}"
+
+
 # 4. Normalization (RFC 3986 section 6) and the paths refused.
 
 

@@ -96,6 +96,8 @@ def original_request(request: HttpRequest) -> OriginalRequest:
     method = _one(meta, "HTTP_X_FORWARDED_METHOD") or _one(meta, "HTTP_X_ORIGINAL_METHOD")
     target = meta.get("HTTP_X_FORWARDED_URI") or meta.get("HTTP_X_ORIGINAL_URI")
     if not target:
+        if method:  # a header form without its URI: never decide the decision's own path
+            raise ForwardedRequestInvalid("The original method came without the original URI.")
         target = _after_prefix(_raw_target(request))
     host = _one(meta, "HTTP_X_FORWARDED_HOST") or _one(meta, "HTTP_HOST") or ""
     scheme = (_one(meta, "HTTP_X_FORWARDED_PROTO") or request.scheme).lower()

@@ -259,10 +259,20 @@ def test_an_unknown_host_is_404_tenant_not_found(client, shop):
         {"HTTP_X_FORWARDED_HOST": "a.localhost, shop.localhost"},
         {"HTTP_X_FORWARDED_URI": "orders/1"},
         {"HTTP_X_FORWARDED_URI": "/caf\xe9"},  # latin-1 bytes, not UTF-8
+        {"HTTP_X_FORWARDED_URI": ""},  # a method without its URI: not decided as GET /
     ],
 )
 def test_an_unreadable_original_request_is_400(client, shop, extra):
     response = client.get(DECISION, **{**forwarded("GET", "/health"), **extra})
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_forwarded_request"
+
+
+def test_nginx_form_without_its_uri_is_400_not_the_decisions_own_path(client, shop):
+    headers = {"HTTP_X_AUTHZ_PROXY_SECRET": SECRET, "HTTP_X_ORIGINAL_METHOD": "GET"}
+
+    response = client.get(DECISION, HTTP_HOST="shop.localhost", **headers)
 
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_forwarded_request"

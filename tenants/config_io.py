@@ -140,6 +140,17 @@ INLINES = {
 }
 ROUTE_KEYS = {"methods": list, "path": str, "public": bool, "scopes": list}
 KNOWN_KEYS = {*DEFAULTS, *REQUIRED, *INLINES, *ISSUER_KEYS}
+# The JSON type of each plain field, as export writes it: a form would read "no" as true and
+# ["x"] as the text "['x']", so the file's types are checked first. (bool is an int: not here.)
+FIELD_TYPES: dict[str, type] = {
+    **{key: str for key in ("slug", "name", "scope_claims", "admin_scope", "token_profile")},
+    **{key: str for key in ("dpop", "rate_limit_per_subject", "rate_limit_per_tenant")},
+    **{key: str for key in ISSUER_KEYS},
+    **{key: bool for key in ("active", "provision_users", "dpop_nonce")},
+    "leeway": int,
+}
+# The inline lists of text: a form would drop a null or blank item and stringify the rest.
+TEXT_LISTS = ("audiences", "hosts", "cors_origins")
 # SQLite allows 999 variables per statement; every ``__in`` filter goes in chunks below that.
 CHUNK = 900
 CREATE_EVERY = 1000
@@ -282,9 +293,8 @@ def _hostnames(items: list[dict[str, Any]]) -> set[str]:
 
 
 def _slug_key(item: dict[str, Any]) -> str | None:
-    """The slug a tenant is looked up by, as the database compares it: a number as its text."""
-    slug = item.get("slug")
-    return None if slug is None else str(slug)
+    """The slug a tenant is looked up by (a str: ``_tenant_items`` refused any other type)."""
+    return item.get("slug")
 
 
 def _tenant_items(document: object) -> list[dict[str, Any]]:
@@ -294,11 +304,16 @@ def _tenant_items(document: object) -> list[dict[str, Any]]:
     problems = [
         f"tenants[{i}]: must be an object" for i, t in enumerate(items) if not isinstance(t, dict)
     ]
-    slugs = Counter(item.get("slug") for item in items if isinstance(item, dict))
     problems += [
-        f"slug {slug!r} appears more than once"
-        for slug in sorted(slugs, key=str)
-        if slug is not None and slugs[slug] > 1
+        f"tenants[{i}]: slug: must be a str"
+        for i, t in enumerate(items)
+        if isinstance(t, dict) and "slug" in t and not isinstance(t["slug"], str)
+    ]
+    if problems:
+        raise TenantImportError(problems)
+    slugs = Counter(item["slug"].strip() for item in items if "slug" in item)
+    problems += [
+        f"slug {slug!r} appears more than once" for slug in sorted(slugs) if slugs[slug] > 1
     ]
     if problems:
         raise TenantImportError(problems)
@@ -388,6 +403,16 @@ def _shape_problems(item: dict[str, Any]) -> list[str]:
     for name in INLINES:
         if not isinstance(item.get(name, []), list):
             problems.append(f"{name}: must be a list")
+    problems += [
+        f"{key}: must be a {kind.__name__}"
+        for key, kind in FIELD_TYPES.items()
+        if key in item and not _is_a(item[key], kind)
+    ]
+    problems += [
+        f"{key}: each item must be a non-empty str"
+        for key in TEXT_LISTS
+        if isinstance(item.get(key), list) and not all(_is_text(v) for v in item[key])
+    ]
     rules = item.get("scope_rules", [])
     for rule in rules if isinstance(rules, list) else []:
         scopes = rule.get("scopes", []) if isinstance(rule, dict) else None
@@ -413,7 +438,19 @@ def _route_shape_problems(route: object) -> list[str]:
         for key, kind in ROUTE_KEYS.items()
         if key in route and not isinstance(route[key], kind)
     ]
+    for key in ("methods", "scopes"):  # a blank alternative would quietly mean "any token"
+        if isinstance(route.get(key), list) and not all(_is_text(v) for v in route[key]):
+            problems.append(f"{key}: each item must be a non-empty str")
     return problems
+
+
+def _is_a(value: object, kind: type) -> bool:
+    """``isinstance``, except that a bool is not an int."""
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _is_scope_word(value: object) -> bool:

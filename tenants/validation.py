@@ -101,9 +101,17 @@ def validate_domain(value: str) -> None:
     _validate_issuer_address(urlsplit(f"//{value}"), "invalid_domain")
 
 
+def _split_url(value: str, code: str) -> SplitResult:
+    """``urlsplit``, its ValueError (``https://[::1/``, ``https://[zz]/``) a field error."""
+    try:
+        return urlsplit(value)
+    except ValueError:
+        raise ValidationError("Enter a valid URL.", code=code) from None
+
+
 def validate_issuer_url(value: str) -> None:
     """Require an https URL on a public hostname (http and loopback only in development)."""
-    parts = urlsplit(value)
+    parts = _split_url(value, "invalid_url")
     allowed_schemes = ("https", "http") if authz_settings.ALLOW_INSECURE_ISSUERS else ("https",)
     if parts.scheme not in allowed_schemes:
         raise ValidationError(
@@ -181,8 +189,8 @@ def validate_dpop_algorithms(value: object) -> None:
 
 def validate_origin(value: str) -> None:
     """Require a browser origin: scheme, host and optional port, nothing more."""
-    parts = urlsplit(value)
     try:
+        parts = urlsplit(value)
         parts.port  # noqa: B018 - raises for a bad port
     except ValueError:
         parts = None

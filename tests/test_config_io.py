@@ -358,6 +358,50 @@ def test_every_problem_of_one_tenant_is_reported_at_once():
     assert "hosts[0]: hostname:" in reported
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"active": "off"}, "tenants[0] (acme): active: must be a bool"),
+        ({"provision_users": "no"}, "tenants[0] (acme): provision_users: must be a bool"),
+        ({"dpop_nonce": 1}, "tenants[0] (acme): dpop_nonce: must be a bool"),
+        ({"leeway": True}, "tenants[0] (acme): leeway: must be a int"),
+        ({"name": ["x"]}, "tenants[0] (acme): name: must be a str"),
+        ({"admin_scope": ["a"]}, "tenants[0] (acme): admin_scope: must be a str"),
+        ({"domain": 5}, "tenants[0] (acme): domain: must be a str"),
+        ({"hosts": [True]}, "tenants[0] (acme): hosts: each item must be a non-empty str"),
+        ({"hosts": [None, "a.test"]}, "tenants[0] (acme): hosts: each item must be a non-empty"),
+        ({"audiences": [["x"]]}, "tenants[0] (acme): audiences: each item must be a non-empty"),
+        ({"cors_origins": [""]}, "tenants[0] (acme): cors_origins: each item must be a non-emp"),
+        (
+            {"routes": [{"methods": ["GET"], "path": "/a", "scopes": [" "]}]},
+            "tenants[0] (acme): routes[0]: scopes: each item must be a non-empty str",
+        ),
+        ({"issuer": "https://[::1/"}, "tenants[0] (acme): issuer: Enter a valid URL."),
+        ({"jwks_url": "https://[zz]/"}, "tenants[0] (acme): jwks_url: Enter a valid URL."),
+    ],
+)
+def test_a_field_of_the_wrong_json_type_is_refused_not_converted(fields, expected):
+    reported = problems({"tenants": [item(**fields)]})
+
+    assert any(problem.startswith(expected) for problem in reported), reported
+
+
+@pytest.mark.parametrize(
+    ("slugs", "expected"),
+    [
+        ([1], "tenants[0]: slug: must be a str"),
+        ([["a"]], "tenants[0]: slug: must be a str"),
+        (["1", 1], "tenants[1]: slug: must be a str"),
+        (["acme", " acme "], "slug 'acme' appears more than once"),
+    ],
+)
+def test_one_tenant_is_never_named_twice_in_a_file(db, slugs, expected):
+    document = {"tenants": [item(slug=slug) for slug in slugs]}
+
+    assert expected in problems(document)
+    assert not Tenant.objects.exists()
+
+
 def test_problems_of_every_tenant_are_reported():
     document = {"tenants": [item(leeway=601), item(slug="globex", algorithms=["HS256"])]}
 
@@ -783,10 +827,10 @@ def test_large_files_are_read_and_cleared_in_chunks(monkeypatch):
     assert refused == [f"tenants[39] (bulk0039): hosts[0]: {HOST_TAKEN}"]
 
 
-def test_a_number_slug_is_the_slug_of_its_text():
+def test_a_number_slug_is_refused_not_read_as_its_text():
     import_tenants({"tenants": [item(slug="5")]})
 
-    summary = import_tenants({"tenants": [item(slug=5, name="Five")]})
+    reported = problems({"tenants": [item(slug=5, name="Five")]})
 
-    assert (summary.created, summary.updated) == (0, 1)
-    assert list(Tenant.objects.values_list("slug", "name")) == [("5", "Five")]
+    assert reported == ["tenants[0]: slug: must be a str"]
+    assert list(Tenant.objects.values_list("slug", "name")) == [("5", "Acme")]

@@ -28,9 +28,14 @@ MAX_ALTERNATIVE_LENGTH = 1000
 STATES_PER_NODE = 4
 SPARE_STATES = 1000
 MAX_PROBLEMS = 20
-# Trie nodes summed over every state: compiling stays O(routes) even for a hostile route set.
+# Trie nodes summed over every state and its steps: compiling stays O(routes) even for a
+# hostile route set.
 MEMBERS_PER_NODE = 16
 SPARE_MEMBERS = 100_000
+TOO_AMBIGUOUS = (
+    "These routes are too ambiguous to match in linear time: too many {name} segments come "
+    "before different literals. Use literals first."
+)
 
 REST, PARAM, LITERAL = 0, 1, 2  # segment kinds, in rising specificity
 PARAM_SEGMENT = re.compile(r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>\.\.\.)?\}")
@@ -501,6 +506,9 @@ class _Automaton:
             for node in members:
                 for text, child in node.literals.items():
                     steps.setdefault(text, set(params)).add(id(child))
+            # Each state copies its members' literals: charged too, or n states sharing n
+            # literals (/{a}/{b}/l{i} beside /k{i}/{b}/m{i}) would build n * n steps.
+            self._charge(sum(len(ids) for ids in steps.values()))
             for text, ids in steps.items():
                 state.step[text] = self._target(frozenset(ids), pending)
             state.other = self._target(frozenset(params), pending) if params else None
@@ -508,17 +516,18 @@ class _Automaton:
 
     def _target(self, key: frozenset[int], pending: list[frozenset[int]]) -> _State:
         if key not in self.states:
-            self.budget -= len(key)
-            if len(self.states) >= self.limit or self.budget < 0:
-                raise RouteConflict(
-                    [
-                        "These routes are too ambiguous to match in linear time: too many "
-                        "{name} segments come before different literals. Use literals first."
-                    ]
-                )
+            if len(self.states) >= self.limit:
+                raise RouteConflict([TOO_AMBIGUOUS])
+            self._charge(len(key))
             self._state(key)
             pending.append(key)
         return self.states[key]
+
+    def _charge(self, work: int) -> None:
+        """Spend compile work from the budget; RouteConflict once it is spent."""
+        self.budget -= work
+        if self.budget < 0:
+            raise RouteConflict([TOO_AMBIGUOUS])
 
     def _state(self, key: frozenset[int]) -> _State:
         state = self.states[key] = _State()

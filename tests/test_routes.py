@@ -339,6 +339,16 @@ def test_compiling_any_route_set_is_bounded_in_work() -> None:
     assert time.process_time() - started < 10.0
 
 
+def test_states_that_share_many_literals_are_bounded_in_work() -> None:
+    # Each /k{i}/{b} state would copy the literals of /{a}/{b}: n states of n steps each.
+    routes = [Route.build(i, ["*"], f"/{{a}}/{{b}}/l{i}") for i in range(0, 8000, 2)]
+    routes += [Route.build(i, ["*"], f"/k{i}/{{b}}/m{i}") for i in range(1, 8000, 2)]
+    started = time.process_time()
+    with pytest.raises(RouteConflict, match="too ambiguous"):
+        RouteTable.compile(routes)
+    assert time.process_time() - started < 10.0  # 24 s and 436 MiB before the steps were charged
+
+
 def test_matching_costs_the_same_with_10000_routes_as_with_10() -> None:
     small, large = RouteTable.compile(many_routes(10)), RouteTable.compile(many_routes(10_000))
     path = "/r1/42/sub"

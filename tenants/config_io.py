@@ -141,9 +141,10 @@ INLINES = {
 ROUTE_KEYS = {"methods": list, "path": str, "public": bool, "scopes": list}
 KNOWN_KEYS = {*DEFAULTS, *REQUIRED, *INLINES, *ISSUER_KEYS}
 # The JSON type of each plain field, as export writes it: a form would read "no" as true and
-# ["x"] as the text "['x']", so the file's types are checked first. (bool is an int: not here.)
+# ["x"] as the text "['x']", so the file's types are checked first (the slug's before any, in
+# _tenant_items). A bool is an int to Python, not here.
 FIELD_TYPES: dict[str, type] = {
-    **{key: str for key in ("slug", "name", "scope_claims", "admin_scope", "token_profile")},
+    **{key: str for key in ("name", "scope_claims", "admin_scope", "token_profile")},
     **{key: str for key in ("dpop", "rate_limit_per_subject", "rate_limit_per_tenant")},
     **{key: str for key in ISSUER_KEYS},
     **{key: bool for key in ("active", "provision_users", "dpop_nonce")},

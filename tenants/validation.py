@@ -101,17 +101,12 @@ def validate_domain(value: str) -> None:
     _validate_issuer_address(urlsplit(f"//{value}"), "invalid_domain")
 
 
-def _split_url(value: str, code: str) -> SplitResult:
-    """``urlsplit``, its ValueError (``https://[::1/``, ``https://[zz]/``) a field error."""
-    try:
-        return urlsplit(value)
-    except ValueError:
-        raise ValidationError("Enter a valid URL.", code=code) from None
-
-
 def validate_issuer_url(value: str) -> None:
     """Require an https URL on a public hostname (http and loopback only in development)."""
-    parts = _split_url(value, "invalid_url")
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # https://[::1/, https://[zz]/
+        raise ValidationError("Enter a valid URL.", code="invalid_url") from None
     allowed_schemes = ("https", "http") if authz_settings.ALLOW_INSECURE_ISSUERS else ("https",)
     if parts.scheme not in allowed_schemes:
         raise ValidationError(
